@@ -1,0 +1,38 @@
+# Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
+"""ssgd_optax: optax transformations that limit what shared gradients leak.
+
+The core (this namespace) needs only jax, optax, chex and numpy. Subpackages
+with heavier dependencies are imported on first access, e.g.
+``ssgd_optax.attacks`` (extra ``attacks``) or ``ssgd_optax.privacy`` (extra
+``privacy``).
+"""
+
+import importlib as _importlib
+
+from ssgd_optax.grouping import SCOPES
+from ssgd_optax.normalize import group_norms
+from ssgd_optax.normalize import ssgd
+from ssgd_optax.normalize import unit_normalize
+
+__version__ = '0.1.0'
+
+# Subpackages loaded lazily so that `import ssgd_optax` stays light.
+_LAZY_SUBMODULES = ('attacks', 'data', 'federated', 'grouping', 'normalize',
+                    'parallel', 'privacy', 'selective')
+
+__all__ = [
+    'SCOPES',
+    'group_norms',
+    'ssgd',
+    'unit_normalize',
+]
+
+
+def __getattr__(name):
+  if name in _LAZY_SUBMODULES:
+    return _importlib.import_module(f'ssgd_optax.{name}')
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_LAZY_SUBMODULES))

@@ -1,0 +1,275 @@
+# Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
+"""SSGD: rescale gradients to unit L2 norm (Duan et al., arXiv 2012.02076).
+
+:func:`unit_normalize` is the transformation, :func:`ssgd` the optimizer built
+from it, :func:`group_norms` the norms the transformation hides.
+
+Edge cases of ``unit_normalize`` (``n`` is a group's L2 norm):
+
+=====================  ====================================================
+group                  output
+=====================  ====================================================
+``n >= eps``, finite   ``g / n``: unit norm (to float rounding)
+``0 < n < eps``        ``g / eps``: norm ``n / eps < 1``
+all zeros              exact zeros (never NaN), gradient through it finite
+huge or tiny entries   unit norm: a sum of squares that overflows or
+                       underflows is recomputed on ``g / max|g|``
+any NaN or +-Inf       NaN in the whole group, so ``optax.apply_if_finite``
+                       and the user notice
+=====================  ====================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ssgd_optax import _validation
+from ssgd_optax import grouping as grouping_lib
+
+__all__ = ['unit_normalize', 'ssgd', 'group_norms', 'AxisName']
+
+AxisName = Optional[Hashable | tuple[Hashable, ...]]
+
+
+def _accumulation_dtype(path: Any, leaf: jax.Array) -> jnp.dtype:
+  dtype = jnp.result_type(leaf)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise TypeError(
+        'unit_normalize and group_norms accept only real floating-point leaves '
+        f'(float16, bfloat16, float32, float64); leaf {jax.tree_util.keystr(path)!r} '
+        f'has dtype {dtype}. Leave integer or complex leaves out of the tree, '
+        'or exclude them with optax.masked.')
+  # float64 only exists under jax_enable_x64; then it is kept.
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def _safe_sqrt(s: jax.Array) -> jax.Array:
+  """sqrt with 0 at 0 and a finite gradient there; NaN/Inf propagate."""
+  zero = s == 0
+  return jnp.where(zero, 0, jnp.sqrt(jnp.where(zero, 1, s)))
+
+
+def _norms_of(grouping: grouping_lib.Grouping,
+              axis_name: AxisName) -> list[jax.Array]:
+  """One L2 norm per group, accumulated in float32 (float64 for f64 leaves)."""
+  leaves = [jnp.asarray(x) for x in grouping.leaves]
+  acc = [_accumulation_dtype(p, x) for p, x in zip(grouping.paths, leaves)]
+  members: list[list[int]] = [[] for _ in range(grouping.num_groups)]
+  for i, k in enumerate(grouping.group_of_leaf):
+    members[k].append(i)
+  group_acc = [jnp.result_type(*[acc[i] for i in m]) for m in members]
+
+  def reduce_over_axis(values, collective):
+    return values if axis_name is None else collective(values, axis_name)
+
+  leaf_sq = reduce_over_axis(
+      [jnp.sum(jnp.square(x.astype(a))) for x, a in zip(leaves, acc)], jax.lax.psum)
+  group_sq = [sum(leaf_sq[i].astype(group_acc[k]) for i in m)
+              for k, m in enumerate(members)]
+  # 0 (maybe underflow), subnormal (precision lost) or inf (maybe overflow):
+  # recompute on g / max|g|. The common path pays one scalar test.
+  needs = [(s < jnp.finfo(s.dtype).tiny) | jnp.isinf(s) for s in group_sq]
+
+  def plain(operands):
+    _, sq = operands
+    return [_safe_sqrt(s) for s in sq]
+
+  def rescaled(operands):
+    xs, sq = operands
+    leaf_max = reduce_over_axis(
+        [jnp.max(jnp.abs(x.astype(a)), initial=0) for x, a in zip(xs, acc)],
+        jax.lax.pmax)
+    out = []
+    for k, m in enumerate(members):
+      gmax = jnp.max(jnp.stack([leaf_max[i].astype(group_acc[k]) for i in m]))
+      zero = gmax == 0
+      safe_max = jnp.where(zero, 1, gmax)
+      t = reduce_over_axis(
+          sum(jnp.sum(jnp.square(xs[i].astype(group_acc[k]) / safe_max)) for i in m),
+          jax.lax.psum)
+      n = jnp.where(zero, 0, safe_max * jnp.sqrt(jnp.where(zero, 1, t)))
+      out.append(jnp.where(needs[k], n, _safe_sqrt(sq[k])))
+    return out
+
+  if not members:
+    return []
+  any_needs = jnp.any(jnp.stack(needs))
+  return jax.lax.cond(any_needs, rescaled, plain, (leaves, group_sq))
+
+
+def group_norms(updates: optax.Updates,
+                scope: grouping_lib.Scope = 'global',
+                *,
+                axis_name: AxisName = None) -> optax.Updates:
+  """The L2 norm of every group: what :func:`unit_normalize` removes.
+
+  ``n_k = sqrt(sum_{leaves l in group k} sum_i g_{l,i}^2)``, accumulated in
+  float32 (float64 for float64 leaves), overflow- and underflow-safe.
+
+  Args:
+    updates: a pytree of floating-point arrays (``None`` and
+      ``optax.MaskedNode`` leaves are skipped).
+    scope: ``"global"``, ``"per_leaf"``, ``"per_layer"`` or a callable
+      ``(path, leaf) -> hashable`` (see :mod:`ssgd_optax.grouping`).
+    axis_name: mapped axis name(s) over which leaves are sharded; the norm
+      then covers the whole leaf (``psum`` of squared norms).
+
+  Returns:
+    A tree with the structure of ``updates`` whose every leaf is the scalar
+    norm of the group that leaf belongs to (so with ``scope="global"`` all
+    leaves hold the same value).
+
+  Example:
+
+  >>> import jax.numpy as jnp
+  >>> import ssgd_optax
+  >>> g = {'a': jnp.array([3., 0.]), 'b': jnp.array([4.])}
+  >>> ssgd_optax.group_norms(g)['a']
+  Array(5., dtype=float32)
+  >>> ssgd_optax.group_norms(g, 'per_leaf')['b']
+  Array(4., dtype=float32)
+  """
+  grouping_lib.check_scope(scope)
+  _validation.check_axis_name('axis_name', axis_name)
+  grouping = grouping_lib.resolve_groups(updates, scope)
+  norms = _norms_of(grouping, axis_name)
+  return jax.tree_util.tree_unflatten(
+      grouping.treedef, [norms[k] for k in grouping.group_of_leaf])
+
+
+def unit_normalize(scope: grouping_lib.Scope = 'global',
+                   *,
+                   eps: Any = 0.0,
+                   axis_name: AxisName = None
+                   ) -> optax.GradientTransformationExtraArgs:
+  r"""Rescales updates to unit L2 norm within each group (SSGD).
+
+  For every group ``k`` of leaves (see ``scope``) with norm
+  ``n_k = ||g_k||_2``:
+
+  .. math::
+
+    u_k = \begin{cases} g_k / \max(n_k, \epsilon) & n_k > 0 \\
+                        0 & n_k = 0 \end{cases}
+
+  so with ``eps=0`` every nonzero group has norm exactly 1 (to float rounding)
+  and an all-zero group stays exact zeros; with ``eps > 0`` a group whose norm
+  is below ``eps`` is scaled by ``1 / eps`` instead (its norm becomes
+  ``n_k / eps < 1``), a continuous guard for tiny, noise-dominated gradients.
+  Norms accumulate in float32 (float64 for float64 leaves) and the result is
+  cast back to each leaf's dtype. A NaN or Inf anywhere in a group makes the
+  whole group NaN.
+
+  The transformation hides only the norms (one scalar per group): the update
+  direction, and what it reveals about the data, is shared unchanged. Place
+  it *before* any aggregation to protect what leaves the device.
+
+  Args:
+    scope: ``"global"`` (all leaves form one vector), ``"per_leaf"`` (each
+      array on its own), ``"per_layer"`` (leaves grouped by parent path, e.g.
+      a Flax layer's kernel and bias, for linen dicts and ``flax.nnx.State``)
+      or a callable ``(path, leaf) -> hashable`` naming each leaf's group.
+    eps: a number ``>= 0`` (may be traced, e.g. by
+      ``optax.inject_hyperparams``): the norm below which groups are scaled
+      by ``1 / eps`` rather than to unit norm.
+    axis_name: ``None`` for ordinary and data-parallel training. For model
+      parallelism inside ``jax.shard_map``/``pmap``/``vmap``, the mapped axis
+      name(s) over which each leaf is sharded, so that a group's norm covers
+      the whole leaf (``psum`` of the shards' squared norms).
+
+  Returns:
+    A :class:`optax.GradientTransformationExtraArgs` with an empty state.
+
+  Example:
+
+  >>> import jax.numpy as jnp
+  >>> import optax, ssgd_optax
+  >>> tx = optax.chain(ssgd_optax.unit_normalize(), optax.sgd(0.1))
+  >>> g = {'w': jnp.array([3., 4.]), 'b': jnp.array([0.])}
+  >>> u, _ = tx.update(g, tx.init(g))
+  >>> u['w']
+  Array([-0.06, -0.08], dtype=float32)
+  """
+  grouping_lib.check_scope(scope)
+  _validation.check_nonnegative('eps', eps)
+  _validation.check_axis_name('axis_name', axis_name)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    grouping = grouping_lib.resolve_groups(updates, scope)
+    norms = _norms_of(grouping, axis_name)
+    scales = []
+    for n in norms:
+      zero = n == 0
+      safe = jnp.maximum(jnp.where(zero, 1, n), jnp.asarray(eps, n.dtype))
+      scales.append(jnp.where(zero, 0, 1 / safe))
+    out = []
+    for x, k in zip(grouping.leaves, grouping.group_of_leaf):
+      x = jnp.asarray(x)
+      out.append((x.astype(scales[k].dtype) * scales[k]).astype(x.dtype))
+    return jax.tree_util.tree_unflatten(grouping.treedef, out), state
+
+  return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
+
+
+def ssgd(learning_rate: optax.ScalarOrSchedule,
+         *,
+         scope: grouping_lib.Scope = 'global',
+         momentum: Any = None,
+         nesterov: bool = False,
+         eps: Any = 0.0) -> optax.GradientTransformationExtraArgs:
+  r"""Super stochastic gradient descent: unit-normalise, then SGD.
+
+  .. math::
+
+    u_t = N_{\text{scope}}(g_t), \quad m_t = \mu m_{t-1} + u_t, \quad
+    \theta_{t+1} = \theta_t - \eta_t\, m_t
+
+  with :math:`N` = :func:`unit_normalize` and :math:`\mu` = ``momentum`` (no
+  trace when ``momentum`` is ``None``; with ``nesterov=True`` the Nesterov
+  form of :func:`optax.trace`). Every step has length ``eta_t`` (times the
+  momentum gain), whatever the gradient's size, so a schedule that decays the
+  learning rate is what makes SSGD converge. The paper's step multiplier
+  ``m`` is absorbed into ``learning_rate``.
+
+  Args:
+    learning_rate: a float (may be traced) or an optax schedule.
+    scope: the normalisation scope, see :func:`unit_normalize`.
+    momentum: ``None`` or a decay rate ``>= 0`` for a momentum trace applied
+      after normalisation.
+    nesterov: use Nesterov momentum (requires ``momentum``).
+    eps: the small-norm guard of :func:`unit_normalize`.
+
+  Returns:
+    A :class:`optax.GradientTransformationExtraArgs`.
+
+  Example:
+
+  >>> import jax, jax.numpy as jnp
+  >>> import optax, ssgd_optax
+  >>> params = jnp.array([1., -2.])
+  >>> opt = ssgd_optax.ssgd(0.5, momentum=0.9)
+  >>> state = opt.init(params)
+  >>> g = jax.grad(lambda p: jnp.sum(p ** 2))(params)
+  >>> u, state = opt.update(g, state, params)
+  >>> float(jnp.linalg.norm(u))
+  0.5
+  """
+  _validation.check_learning_rate(learning_rate)
+  grouping_lib.check_scope(scope)
+  if momentum is not None:
+    _validation.check_nonnegative('momentum', momentum)
+  if not isinstance(nesterov, bool):
+    raise TypeError(f'nesterov must be a bool; got {type(nesterov).__name__} {nesterov!r}.')
+  if nesterov and momentum is None:
+    raise ValueError('nesterov=True requires momentum (a decay rate >= 0); got momentum=None.')
+  parts = [unit_normalize(scope, eps=eps)]
+  if momentum is not None:
+    parts.append(optax.trace(decay=momentum, nesterov=nesterov))
+  parts.append(optax.scale_by_learning_rate(learning_rate))
+  return optax.chain(*parts)
