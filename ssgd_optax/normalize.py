@@ -13,7 +13,9 @@ group                  output
 ``0 < n < eps``        ``g / eps``: norm ``n / eps < 1``
 all zeros              exact zeros (never NaN), gradient through it finite
 huge or tiny entries   unit norm: a sum of squares that overflows or
-                       underflows is recomputed on ``g / max|g|``
+                       underflows is recomputed on ``g * 2^-e``, with
+                       ``2^e ~ max|g|`` (subnormal inputs may be flushed
+                       to zero by XLA, giving exact zeros)
 any NaN or +-Inf       NaN in the whole group, so ``optax.apply_if_finite``
                        and the user notice
 =====================  ====================================================
@@ -22,7 +24,7 @@ any NaN or +-Inf       NaN in the whole group, so ``optax.apply_if_finite``
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -54,15 +56,25 @@ def _safe_sqrt(s: jax.Array) -> jax.Array:
   return jnp.where(zero, 0, jnp.sqrt(jnp.where(zero, 1, s)))
 
 
-def _norms_of(grouping: grouping_lib.Grouping,
-              axis_name: AxisName) -> list[jax.Array]:
-  """One L2 norm per group, accumulated in float32 (float64 for f64 leaves)."""
+class _GroupScales(NamedTuple):
+  """Per group ``k``: the norm is ``root[k] / pre[k]``; ``pre`` is 1 unless
+  the sum of squares over- or underflowed, then a power of two near
+  ``1 / max|g_k|`` applied to the leaves before squaring."""
+  pre: list[jax.Array]
+  root: list[jax.Array]
+
+
+def _group_scales(grouping: grouping_lib.Grouping,
+                  axis_name: AxisName) -> _GroupScales:
+  """Overflow- and underflow-safe group norms, in float32 (or float64)."""
   leaves = [jnp.asarray(x) for x in grouping.leaves]
   acc = [_accumulation_dtype(p, x) for p, x in zip(grouping.paths, leaves)]
   members: list[list[int]] = [[] for _ in range(grouping.num_groups)]
   for i, k in enumerate(grouping.group_of_leaf):
     members[k].append(i)
   group_acc = [jnp.result_type(*[acc[i] for i in m]) for m in members]
+  if not members:
+    return _GroupScales([], [])
 
   def reduce_over_axis(values, collective):
     return values if axis_name is None else collective(values, axis_name)
@@ -72,34 +84,37 @@ def _norms_of(grouping: grouping_lib.Grouping,
   group_sq = [sum(leaf_sq[i].astype(group_acc[k]) for i in m)
               for k, m in enumerate(members)]
   # 0 (maybe underflow), subnormal (precision lost) or inf (maybe overflow):
-  # recompute on g / max|g|. The common path pays one scalar test.
+  # redo the sum on g * 2^-e with 2^e ~ max|g|. The common path pays one
+  # scalar test; a lax.cond keeps the rescue off it.
   needs = [(s < jnp.finfo(s.dtype).tiny) | jnp.isinf(s) for s in group_sq]
 
   def plain(operands):
     _, sq = operands
-    return [_safe_sqrt(s) for s in sq]
+    return [jnp.ones((), s.dtype) for s in sq], [_safe_sqrt(s) for s in sq]
 
   def rescaled(operands):
     xs, sq = operands
     leaf_max = reduce_over_axis(
         [jnp.max(jnp.abs(x.astype(a)), initial=0) for x, a in zip(xs, acc)],
         jax.lax.pmax)
-    out = []
+    pres, roots = [], []
     for k, m in enumerate(members):
-      gmax = jnp.max(jnp.stack([leaf_max[i].astype(group_acc[k]) for i in m]))
-      zero = gmax == 0
-      safe_max = jnp.where(zero, 1, gmax)
+      dtype = group_acc[k]
+      gmax = jax.lax.stop_gradient(
+          jnp.max(jnp.stack([leaf_max[i].astype(dtype) for i in m])))
+      # A power of two keeps g * pre exact; clipping keeps pre a normal number.
+      limit = -jnp.finfo(dtype).minexp - 1
+      exponent = jnp.clip(jnp.floor(jnp.log2(jnp.where(gmax == 0, 1, gmax))), -limit, limit)
+      pre = jnp.where(jnp.isinf(gmax), jnp.nan, jnp.exp2(-exponent)).astype(dtype)
       t = reduce_over_axis(
-          sum(jnp.sum(jnp.square(xs[i].astype(group_acc[k]) / safe_max)) for i in m),
-          jax.lax.psum)
-      n = jnp.where(zero, 0, safe_max * jnp.sqrt(jnp.where(zero, 1, t)))
-      out.append(jnp.where(needs[k], n, _safe_sqrt(sq[k])))
-    return out
+          sum(jnp.sum(jnp.square(xs[i].astype(dtype) * pre)) for i in m), jax.lax.psum)
+      pres.append(jnp.where(needs[k], pre, 1))
+      roots.append(jnp.where(needs[k], _safe_sqrt(t), _safe_sqrt(sq[k])))
+    return pres, roots
 
-  if not members:
-    return []
   any_needs = jnp.any(jnp.stack(needs))
-  return jax.lax.cond(any_needs, rescaled, plain, (leaves, group_sq))
+  pre, root = jax.lax.cond(any_needs, rescaled, plain, (leaves, group_sq))
+  return _GroupScales(pre, root)
 
 
 def group_norms(updates: optax.Updates,
@@ -137,7 +152,9 @@ def group_norms(updates: optax.Updates,
   grouping_lib.check_scope(scope)
   _validation.check_axis_name('axis_name', axis_name)
   grouping = grouping_lib.resolve_groups(updates, scope)
-  norms = _norms_of(grouping, axis_name)
+  scales = _group_scales(grouping, axis_name)
+  # A norm beyond the dtype's range comes out as inf (it is not representable).
+  norms = [r / p for p, r in zip(scales.pre, scales.root)]
   return jax.tree_util.tree_unflatten(
       grouping.treedef, [norms[k] for k in grouping.group_of_leaf])
 
@@ -192,8 +209,8 @@ def unit_normalize(scope: grouping_lib.Scope = 'global',
   >>> tx = optax.chain(ssgd_optax.unit_normalize(), optax.sgd(0.1))
   >>> g = {'w': jnp.array([3., 4.]), 'b': jnp.array([0.])}
   >>> u, _ = tx.update(g, tx.init(g))
-  >>> u['w']
-  Array([-0.06, -0.08], dtype=float32)
+  >>> print(u['w'].round(4))
+  [-0.06 -0.08]
   """
   grouping_lib.check_scope(scope)
   _validation.check_nonnegative('eps', eps)
@@ -202,16 +219,19 @@ def unit_normalize(scope: grouping_lib.Scope = 'global',
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
     grouping = grouping_lib.resolve_groups(updates, scope)
-    norms = _norms_of(grouping, axis_name)
-    scales = []
-    for n in norms:
-      zero = n == 0
-      safe = jnp.maximum(jnp.where(zero, 1, n), jnp.asarray(eps, n.dtype))
-      scales.append(jnp.where(zero, 0, 1 / safe))
+    pre, root = _group_scales(grouping, axis_name)
+    post = []
+    for p, r in zip(pre, root):
+      # u = (g * pre) / max(root, eps * pre) = g / max(norm, eps), with no
+      # intermediate that overflows or flushes to zero.
+      zero = r == 0
+      safe = jnp.maximum(jnp.where(zero, 1, r), jnp.asarray(eps, r.dtype) * p)
+      post.append(jnp.where(zero, 0, 1 / safe))
     out = []
     for x, k in zip(grouping.leaves, grouping.group_of_leaf):
       x = jnp.asarray(x)
-      out.append((x.astype(scales[k].dtype) * scales[k]).astype(x.dtype))
+      dtype = post[k].dtype
+      out.append(((x.astype(dtype) * pre[k]) * post[k]).astype(x.dtype))
     return jax.tree_util.tree_unflatten(grouping.treedef, out), state
 
   return optax.GradientTransformationExtraArgs(optax.init_empty_state, update_fn)
