@@ -116,6 +116,33 @@ def update_benchmark(dtype, rounds, inner, width):
   return time_side_by_side(steps, rounds, inner), n_params, len(shapes)
 
 
+def bound_benchmark(dtype, rounds, inner, width):
+  """The floor for any norm-then-scale transform: one reduction pass over the
+  gradients plus the in-place SGD update, each timed alone."""
+  shapes = resnet50_shapes(width)
+  params = make_tree(shapes, dtype, 0)
+  grads = make_tree(shapes, dtype, 1)
+  reduce = jax.jit(lambda g: sum(jnp.sum(jnp.square(x.astype(jnp.float32)))
+                                 for x in jax.tree.leaves(g)))
+  sgd = jax.jit(lambda p, g: jax.tree.map(lambda a, b: a - 0.1 * b, p, g), donate_argnums=(0,))
+  holder = {'p': params}
+
+  def run_sgd():
+    holder['p'] = _block(sgd(holder['p'], grads))
+
+  steps = {'reduce': lambda: _block(reduce(grads)), 'sgd': run_sgd}
+  for run in steps.values():
+    run()
+  medians = time_side_by_side(steps, rounds, inner)
+  nbytes = sum(x.nbytes for x in jax.tree.leaves(grads))
+  return (f'- {jnp.dtype(dtype).name}: the f32 sum of squares alone takes '
+          f'{medians["reduce"] * 1e3:.2f} ms ({nbytes / medians["reduce"] / 1e9:.1f} GB/s of '
+          f'gradient read), the in-place SGD update alone {medians["sgd"] * 1e3:.2f} ms '
+          f'({3 * nbytes / medians["sgd"] / 1e9:.1f} GB/s read+write): any transform that '
+          f'needs the norm first costs at least '
+          f'{(medians["reduce"] + medians["sgd"]) / medians["sgd"]:.2f}x SGD here.')
+
+
 def cnn_benchmark(rounds, inner, batch):
   from flax import nnx
 
@@ -192,6 +219,9 @@ def main(argv=None):
     out.append(f'\n### update + apply_updates, {jnp.dtype(dtype).name}, '
                f'{n_params / 1e6:.1f}M parameters in {n_leaves} leaves\n')
     out.append(table(medians))
+  out.append('\n### the floor: reduction bandwidth vs update bandwidth\n')
+  for dtype in (jnp.float32, jnp.bfloat16):
+    out.append(bound_benchmark(dtype, rounds, inner, width))
   medians = cnn_benchmark(rounds, inner, batch)
   out.append(f'\n### full train step, small CNN (2 conv + 2 dense, ~0.8M parameters), '
              f'batch {batch}, float32\n')

@@ -141,7 +141,8 @@ def group_norms(updates: optax.Updates,
   Returns:
     A tree with the structure of ``updates`` whose every leaf is the scalar
     norm of the group that leaf belongs to (so with ``scope="global"`` all
-    leaves hold the same value).
+    leaves hold the same value). A norm beyond the accumulation dtype's range
+    (above ~3.4e38 in float32) is reported as ``inf``.
 
   Example:
 
@@ -271,6 +272,10 @@ def ssgd(learning_rate: optax.ScalarOrSchedule,
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs`.
+
+  With ``optax.inject_hyperparams(ssgd)``, ``learning_rate``, ``momentum`` and
+  ``eps`` become traced hyper-parameters; a callable ``scope`` must be listed
+  in ``static_args=('scope',)`` (otherwise it is mistaken for a schedule).
 
   Example:
 
