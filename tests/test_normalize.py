@@ -534,3 +534,25 @@ def test_init_accepts_shape_dtype_structs():
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), _tree())
   state = jax.eval_shape(opt.init, abstract)
   assert jax.tree.structure(state) == jax.tree.structure(opt.init(_tree()))
+
+
+@pytest.mark.parametrize('scope', SCOPES)
+def test_shard_map_replicated_leaf_is_counted_once(scope):
+  """A row-parallel layer: kernel sharded over 'model', bias replicated."""
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  mesh = jax.make_mesh((4,), ('model',))
+  tree = {'layer': {'kernel': jax.random.normal(jax.random.key(0), (8, 3)),
+                    'bias': jnp.array([1.0, 2.0, 3.0])}}
+  want = _apply(ssgd_optax.unit_normalize(scope), tree)
+  want_norms = ssgd_optax.group_norms(tree, scope)
+  specs = {'layer': {'kernel': P('model'), 'bias': P()}}
+  placed = jax.tree.map(lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), tree, specs)
+
+  def local(t):
+    out = _apply(ssgd_optax.unit_normalize(scope, axis_name='model'), t)
+    return out, ssgd_optax.group_norms(t, scope, axis_name='model')
+
+  out, norms = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(specs,),
+                                     out_specs=(specs, P())))(placed)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), out, want)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), norms, want_norms)
