@@ -13,16 +13,22 @@ from ssgd_optax.grouping import SCOPES
 from ssgd_optax.normalize import group_norms
 from ssgd_optax.normalize import ssgd
 from ssgd_optax.normalize import unit_normalize
+from ssgd_optax.parallel import aggregate
+from ssgd_optax.selective import dp_selective_sharing
+from ssgd_optax.selective import selective_sharing
 
 __version__ = '0.1.0'
 
 # Subpackages loaded lazily so that `import ssgd_optax` stays light.
-_LAZY_SUBMODULES = ('attacks', 'data', 'federated', 'grouping', 'normalize',
-                    'parallel', 'privacy', 'selective')
+_LAZY_SUBMODULES = ('attacks', 'data', 'dp_ssgd', 'federated', 'grouping', 'models', 'normalize',
+                    'parallel', 'per_example', 'privacy', 'selective')
 
 __all__ = [
     'SCOPES',
+    'aggregate',
+    'dp_selective_sharing',
     'group_norms',
+    'selective_sharing',
     'ssgd',
     'unit_normalize',
 ]
