@@ -1,0 +1,211 @@
+# Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
+"""Backprop clipping vs per-example DP-SGD: step time and accuracy vs epsilon.
+
+Part 1 times one full jitted training step (forward, backward, clipping,
+Gaussian noise, Adam) of the paper's bias-free MNIST CNN on a batch of 256
+(all rows real) for non-private training, backprop clipping and vmapped
+per-example DP-SGD. The variants are interleaved: every round times each of
+them once (``--steps`` steps, then ``block_until_ready``) in a shuffled order;
+the table gives medians over rounds and the median of the per-round ratios.
+
+Part 2 trains each DP method on the embedded 4,000-image MNIST subset at
+several target epsilons (delta = 1e-5, PLD accountant, Poisson sampling with
+expected batch 256) with >= 3 seeds and reports test accuracy mean +- std, with
+a non-private reference.
+
+    python benchmarks/dp.py                 # full run (minutes)
+    python benchmarks/dp.py --quick         # seconds, smoke test
+    python benchmarks/dp.py --out benchmarks/results/dp.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.util
+import pathlib
+import platform
+import random
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from ssgd_optax import data as data_lib
+from ssgd_optax import privacy
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _load_example():
+  spec = importlib.util.spec_from_file_location('dp_train', _ROOT / 'examples' / 'dp_train.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+dp_train = _load_example()
+VARIANTS = ('nonprivate', 'bp', 'dpsgd')
+
+
+def _make_step(method: str, batch: int, clip_norm: float, input_bound: float,
+               grad_bound: float, seed: int = 0):
+  model = dp_train.make_model(method, seed=seed, input_bound=input_bound, grad_bound=grad_bound)
+  sens = privacy.sensitivities(model) if method == 'bp' else clip_norm
+  z = 0.0 if method == 'nonprivate' else 1.0
+  tx = optax.chain(privacy.add_gaussian_noise(z, sens, float(batch), key=jax.random.key(seed)),
+                   optax.adam(1e-3))
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, optimizer, x, y, mask):
+    if method == 'dpsgd':
+      loss, grads = privacy.dpsgd_grad_sum(dp_train.per_example_loss, model, x, y, mask=mask,
+                                           clip_norm=clip_norm)
+    else:
+      loss, grads = privacy.backprop_clip_grad_sum(dp_train.per_example_loss, model, x, y,
+                                                   mask=mask)
+    optimizer.update(model, grads)
+    return loss
+
+  return model, optimizer, step
+
+
+def time_steps(*, batch: int = 256, rounds: int = 15, steps: int = 10,
+               seed: int = 0) -> list[dict]:
+  """Median step time of each variant, interleaved rounds."""
+  ds = data_lib.load_dataset('mnist_subset', seed=seed)
+  x = jnp.asarray(ds.normalize(ds.x_train[:batch]).astype(np.float32))
+  y = jnp.asarray(ds.y_train[:batch])
+  mask = jnp.ones((batch,), bool)
+  runners = {}
+  for v in VARIANTS:
+    model, opt, step = _make_step(v, batch, 1.0, 3.0, 0.1, seed)
+    jax.block_until_ready(step(model, opt, x, y, mask))  # Compile.
+    jax.block_until_ready(step(model, opt, x, y, mask))
+    runners[v] = (model, opt, step)
+  times = {v: [] for v in VARIANTS}
+  rng = random.Random(seed)
+  for _ in range(rounds):
+    order = list(VARIANTS)
+    rng.shuffle(order)
+    for v in order:
+      model, opt, step = runners[v]
+      start = time.perf_counter()
+      for _ in range(steps):
+        loss = step(model, opt, x, y, mask)
+      jax.block_until_ready((loss, nnx.state(model)))
+      times[v].append((time.perf_counter() - start) / steps)
+  rows = []
+  for v in VARIANTS:
+    ratios = [t / b for t, b in zip(times[v], times['nonprivate'])]
+    ratios_dpsgd = [d / t for t, d in zip(times[v], times['dpsgd'])]
+    rows.append(dict(variant=v, ms=1e3 * statistics.median(times[v]),
+                     ratio=statistics.median(ratios),
+                     ratio_of_medians=statistics.median(times[v]) / statistics.median(
+                         times['nonprivate']),
+                     dpsgd_over=statistics.median(ratios_dpsgd)))
+  return rows
+
+
+def accuracy_vs_epsilon(*, epsilons: Sequence[float], seeds: Sequence[int], epochs: float,
+                        max_train: int | None = None, lr: float = 1e-2,
+                        accountant: str = 'pld', nonprivate: bool = True,
+                        methods: Sequence[str] = ('bp', 'dpsgd'),
+                        verbose: bool = False) -> list[dict]:
+  """Accuracy of bp and dpsgd (and non-private) over seeds at each target epsilon."""
+  out = []
+  settings = [('nonprivate', None)] if nonprivate else []
+  settings += [(m, e) for m in methods for e in epsilons]
+  for method, eps in settings:
+    accs, eps_pld, zs, steps = [], [], [], 0
+    for seed in seeds:
+      ds = data_lib.load_dataset('mnist_subset', seed=seed)
+      if max_train:
+        ds = ds._replace(x_train=ds.x_train[:max_train], y_train=ds.y_train[:max_train],
+                         x_test=ds.x_test[:max_train], y_test=ds.y_test[:max_train])
+      r = dp_train.train_and_evaluate(method, ds, target_epsilon=eps, epochs=epochs,
+                                      learning_rate=lr, seed=seed, accountant=accountant)
+      accs.append(r['accuracy'])
+      eps_pld.append(r['epsilon'])
+      zs.append(r['noise_multiplier'])
+      steps = r['steps']
+      if verbose:
+        print(f'  {method} eps={eps} seed={seed}: acc {r["accuracy"]:.4f}', file=sys.stderr,
+              flush=True)
+    out.append(dict(method=method, target=eps, mean=float(np.mean(accs)),
+                    std=float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0,
+                    n=len(accs), eps=max(eps_pld), z=zs[0], steps=steps,
+                    num_releases=r['num_releases']))
+  return out
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+  """Runs the benchmark; prints (and optionally writes) the Markdown tables."""
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--quick', action='store_true', help='tiny settings, seconds')
+  p.add_argument('--rounds', type=int, default=15)
+  p.add_argument('--steps', type=int, default=10)
+  p.add_argument('--epsilons', nargs='+', type=float, default=[1.0, 3.0, 8.0])
+  p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
+  p.add_argument('--epochs', type=float, default=5.0)
+  p.add_argument('--lr', type=float, default=1e-2)
+  p.add_argument('--skip-timing', action='store_true')
+  p.add_argument('--skip-accuracy', action='store_true')
+  p.add_argument('--out', default=None)
+  p.add_argument('--verbose', action='store_true')
+  args = p.parse_args(argv)
+  if args.quick:
+    args.rounds, args.steps, args.epsilons, args.seeds, args.epochs = 1, 1, [3.0], [0], 0.5
+  lines = [f'# Differential privacy: backprop clipping vs per-example DP-SGD',
+           '',
+           f'Command: `python benchmarks/dp.py {" ".join(argv or [])}`',
+           f'Date: {datetime.date.today().isoformat()}; {platform.machine()} CPU '
+           f'({jax.device_count()} JAX devices, backend {jax.default_backend()}), 2-core CPU, '
+           'shared with other jobs; jax ' + jax.__version__ + '.', '']
+  if not args.skip_timing:
+    batch = 8 if args.quick else 256
+    rows = time_steps(batch=batch, rounds=args.rounds, steps=args.steps)
+    lines += [f'## Step time, StevensCNN (18.8k params), batch {batch}, interleaved '
+              f'({args.rounds} rounds x {args.steps} steps)', '',
+              '| variant | median ms/step | x non-private (median of per-round ratios) | '
+              'x non-private (ratio of medians) | DP-SGD / this (median of ratios) |',
+              '|---|---:|---:|---:|---:|']
+    for r in rows:
+      lines.append(f"| {r['variant']} | {r['ms']:.2f} | {r['ratio']:.2f}x | "
+                   f"{r['ratio_of_medians']:.2f}x | {r['dpsgd_over']:.2f}x |")
+    lines += ['', 'Opacus was not measured (not installed; no PyTorch run in this benchmark).', '']
+  if not args.skip_accuracy:
+    rows = accuracy_vs_epsilon(epsilons=args.epsilons, seeds=args.seeds, epochs=args.epochs,
+                               max_train=1024 if args.quick else None, lr=args.lr,
+                               accountant='rdp' if args.quick else 'pld',
+                               nonprivate=not args.quick,
+                               methods=('bp',) if args.quick else ('bp', 'dpsgd'),
+                               verbose=args.verbose)
+    lines += [f'## Test accuracy vs epsilon, MNIST subset (4,000 train / 1,000 test), '
+              f'delta = 1e-5, expected batch 256, {args.epochs:g} epochs, Adam lr {args.lr:g}, '
+              f'{len(args.seeds)} seeds', '',
+              '| method | target eps | accounted eps (PLD) | z per release | L | steps | '
+              'accuracy (mean +- std) |',
+              '|---|---:|---:|---:|---:|---:|---:|']
+    for r in rows:
+      target = '-' if r['target'] is None else f"{r['target']:g}"
+      eps = '-' if r['target'] is None else f"{r['eps']:.3f}"
+      z = '-' if r['target'] is None else f"{r['z']:.3f}"
+      lines.append(f"| {r['method']} | {target} | {eps} | {z} | {r['num_releases']} | "
+                   f"{r['steps']} | {r['mean']:.4f} +- {r['std']:.4f} (n={r['n']}) |")
+  text = '\n'.join(lines) + '\n'
+  print(text)
+  if args.out:
+    pathlib.Path(args.out).write_text(text)
+  return text
+
+
+if __name__ == '__main__':
+  main(sys.argv[1:])

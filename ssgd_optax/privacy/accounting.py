@@ -1,0 +1,574 @@
+# Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
+"""Privacy accounting for Poisson-sampled Gaussian training, via ``dp_accounting``.
+
+One training step samples a batch by Poisson sampling (each of the ``N``
+examples independently with probability ``q``) and then releases
+``num_releases = L`` Gaussian mechanisms computed **on that same batch**, each
+with sensitivity ``Delta_l`` and noise ``z * Delta_l`` (e.g. one per layer in
+backprop clipping, ``L = 1`` for DP-SGD). The correct event of one step is::
+
+  PoissonSampledDpEvent(q, ComposedDpEvent([GaussianDpEvent(z)] * L))
+
+and the L Gaussians compose exactly into one Gaussian of noise multiplier
+``z / sqrt(L)`` (the privacy-loss random variables add: ``mu = sqrt(L) / z``).
+The whole run is that step self-composed ``T`` times.
+
+* ``accountant="rdp"`` composes the event above as written (Renyi DP,
+  Mironov et al.); it is fast and a little loose.
+* ``accountant="pld"`` (default, tightest) uses the privacy-loss distribution
+  accountant with the equivalent ``GaussianDpEvent(z / sqrt(L))``: its
+  ``PoissonSampledDpEvent`` does not accept a ``ComposedDpEvent``.
+
+Treating the L releases as independently subsampled (``L * T`` separate
+subsampled Gaussians, as the backprop-clipping authors' code does) is **wrong**
+and under-reports epsilon badly at low noise (their "epsilon = 3" is about 24;
+see ``docs/privacy.md``). The GDP central-limit approximation is not offered:
+it is not an upper bound.
+
+Padded fixed-size batches (:func:`ssgd_optax.privacy.poisson_sample`) change
+nothing unless the Poisson batch overflows the padding; pass ``num_examples``
+and ``max_batch_size`` to account for that truncation exactly (PLD only), or
+see :func:`ssgd_optax.privacy.overflow_probability`.
+
+Everything here runs on the host (Python floats), never under ``jit``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import warnings
+from typing import Any, Literal
+
+import dp_accounting
+from scipy import optimize
+from dp_accounting import pld as _pld
+from dp_accounting import rdp as _rdp
+from dp_accounting.pld import privacy_loss_distribution as _pld_lib
+
+from ssgd_optax import _validation
+
+__all__ = [
+    'ACCOUNTANTS',
+    'BudgetExhaustedError',
+    'BudgetTracker',
+    'calibrate_noise_multiplier',
+    'compute_delta',
+    'compute_epsilon',
+    'make_dp_event',
+]
+
+ACCOUNTANTS = ('pld', 'rdp')
+Accountant = Literal['pld', 'rdp']
+_ON_EXHAUSTED = ('raise', 'warn', 'stop')
+
+
+class BudgetExhaustedError(RuntimeError):
+  """Raised by :class:`BudgetTracker` when a step would exceed the budget."""
+
+
+# ----------------------------------------------------------------------------
+# Argument checks.
+
+
+def _concrete(name: str, value: Any) -> float:
+  """A Python float from a concrete scalar; accounting never runs traced."""
+  if isinstance(value, bool):
+    raise TypeError(f'{name} must be a real number; got bool {value!r}.')
+  v = _validation.concrete_float(value)
+  if v is None:
+    raise TypeError(
+        f'{name} must be a concrete real number (a Python float or a concrete '
+        f'scalar array), not {type(value).__name__}: privacy accounting runs '
+        'on the host, outside jit.')
+  return v
+
+
+def _check_common(noise_multiplier: Any, sampling_rate: Any, steps: Any,
+                  num_releases: Any, accountant: Any) -> tuple[float, float]:
+  _validation.check_choice('accountant', accountant, ACCOUNTANTS)
+  z = _concrete('noise_multiplier', noise_multiplier)
+  if math.isnan(z) or z < 0:
+    raise ValueError(f'noise_multiplier must be a number >= 0 (inf allowed); got {z!r}.')
+  q = _concrete('sampling_rate', sampling_rate)
+  _validation.check_probability('sampling_rate', q)
+  _validation.check_int('steps', steps, minimum=0)
+  _validation.check_int('num_releases', num_releases, minimum=1)
+  return z, q
+
+
+def _check_delta(delta: Any) -> float:
+  d = _concrete('delta', delta)
+  if not 0 < d < 1:
+    raise ValueError(f'delta must be in (0, 1); got {d!r}.')
+  return d
+
+
+def _check_truncation(num_examples: Any, max_batch_size: Any, accountant: str) -> bool:
+  if num_examples is None and max_batch_size is None:
+    return False
+  if num_examples is None or max_batch_size is None:
+    raise ValueError(
+        'num_examples and max_batch_size go together (both give the truncated '
+        f'Poisson analysis); got num_examples={num_examples!r}, '
+        f'max_batch_size={max_batch_size!r}.')
+  _validation.check_int('num_examples', num_examples, minimum=1)
+  _validation.check_int('max_batch_size', max_batch_size, minimum=1)
+  if accountant != 'pld':
+    raise ValueError(
+        'Accounting for truncated Poisson batches (num_examples and '
+        "max_batch_size) needs accountant='pld'; dp_accounting's RDP accountant "
+        f'does not support it. Got accountant={accountant!r}.')
+  return True
+
+
+# ----------------------------------------------------------------------------
+# Events.
+
+
+def make_dp_event(*,
+                  noise_multiplier: float,
+                  sampling_rate: float,
+                  steps: int,
+                  num_releases: int = 1,
+                  accountant: Accountant = 'pld',
+                  num_examples: int | None = None,
+                  max_batch_size: int | None = None) -> dp_accounting.DpEvent:
+  r"""The ``dp_accounting`` event of ``steps`` Poisson-sampled training steps.
+
+  .. math::
+
+     \text{step} = \mathrm{Poisson}_q\big(\textstyle\bigotimes_{l=1}^{L}
+     \mathcal{N}(0, z^2)\big) \equiv \mathrm{Poisson}_q\big(\mathcal{N}(0,
+     (z/\sqrt{L})^2)\big), \qquad \text{run} = \text{step}^{\otimes T}.
+
+  Args:
+    noise_multiplier: ``z``, the noise std of each release divided by its
+      sensitivity, ``> 0``.
+    sampling_rate: Poisson sampling probability ``q`` (expected batch / N).
+    steps: number of steps ``T >= 0``.
+    num_releases: ``L``, Gaussian mechanisms released per step on the same
+      batch (layers with their own sensitivity), ``>= 1``.
+    accountant: ``"rdp"`` builds the composed event, ``"pld"`` the equivalent
+      single Gaussian with ``z / sqrt(L)`` (the PLD accountant rejects the
+      composed form).
+    num_examples: with ``max_batch_size``, the truncated-Poisson event
+      (``TruncatedSubsampledGaussianDpEvent``, PLD only).
+    max_batch_size: size the Poisson batch is truncated to.
+
+  Returns:
+    A ``dp_accounting.DpEvent``.
+
+  Example:
+    >>> from ssgd_optax.privacy import make_dp_event
+    >>> event = make_dp_event(noise_multiplier=1.0, sampling_rate=0.01,
+    ...                       steps=10, num_releases=4, accountant='rdp')
+    >>> type(event).__name__, event.count
+    ('SelfComposedDpEvent', 10)
+  """
+  z, q = _check_common(noise_multiplier, sampling_rate, steps, num_releases, accountant)
+  if z == 0:
+    raise ValueError('make_dp_event needs noise_multiplier > 0; noise 0 is not private.')
+  truncated = _check_truncation(num_examples, max_batch_size, accountant)
+  if truncated:
+    step = dp_accounting.TruncatedSubsampledGaussianDpEvent(
+        dataset_size=num_examples, sampling_probability=q,
+        truncated_batch_size=max_batch_size,
+        noise_multiplier=z / math.sqrt(num_releases))
+  elif accountant == 'rdp':
+    inner = (dp_accounting.GaussianDpEvent(z) if num_releases == 1 else
+             dp_accounting.ComposedDpEvent([dp_accounting.GaussianDpEvent(z)] * num_releases))
+    step = dp_accounting.PoissonSampledDpEvent(q, inner)
+  else:
+    step = dp_accounting.PoissonSampledDpEvent(
+        q, dp_accounting.GaussianDpEvent(z / math.sqrt(num_releases)))
+  return dp_accounting.SelfComposedDpEvent(step, steps)
+
+
+def _fresh_accountant(accountant: str) -> dp_accounting.PrivacyAccountant:
+  return _pld.PLDAccountant() if accountant == 'pld' else _rdp.RdpAccountant()
+
+
+def _trivial(z: float, q: float, steps: int) -> str | None:
+  """'zero' when nothing is released, 'inf' when released without noise."""
+  if steps == 0 or q == 0 or math.isinf(z):
+    return 'zero'
+  if z == 0:
+    return 'inf'
+  return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _epsilon(z: float, q: float, steps: int, num_releases: int, delta: float,
+             accountant: str, num_examples: int | None,
+             max_batch_size: int | None) -> float:
+  # Pure function of floats: cached because BudgetTracker and calibration
+  # re-evaluate the same settings, and one PLD evaluation can take seconds.
+  if accountant == 'pld' and num_examples is None:
+    # What PLDAccountant does for this event, with the one-step PLD kept, so
+    # that a bisection over `steps` (BudgetTracker) builds it only once.
+    pld_one_step = _subsampled_gaussian_pld(z / math.sqrt(num_releases), q)
+    return float(pld_one_step.self_compose(steps).get_epsilon_for_delta(delta))
+  event = make_dp_event(noise_multiplier=z, sampling_rate=q, steps=steps,
+                        num_releases=num_releases, accountant=accountant,
+                        num_examples=num_examples, max_batch_size=max_batch_size)
+  return float(_fresh_accountant(accountant).compose(event).get_epsilon(delta))
+
+
+@functools.lru_cache(maxsize=8)
+def _subsampled_gaussian_pld(noise_multiplier: float, sampling_rate: float) -> Any:
+  default = _pld.PLDAccountant()
+  return _pld_lib.from_gaussian_mechanism(
+      standard_deviation=noise_multiplier,
+      value_discretization_interval=default._value_discretization_interval,  # pylint: disable=protected-access
+      sampling_prob=sampling_rate,
+      neighboring_relation=default.neighboring_relation)
+
+
+def compute_epsilon(*,
+                    noise_multiplier: float,
+                    sampling_rate: float,
+                    steps: int,
+                    delta: float,
+                    num_releases: int = 1,
+                    accountant: Accountant = 'pld',
+                    num_examples: int | None = None,
+                    max_batch_size: int | None = None) -> float:
+  r"""Epsilon spent by ``steps`` Poisson-sampled steps of ``L`` Gaussian releases.
+
+  The smallest ``epsilon`` such that the run is ``(epsilon, delta)``-DP under
+  add/remove-one adjacency, for the event of :func:`make_dp_event`:
+  ``T`` self-compositions of ``Poisson_q(N(0, (z / sqrt(L))^2))``.
+
+  Edge cases: ``steps == 0``, ``sampling_rate == 0`` or ``noise_multiplier ==
+  inf`` give ``0.0``; ``noise_multiplier == 0`` (otherwise) gives ``inf``.
+
+  Args:
+    noise_multiplier: ``z = sigma / sensitivity`` of each release, ``>= 0``.
+    sampling_rate: Poisson sampling probability ``q`` in ``[0, 1]``.
+    steps: number of training steps ``T >= 0``.
+    delta: target delta in ``(0, 1)``.
+    num_releases: ``L >= 1``, Gaussian mechanisms per step on the same batch
+      (e.g. the number of clipped layers, plus one per accounted bias).
+    accountant: ``"pld"`` (tightest, default) or ``"rdp"`` (fast, looser).
+    num_examples: optional, with ``max_batch_size``: account for batches
+      truncated to ``max_batch_size`` when Poisson sampling overflows (PLD).
+    max_batch_size: the padded batch size of :func:`poisson_sample`.
+
+  Returns:
+    epsilon, a Python float (``inf`` if not private).
+
+  Example:
+    >>> from ssgd_optax.privacy import compute_epsilon
+    >>> eps = compute_epsilon(noise_multiplier=1.1, sampling_rate=0.01,
+    ...                       steps=100, delta=1e-5, accountant='rdp')
+    >>> 0.5 < eps < 1.5
+    True
+  """
+  z, q = _check_common(noise_multiplier, sampling_rate, steps, num_releases, accountant)
+  d = _check_delta(delta)
+  _check_truncation(num_examples, max_batch_size, accountant)
+  trivial = _trivial(z, q, steps)
+  if trivial == 'zero':
+    return 0.0
+  if trivial == 'inf':
+    return math.inf
+  return _epsilon(z, q, steps, num_releases, d, accountant, num_examples, max_batch_size)
+
+
+def compute_delta(*,
+                  noise_multiplier: float,
+                  sampling_rate: float,
+                  steps: int,
+                  epsilon: float,
+                  num_releases: int = 1,
+                  accountant: Accountant = 'pld') -> float:
+  r"""Delta at a given epsilon, for the same event as :func:`compute_epsilon`.
+
+  The smallest ``delta`` with the run ``(epsilon, delta)``-DP; ``0.0`` when
+  nothing is released, ``1.0`` without noise.
+
+  Args:
+    noise_multiplier: ``z >= 0``.
+    sampling_rate: ``q`` in ``[0, 1]``.
+    steps: ``T >= 0``.
+    epsilon: ``>= 0``.
+    num_releases: ``L >= 1``.
+    accountant: ``"pld"`` or ``"rdp"``.
+
+  Returns:
+    delta, a Python float in ``[0, 1]``.
+
+  Example:
+    >>> from ssgd_optax.privacy import compute_delta
+    >>> d = compute_delta(noise_multiplier=1.1, sampling_rate=0.01, steps=100,
+    ...                   epsilon=1.0, accountant='rdp')
+    >>> 0 < d < 1e-4
+    True
+  """
+  z, q = _check_common(noise_multiplier, sampling_rate, steps, num_releases, accountant)
+  eps = _concrete('epsilon', epsilon)
+  if math.isnan(eps) or eps < 0:
+    raise ValueError(f'epsilon must be a number >= 0; got {eps!r}.')
+  trivial = _trivial(z, q, steps)
+  if trivial == 'zero':
+    return 0.0
+  if trivial == 'inf':
+    return 1.0
+  event = make_dp_event(noise_multiplier=z, sampling_rate=q, steps=steps,
+                        num_releases=num_releases, accountant=accountant)
+  return float(min(1.0, _fresh_accountant(accountant).compose(event).get_delta(eps)))
+
+
+def calibrate_noise_multiplier(target_epsilon: float,
+                               *,
+                               sampling_rate: float,
+                               steps: int,
+                               delta: float,
+                               num_releases: int = 1,
+                               accountant: Accountant = 'pld',
+                               tol: float = 1e-3,
+                               max_noise_multiplier: float = 1e3) -> float:
+  r"""The smallest noise multiplier whose run spends at most ``target_epsilon``.
+
+  Returns ``z`` with ``compute_epsilon(z, ...) <= target_epsilon`` and
+  ``compute_epsilon(z - tol, ...) > target_epsilon`` (epsilon decreases in
+  ``z``), found by Brent's method (as ``dp_accounting.calibrate_dp_mechanism``
+  does, on cached evaluations) on a bracket located with the fast RDP
+  accountant. ``num_releases`` is
+  included, so ``z`` is the multiplier of *each* of the ``L`` releases.
+
+  Args:
+    target_epsilon: epsilon to meet, ``> 0``.
+    sampling_rate: ``q`` in ``(0, 1]``.
+    steps: ``T >= 1``.
+    delta: in ``(0, 1)``.
+    num_releases: ``L >= 1``.
+    accountant: ``"pld"`` (default) or ``"rdp"``.
+    tol: absolute tolerance on ``z``, ``> 0``.
+    max_noise_multiplier: the search gives up above this ``z``.
+
+  Returns:
+    The noise multiplier ``z``, a Python float.
+
+  Raises:
+    ValueError: on bad arguments, or when even ``max_noise_multiplier`` does not
+      meet the target (infeasible).
+
+  Example:
+    >>> from ssgd_optax.privacy import calibrate_noise_multiplier, compute_epsilon
+    >>> z = calibrate_noise_multiplier(1.0, sampling_rate=0.01, steps=100,
+    ...                                delta=1e-5, accountant='rdp')
+    >>> compute_epsilon(noise_multiplier=z, sampling_rate=0.01, steps=100,
+    ...                 delta=1e-5, accountant='rdp') <= 1.0
+    True
+  """
+  eps = _concrete('target_epsilon', target_epsilon)
+  if not (eps > 0 and math.isfinite(eps)):
+    raise ValueError(f'target_epsilon must be a finite number > 0; got {eps!r}.')
+  _, q = _check_common(1.0, sampling_rate, steps, num_releases, accountant)
+  d = _check_delta(delta)
+  if q == 0 or steps == 0:
+    raise ValueError(
+        'calibrate_noise_multiplier needs sampling_rate > 0 and steps >= 1: '
+        f'nothing is released otherwise (got sampling_rate={q!r}, steps={steps!r}).')
+  _validation.check_positive('tol', tol)
+  _validation.check_positive('max_noise_multiplier', max_noise_multiplier)
+  zmax = float(max_noise_multiplier)
+
+  def eps_of(z: float, acc: str = accountant) -> float:
+    return _epsilon(float(z), q, steps, num_releases, d, acc, None, None)
+
+  if eps_of(zmax) > eps:
+    raise ValueError(
+        f'target_epsilon={eps!r} is infeasible at delta={d!r} with '
+        f'sampling_rate={q!r}, steps={steps}, num_releases={num_releases}: even '
+        f'noise_multiplier={zmax!r} (max_noise_multiplier) spends '
+        f'{eps_of(zmax):.4g}. Raise target_epsilon or delta, sample less, '
+        'train fewer steps, or raise max_noise_multiplier.')
+
+  def solve(acc: str, lo: float, hi: float) -> float:
+    """Smallest z (to tol) meeting the target under `acc`, from a guess bracket."""
+    while eps_of(hi, acc) > eps:  # zmax is feasible, so this stops.
+      lo, hi = hi, min(2 * hi, zmax)
+    while eps_of(lo, acc) <= eps:
+      if lo < 1e-6:
+        return lo  # Even a negligible multiplier meets the target.
+      hi, lo = lo, lo / 2
+    # Brent's method, as dp_accounting.calibrate_dp_mechanism uses, on the
+    # cached epsilon so that no setting is accounted twice (one PLD
+    # evaluation costs about a second).
+    root = optimize.brentq(lambda z: eps_of(z, acc) - eps, lo, hi, xtol=tol / 4)
+    # root is within tol/4 of the exact z*, so z = root + tol/4 >= z* meets
+    # the target and z - tol < z* misses it (epsilon decreases in z). Checked,
+    # since PLD discretisation makes epsilon very slightly non-monotone.
+    z = min(root + tol / 4, hi)
+    while eps_of(z, acc) > eps and z < hi:
+      z = min(hi, z + tol / 4)
+    return z
+
+  # RDP is cheap and a little loose: its answer is an upper guess for PLD's.
+  z_rdp = solve('rdp', 0.5, 1.0)
+  if accountant == 'rdp':
+    return float(z_rdp)
+  return float(solve('pld', 0.75 * z_rdp, z_rdp))
+
+
+# ----------------------------------------------------------------------------
+# Budget tracking.
+
+
+@dataclasses.dataclass
+class BudgetTracker:
+  r"""Counts training steps against an ``(epsilon, delta)`` budget.
+
+  On construction it finds ``max_steps``, the largest ``T`` whose accounted
+  epsilon (:func:`compute_epsilon`, same arguments) is ``<= target_epsilon``
+  (a bisection over ``T``; epsilon grows with ``T``). Call :meth:`step`
+  **before** releasing each update: it charges the step and returns ``True``,
+  or, when the step would exceed the budget, acts on ``on_exhausted``:
+
+  * ``"raise"``: raise :class:`BudgetExhaustedError` (the step is not charged);
+  * ``"stop"``: return ``False`` (not charged): break out of the loop;
+  * ``"warn"``: warn, charge the step anyway and return ``False``; then
+    :meth:`spent` exceeds the target and says so.
+
+  Attributes:
+    target_epsilon: the budget's epsilon, ``> 0``.
+    delta: the budget's delta in ``(0, 1)``.
+    noise_multiplier: ``z`` of each release, ``> 0``.
+    sampling_rate: Poisson ``q`` in ``(0, 1]``.
+    num_releases: ``L``, releases per step on the same batch.
+    accountant: ``"pld"`` or ``"rdp"``.
+    on_exhausted: ``"raise"``, ``"warn"`` or ``"stop"``.
+    max_steps: the number of steps the budget allows (computed).
+    steps: steps charged so far.
+
+  Example:
+    >>> from ssgd_optax.privacy import BudgetTracker
+    >>> tracker = BudgetTracker(1.0, 1e-5, noise_multiplier=1.0,
+    ...                         sampling_rate=0.01, accountant='rdp',
+    ...                         on_exhausted='stop')
+    >>> while tracker.step():
+    ...   pass  # train one step here
+    >>> tracker.steps == tracker.max_steps, tracker.spent() <= 1.0
+    (True, True)
+  """
+
+  target_epsilon: float
+  delta: float
+  noise_multiplier: float = dataclasses.field(kw_only=True)
+  sampling_rate: float = dataclasses.field(kw_only=True)
+  num_releases: int = dataclasses.field(default=1, kw_only=True)
+  accountant: Accountant = dataclasses.field(default='pld', kw_only=True)
+  on_exhausted: Literal['raise', 'warn', 'stop'] = dataclasses.field(
+      default='raise', kw_only=True)
+  max_steps_limit: int = dataclasses.field(default=10**7, kw_only=True)
+  max_steps: int = dataclasses.field(init=False)
+  steps: int = dataclasses.field(init=False, default=0)
+
+  def __post_init__(self):
+    eps = _concrete('target_epsilon', self.target_epsilon)
+    if not (eps > 0 and math.isfinite(eps)):
+      raise ValueError(f'target_epsilon must be a finite number > 0; got {eps!r}.')
+    z, q = _check_common(self.noise_multiplier, self.sampling_rate, 0,
+                         self.num_releases, self.accountant)
+    if z == 0:
+      raise ValueError('noise_multiplier must be > 0 for a finite budget; got 0.')
+    if q == 0:
+      raise ValueError('sampling_rate must be in (0, 1]; got 0.')
+    _validation.check_choice('on_exhausted', self.on_exhausted, _ON_EXHAUSTED)
+    _validation.check_int('max_steps_limit', self.max_steps_limit, minimum=1)
+    self.target_epsilon, self.noise_multiplier, self.sampling_rate = eps, z, q
+    self.delta = _check_delta(self.delta)
+    self.max_steps = self._find_max_steps()
+
+  def _epsilon_at(self, steps: int) -> float:
+    """Epsilon after ``steps`` steps under this tracker's settings."""
+    return compute_epsilon(noise_multiplier=self.noise_multiplier,
+                           sampling_rate=self.sampling_rate, steps=steps,
+                           delta=self.delta, num_releases=self.num_releases,
+                           accountant=self.accountant)
+
+  def _find_max_steps(self) -> int:
+    eps = self.target_epsilon
+    limit = self.max_steps_limit
+
+    def fits(steps: int, accountant: str) -> bool:
+      return compute_epsilon(
+          noise_multiplier=self.noise_multiplier, sampling_rate=self.sampling_rate,
+          steps=steps, delta=self.delta, num_releases=self.num_releases,
+          accountant=accountant) <= eps
+
+    def largest(accountant: str, lo: int) -> int:
+      """Largest T <= limit with fits(T); `lo` is a guess that may not fit."""
+      while lo > 0 and not fits(lo, accountant):
+        lo //= 2
+      if lo == 0:
+        return 0
+      hi = max(lo + 1, int(lo * 1.5))  # fits(lo); grow hi until it fails.
+      while hi <= limit and fits(hi, accountant):
+        lo, hi = hi, max(hi + 1, int(hi * 1.5))
+      if hi > limit:
+        if fits(limit, accountant):
+          return limit
+        hi = limit
+      while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(mid, accountant):
+          lo = mid
+        else:
+          hi = mid
+      return lo
+
+    # The cheap RDP answer is a good first guess for the (tighter) PLD one.
+    steps_rdp = largest('rdp', 1)
+    if self.accountant == 'rdp':
+      return steps_rdp
+    return largest('pld', max(steps_rdp, 1))
+
+  @property
+  def remaining(self) -> int:
+    """Steps left before the budget is spent (``0`` when exhausted)."""
+    return max(0, self.max_steps - self.steps)
+
+  @property
+  def exhausted(self) -> bool:
+    """Whether one more step would exceed the budget."""
+    return self.remaining == 0
+
+  def spent(self) -> float:
+    """Epsilon spent by the steps charged so far (at ``delta``)."""
+    return self._epsilon_at(self.steps)
+
+  def step(self, num_steps: int = 1) -> bool:
+    """Charges ``num_steps`` steps; ``False`` (or raises) when over budget.
+
+    Args:
+      num_steps: steps to charge, ``>= 1``.
+
+    Returns:
+      ``True`` if the steps fit in the budget and were charged, else ``False``
+      (``on_exhausted="stop"``: not charged; ``"warn"``: charged).
+
+    Raises:
+      BudgetExhaustedError: with ``on_exhausted="raise"`` when over budget.
+    """
+    _validation.check_int('num_steps', num_steps, minimum=1)
+    if self.steps + num_steps <= self.max_steps:
+      self.steps += num_steps
+      return True
+    message = (
+        f'Privacy budget exhausted: {self.steps} steps taken, {num_steps} more '
+        f'would exceed epsilon={self.target_epsilon} at delta={self.delta} '
+        f'(the budget allows {self.max_steps} steps at noise_multiplier='
+        f'{self.noise_multiplier}, sampling_rate={self.sampling_rate}, '
+        f'num_releases={self.num_releases}, accountant={self.accountant!r}).')
+    if self.on_exhausted == 'raise':
+      raise BudgetExhaustedError(message)
+    if self.on_exhausted == 'warn':
+      self.steps += num_steps
+      warnings.warn(message + f' Continuing: epsilon is now {self.spent():.4g}.',
+                    RuntimeWarning, stacklevel=2)
+    return False

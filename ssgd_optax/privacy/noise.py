@@ -1,0 +1,131 @@
+# Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
+"""The Gaussian mechanism as an optax transformation, with its key in the state.
+
+:func:`add_gaussian_noise` turns a **sum** of clipped per-example gradients
+into a noisy mean: each leaf ``l`` gets independent noise of standard
+deviation ``z * Delta_l`` (``Delta_l`` = the leaf's L2 sensitivity), and the
+result is divided by the *expected* batch size ``q * N`` (never by the
+realised Poisson batch size, which would leak it). Put it first in an
+``optax.chain``, before the optimiser.
+
+How many Gaussian mechanisms that is depends on where the sensitivity holds:
+
+* backprop clipping bounds each tensor separately (``sensitivity`` = the tree
+  of :func:`ssgd_optax.privacy.sensitivities`): ``L`` releases per step;
+* DP-SGD bounds the whole gradient (a scalar ``sensitivity = C``): one release
+  with noise ``z * C`` on every coordinate.
+
+Pass the matching ``num_releases`` to :func:`ssgd_optax.privacy.compute_epsilon`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+from ssgd_optax import _validation
+
+__all__ = ['GaussianNoiseState', 'add_gaussian_noise']
+
+
+class GaussianNoiseState(NamedTuple):
+  """State of :func:`add_gaussian_noise`.
+
+  Attributes:
+    key: the base PRNG key; step ``t`` uses ``fold_in(key, t)``.
+    count: number of updates noised so far (int32).
+  """
+
+  key: chex.PRNGKey
+  count: chex.Array
+
+
+def _is_scalar(tree: Any) -> bool:
+  return jax.tree_util.treedef_is_leaf(jax.tree.structure(tree)) and jnp.ndim(tree) == 0
+
+
+def add_gaussian_noise(noise_multiplier: Any,
+                       sensitivity: Any,
+                       expected_batch_size: Any,
+                       *,
+                       key: chex.PRNGKey) -> optax.GradientTransformation:
+  r"""Adds ``N(0, (z * Delta_l)^2)`` to each leaf of a gradient sum, then averages.
+
+  .. math::
+
+     u_l = \frac{1}{\bar B}\Big(\sum_{i \in \text{batch}} \tilde g_{i,l}
+           + z\,\Delta_l\,\xi_l\Big), \qquad \xi_l \sim \mathcal N(0, I)
+
+  with a fresh ``xi`` per leaf and per step (``fold_in(key, count)``, then
+  one split per leaf). Noise is drawn and added in float32 (float64 kept) and
+  cast back to the leaf's dtype. ``z = 0`` gives exactly ``sum / Bbar``; a
+  NaN/Inf in the sum stays NaN/Inf; ``None`` leaves and empty trees pass
+  through.
+
+  Args:
+    noise_multiplier: ``z >= 0`` (may be traced, e.g. under
+      ``optax.inject_hyperparams``).
+    sensitivity: ``Delta``: a scalar for every leaf (DP-SGD's global clip
+      norm), or a tree shaped like the updates with a scalar per leaf
+      (:func:`ssgd_optax.privacy.sensitivities`), each ``>= 0``.
+    expected_batch_size: ``Bbar = q * N > 0``.
+    key: a PRNG key, owned by this transformation from now on.
+
+  Returns:
+    An ``optax.GradientTransformation`` with :class:`GaussianNoiseState`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from ssgd_optax.privacy import add_gaussian_noise
+    >>> tx = optax.chain(add_gaussian_noise(1.0, 0.1, 32.0, key=jax.random.key(0)),
+    ...                  optax.sgd(0.1))
+    >>> params = {'w': jnp.zeros(3)}
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update({'w': jnp.ones(3)}, state)
+    >>> updates['w'].shape
+    (3,)
+  """
+  _validation.check_nonnegative('noise_multiplier', noise_multiplier)
+  _validation.check_positive('expected_batch_size', expected_batch_size)
+  for leaf in jax.tree.leaves(sensitivity):
+    _validation.check_nonnegative('sensitivity', leaf)
+  if sensitivity is None:
+    raise ValueError('sensitivity must be a number or a tree of numbers; got None.')
+  if not isinstance(key, jax.Array):
+    raise TypeError(f'key must be a JAX PRNG key (jax.random.key(seed)); got '
+                    f'{type(key).__name__}.')
+
+  def init_fn(params):
+    del params
+    return GaussianNoiseState(key=key, count=jnp.zeros([], jnp.int32))
+
+  def update_fn(updates, state, params=None):
+    del params
+    leaves, treedef = jax.tree.flatten(updates)
+    if _is_scalar(sensitivity):
+      sens = [sensitivity] * len(leaves)
+    else:
+      try:
+        sens = treedef.flatten_up_to(sensitivity)
+      except (ValueError, TypeError) as e:
+        raise ValueError(
+            'sensitivity must be a scalar or a tree with the structure of the updates '
+            f'(one scalar per leaf); structures differ: {e}') from None
+    step_key = jax.random.fold_in(state.key, state.count)
+    keys = jax.random.split(step_key, max(len(leaves), 1))
+    out = []
+    for g, s, k in zip(leaves, sens, keys):
+      dtype = jnp.promote_types(g.dtype, jnp.float32)
+      noise = jax.random.normal(k, g.shape, dtype)
+      std = jnp.asarray(noise_multiplier, dtype) * jnp.asarray(s, dtype)
+      total = g.astype(dtype) + std * noise
+      out.append((total / jnp.asarray(expected_batch_size, dtype)).astype(g.dtype))
+    new_state = GaussianNoiseState(key=state.key,
+                                   count=optax.safe_increment(state.count))
+    return jax.tree.unflatten(treedef, out), new_state
+
+  return optax.GradientTransformation(init_fn, update_fn)

@@ -1,0 +1,147 @@
+# Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
+"""Tests for ssgd_optax.privacy.noise and ssgd_optax.privacy.dpsgd."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from ssgd_optax import privacy
+
+
+def _apply(tx, updates, steps=1):
+  state = tx.init(updates)
+  out = []
+  for _ in range(steps):
+    u, state = tx.update(updates, state)
+    out.append(u)
+  return out, state
+
+
+def test_noise_has_the_specified_std_per_leaf():
+  z, bbar = 2.0, 4.0
+  updates = {'a': jnp.zeros(200_000), 'b': jnp.zeros((400, 250))}
+  sens = {'a': jnp.float32(0.5), 'b': jnp.float32(3.0)}
+  (u,), _ = _apply(privacy.add_gaussian_noise(z, sens, bbar, key=jax.random.key(0)), updates)
+  for name, s in sens.items():
+    x = np.asarray(u[name]).ravel()
+    want = z * float(s) / bbar
+    # std of a 1e5-sample std estimate is ~ want / sqrt(2n): 1% is > 4 sigma.
+    assert abs(x.std() / want - 1) < 0.01, name
+    assert abs(x.mean()) < 5 * want / np.sqrt(x.size)
+  # Independent leaves.
+  assert abs(np.corrcoef(np.asarray(u['a'][:100_000]), np.asarray(u['b']).ravel())[0, 1]) < 0.02
+
+
+def test_signal_is_divided_by_expected_batch_and_zero_noise_is_exact():
+  g = {'w': jnp.arange(6.0).reshape(2, 3)}
+  (u,), _ = _apply(privacy.add_gaussian_noise(0.0, 1.0, 3.0, key=jax.random.key(1)), g)
+  np.testing.assert_array_equal(u['w'], g['w'] / 3.0)
+
+
+def test_fresh_noise_each_step_and_reproducible_from_the_key():
+  g = {'w': jnp.zeros(8)}
+  tx = privacy.add_gaussian_noise(1.0, 1.0, 1.0, key=jax.random.key(2))
+  (u1, u2), state = _apply(tx, g, steps=2)
+  assert not np.allclose(u1['w'], u2['w'])
+  assert int(state.count) == 2
+  (v1, _), _ = _apply(privacy.add_gaussian_noise(1.0, 1.0, 1.0, key=jax.random.key(2)), g,
+                      steps=2)
+  np.testing.assert_array_equal(u1['w'], v1['w'])
+
+
+def test_jit_inject_hyperparams_and_chain():
+  tx = optax.chain(
+      optax.inject_hyperparams(privacy.add_gaussian_noise, static_args=('key',))(
+          noise_multiplier=1.0, sensitivity=1.0, expected_batch_size=2.0,
+          key=jax.random.key(3)),
+      optax.sgd(0.1))
+  params = {'w': jnp.zeros(4)}
+  state = tx.init(params)
+  u, state = jax.jit(tx.update)({'w': jnp.ones(4)}, state)
+  assert u['w'].shape == (4,) and np.isfinite(u['w']).all()
+
+
+def test_none_leaves_empty_trees_dtypes_and_nan():
+  tx = privacy.add_gaussian_noise(1.0, 0.1, 2.0, key=jax.random.key(4))
+  (u,), _ = _apply(tx, {'a': None, 'b': jnp.ones(3, jnp.bfloat16)})
+  assert u['a'] is None and u['b'].dtype == jnp.bfloat16
+  (u,), _ = _apply(tx, {})
+  assert u == {}
+  (u,), _ = _apply(tx, {'c': jnp.array([jnp.nan, 1.0])})
+  assert np.isnan(u['c'][0]) and np.isfinite(u['c'][1])
+
+
+@pytest.mark.parametrize('args,kw,err,match', [
+    ((-1.0, 1.0, 1.0), {}, ValueError, 'noise_multiplier'),
+    ((1.0, -1.0, 1.0), {}, ValueError, 'sensitivity'),
+    ((1.0, None, 1.0), {}, ValueError, 'sensitivity'),
+    ((1.0, 1.0, 0.0), {}, ValueError, 'expected_batch_size'),
+    ((1.0, 1.0, 1.0), {'key': 0}, TypeError, 'key'),
+])
+def test_noise_rejects_bad_arguments(args, kw, err, match):
+  kw = {'key': jax.random.key(0), **kw}
+  with pytest.raises(err, match=match):
+    privacy.add_gaussian_noise(*args, **kw)
+
+
+def test_sensitivity_structure_mismatch():
+  tx = privacy.add_gaussian_noise(1.0, {'a': 1.0}, 1.0, key=jax.random.key(0))
+  with pytest.raises(ValueError, match='structure'):
+    _apply(tx, {'a': jnp.ones(2), 'b': jnp.ones(2)})
+
+
+# ---------------------------------------------------------------------------
+# DP-SGD baseline.
+
+
+def _ce(m, x, y):
+  return optax.softmax_cross_entropy_with_integer_labels(m(x), y)
+
+
+def test_dpsgd_sum_equals_loop_of_clipped_per_example_gradients():
+  model = nnx.Sequential(nnx.Linear(5, 4, rngs=nnx.Rngs(0)), nnx.relu,
+                         nnx.Linear(4, 3, use_bias=False, rngs=nnx.Rngs(1)))
+  x = 3 * jax.random.normal(jax.random.key(5), (6, 5))
+  y = jnp.arange(6) % 3
+  mask = jnp.array([1, 1, 0, 1, 1, 0], bool)
+  c = 0.3
+  loss, got = nnx.jit(lambda m, x, y, mask: privacy.dpsgd_grad_sum(
+      _ce, m, x, y, clip_norm=c, mask=mask))(model, x, y, mask)
+  grad_one = nnx.jit(nnx.grad(lambda m, xi, yi: _ce(m, xi, yi).sum()))
+  want, norms = None, []
+  for i in np.flatnonzero(np.asarray(mask)):
+    g = grad_one(model, x[i:i + 1], y[i:i + 1])
+    n = np.sqrt(sum(float(jnp.sum(l ** 2)) for l in jax.tree.leaves(g)))
+    norms.append(n)
+    g = jax.tree.map(lambda l: l * min(1.0, c / n), g)
+    want = g if want is None else jax.tree.map(jnp.add, want, g)
+  assert max(norms) > c  # Clipping is active in this test.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), got, want)
+  np.testing.assert_allclose(loss, _ce(model, x, y)[mask].sum(), rtol=1e-5)
+
+
+def test_clip_global_per_example_edge_cases():
+  g = {'a': jnp.array([[0.0], [jnp.nan], [3e30]]), 'b': jnp.array([[0.0], [1.0], [4e30]])}
+  clipped, norms = privacy.clip_global_per_example(g, 1.0)
+  np.testing.assert_array_equal(clipped['a'][0], [0.0])
+  assert np.isnan(clipped['a'][1]).all() and np.isnan(clipped['b'][1]).all()
+  np.testing.assert_allclose([clipped['a'][2, 0], clipped['b'][2, 0]], [0.6, 0.8], rtol=1e-5)
+  np.testing.assert_allclose(norms[2], 5e30, rtol=1e-5)
+  empty, n = privacy.clip_global_per_example({}, 1.0)
+  assert empty == {} and n.shape == (0,)
+  with pytest.raises(ValueError, match='clip_norm'):
+    privacy.clip_global_per_example(g, -1.0)
+
+
+def test_grad_sums_reject_bad_arguments():
+  model = nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+  with pytest.raises(TypeError, match='per_example_loss'):
+    privacy.dpsgd_grad_sum('loss', model, jnp.ones((2, 2)), clip_norm=1.0)
+  with pytest.raises(TypeError, match='per_example_loss'):
+    privacy.backprop_clip_grad_sum(None, model, jnp.ones((2, 2)))
+  with pytest.raises(ValueError, match='mask'):
+    privacy.backprop_clip_grad_sum(lambda m, x: m(x).sum(1), model, jnp.ones((2, 2)),
+                                   mask=jnp.ones(3))
