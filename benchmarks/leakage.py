@@ -1,0 +1,342 @@
+# Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
+"""Every gradient-leakage attack against every registered defence.
+
+For each model (sigmoid LeNet of DLG, small ReLU CNN; untrained and briefly
+trained), batch size and defence, the client's shared update of each batch is
+computed with :func:`ssgd_optax.attacks.observe` and attacked; the
+reconstructions are matched to the originals and scored (PSNR with peak 1 on
+[0, 1], SSIM, label accuracy). Attacks: DLG (L-BFGS), adaptive DLG (the
+attacker unit-normalises its dummy gradient with the defence's SSGD scope;
+"global" for other defences), Inverting Gradients with the global and the
+per-layer cosine, the analytic attack on an MLP's first layer, and R-GAP on a
+bias-free CNN (batch 1 only).
+
+Data: half MNIST digits from the embedded subset (padded to 32x32, grey to
+RGB), half 32x32 colour crops of scikit-image's sample images (labels i mod
+10), or CIFAR-10 with ``--cifar10 DIR``.
+
+    python benchmarks/leakage.py --quick                  # seconds, smoke test
+    python benchmarks/leakage.py --out benchmarks/results/leakage.md --png-dir benchmarks/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from ssgd_optax import attacks
+from ssgd_optax.attacks import models as attack_models
+
+SKIMAGE_SOURCES = ('astronaut', 'chelsea', 'coffee', 'rocket', 'hubble_deep_field',
+                   'immunohistochemistry', 'colorwheel', 'cat')
+
+
+def colour_crops(n: int, size: int, seed: int = 0) -> np.ndarray:
+  """``n`` colour crops ``[n, size, size, 3]`` in [0, 1] from scikit-image samples."""
+  import skimage.data
+  import skimage.transform
+  rng = np.random.default_rng(seed)
+  out = []
+  for i in range(n):
+    img = getattr(skimage.data, SKIMAGE_SOURCES[i % len(SKIMAGE_SOURCES)])()[..., :3]
+    img = skimage.transform.rescale(img, 4 * size / min(img.shape[:2]), channel_axis=-1,
+                                    anti_aliasing=True)
+    r = rng.integers(0, img.shape[0] - size + 1)
+    c = rng.integers(0, img.shape[1] - size + 1)
+    out.append(img[r:r + size, c:c + size])
+  return np.clip(np.stack(out), 0, 1).astype(np.float32)
+
+
+def load_images(n: int, size: int, cifar10: str | None = None, seed: int = 0
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """``n`` images ``[n, size, size, 3]`` and int labels."""
+  from ssgd_optax import data
+  if cifar10:
+    ds = data.load_dataset('cifar10', data_dir=cifar10)
+    x = jax.image.resize(ds.x_test[:n], (n, size, size, 3), 'linear')
+    return np.asarray(x), ds.y_test[:n].astype(np.int32)
+  ds = data.load_dataset('mnist_subset', seed=seed)
+  k = n // 2
+  # The subset's test split is sorted by class: take a seeded random sample.
+  idx = np.random.default_rng(seed).permutation(len(ds.x_test))[:k]
+  digits = np.asarray(jax.image.resize(ds.x_test[idx], (k, size, size, 1), 'linear'))
+  digits = np.repeat(np.clip(digits, 0, 1), 3, axis=-1)
+  crops = colour_crops(n - k, size, seed)
+  x = np.concatenate([digits, crops]).astype(np.float32)
+  y = np.concatenate([ds.y_test[idx], np.arange(n - k) % 10]).astype(np.int32)
+  return x, y
+
+
+def make_model(name: str, size: int, key: int) -> nnx.Module:
+  rngs = nnx.Rngs(key)
+  if name == 'lenet':
+    return attack_models.LeNetZhu((size, size, 3), 10, rngs=rngs)
+  if name == 'relu_cnn':
+    return attack_models.relu_cnn((size, size, 3), 10, rngs=rngs)
+  raise ValueError(name)
+
+
+def brief_training(apply_fn, params, steps: int, size: int, seed: int = 0):
+  """``steps`` Adam steps (batch 64) on MNIST-subset training digits (RGB, padded)."""
+  from ssgd_optax import data
+  ds = data.load_dataset('mnist_subset', seed=seed)
+  x = np.repeat(np.asarray(jax.image.resize(
+      ds.x_train[:2048], (2048, size, size, 1), 'linear')).clip(0, 1), 3, -1)
+  y = ds.y_train[:2048]
+  opt = optax.adam(1e-3)
+  state = opt.init(params)
+
+  @jax.jit
+  def step(p, s, xb, yb):
+    g = attacks.batch_gradient(apply_fn, p, xb, yb)
+    u, s = opt.update(g, s, p)
+    return optax.apply_updates(p, u), s
+
+  rng = np.random.default_rng(seed)
+  for _ in range(steps):
+    idx = rng.choice(len(x), 64, replace=False)
+    params, state = step(params, state, x[idx], y[idx])
+  return params
+
+
+def _adapt_scope(defence: str) -> str:
+  return defence.split('ssgd_', 1)[1] if defence.startswith('ssgd_') else 'global'
+
+
+def optimisation_attacks(steps_ig: int, steps_dlg: int, tv: float) -> dict[str, Callable]:
+  return {
+      'DLG': lambda f, obs, key, d: attacks.dlg(f, obs, key=key, steps=steps_dlg),
+      'adaptive DLG': lambda f, obs, key, d: attacks.adaptive_dlg(
+          f, obs, key=key, steps=steps_dlg, scope=_adapt_scope(d),
+          labels=attacks.recover_labels(obs.update, 10, obs.num_examples)),
+      'IG global': lambda f, obs, key, d: attacks.inverting_gradients(
+          f, obs, key=key, steps=steps_ig, tv=tv),
+      'IG per-layer': lambda f, obs, key, d: attacks.inverting_gradients(
+          f, obs, key=key, steps=steps_ig, tv=tv, scope='per_layer'),
+      # The cosine per tensor: the objective that per-leaf SSGD cannot change.
+      'IG per-leaf': lambda f, obs, key, d: attacks.inverting_gradients(
+          f, obs, key=key, steps=steps_ig, tv=tv, scope='per_leaf'),
+  }
+
+
+def _mlp(size: int, key: jax.Array):
+  k = jax.random.split(key, 2)
+  d = size * size * 3
+  params = {'fc1': {'kernel': jax.random.normal(k[0], (d, 64)) / np.sqrt(d),
+                    'bias': jnp.zeros(64)},
+            'fc2': {'kernel': jax.random.normal(k[1], (64, 10)) / 8.0, 'bias': jnp.zeros(10)}}
+
+  def apply_fn(p, x):
+    h = jax.nn.relu(x.reshape(len(x), -1) @ p['fc1']['kernel'] + p['fc1']['bias'])
+    return h @ p['fc2']['kernel'] + p['fc2']['bias']
+  return apply_fn, params
+
+
+class Row(dict):
+  pass
+
+
+def _summ(values: list[float]) -> str:
+  v = np.asarray(values, np.float64)
+  v = v[np.isfinite(v)]
+  if not len(v):
+    return 'n/a'
+  return f'{v.mean():.2f} ± {v.std():.2f}'
+
+
+_DEFENCES: dict = {}
+
+
+def _defence(name, key, batch):
+  if (name, batch) not in _DEFENCES:
+    _DEFENCES[(name, batch)] = attacks.make_defence(name, key, batch)
+  return _DEFENCES[(name, batch)]
+
+
+def run_attack(name, attack, apply_fn, params, x, y, batch, defence, seed, bounds=(0., 1.)):
+  psnrs, ssims, accs, times, recs = [], [], [], [], []
+  dkey, key = jax.random.split(jax.random.key(seed))
+  d = _defence(defence, dkey, batch)
+  state = d.transform.init(params)
+  for b in range(0, len(x), batch):
+    xb, yb = jnp.asarray(x[b:b + batch]), jnp.asarray(y[b:b + batch])
+    akey = jax.random.fold_in(key, b)
+    # One defence object per setting, its state threaded through the batches:
+    # fresh noise per batch, one compilation.
+    obs, state = attacks.observe(apply_fn, params, xb, yb, d, bounds=bounds,
+                                 defence_state=state, return_state=True)
+    t = time.perf_counter()
+    res = attack(apply_fn, obs, akey, defence)
+    res.inputs.block_until_ready()
+    times.append(time.perf_counter() - t)
+    s = attacks.score(xb, res.inputs, true_labels=yb, rec_labels=res.labels, bounds=bounds)
+    psnrs += s.psnr.tolist()
+    ssims += s.ssim.tolist()
+    accs.append(s.label_accuracy)
+    perm = attacks.match_batch(xb, res.inputs)
+    recs.append(np.asarray(res.inputs)[perm])
+  return dict(psnr=psnrs, ssim=ssims, acc=accs, time=times, recs=np.concatenate(recs))
+
+
+def save_grid(path: str, originals: np.ndarray, rows: dict[str, np.ndarray], n: int = 8) -> None:
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  names = ['original'] + list(rows)
+  fig, axes = plt.subplots(len(names), n, figsize=(n * 0.9, len(names) * 0.95))
+  axes = np.atleast_2d(axes)
+  for r, name in enumerate(names):
+    imgs = originals if name == 'original' else rows[name]
+    for c in range(n):
+      ax = axes[r, c]
+      ax.imshow(np.clip(imgs[c], 0, 1))
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if c == 0:
+        ax.set_ylabel(name, rotation=0, ha='right', va='center', fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> str:
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--quick', action='store_true', help='tiny smoke-test setting (seconds)')
+  p.add_argument('--images', type=int, default=32)
+  p.add_argument('--size', type=int, default=32)
+  p.add_argument('--batch-sizes', default='1,4')
+  p.add_argument('--models', default='lenet:untrained,lenet:trained,relu_cnn:untrained,relu_cnn:trained',
+                 help='model:state pairs; the first gets the full defence x attack matrix')
+  p.add_argument('--defences', default='all', help="comma list or 'all' (the registry)")
+  p.add_argument('--secondary-batch-sizes', default='1')
+  p.add_argument('--secondary-defences', default='none,ssgd_per_layer',
+                 help='defences for the models after the first')
+  p.add_argument('--secondary-attacks', default='IG global')
+  p.add_argument('--layer-defences', default='none,ssgd_global,ssgd_per_leaf,ssgd_per_layer',
+                 help="defences IG per-layer runs against ('all' for every one)")
+  p.add_argument('--leaf-defences', default='ssgd_per_leaf',
+                 help="defences IG per-leaf runs against ('all' for every one)")
+  p.add_argument('--no-closed-form', action='store_true', help='skip analytic and R-GAP')
+  p.add_argument('--dlg-defences', default='none,ssgd_global,ssgd_per_layer',
+                 help="defences DLG and adaptive DLG run against ('all' for every one)")
+  p.add_argument('--attacks', default='all', help='optimisation attacks for the first model')
+  p.add_argument('--rgap-defences', default='none,ssgd_global,ssgd_per_leaf,noise_1e-2')
+  p.add_argument('--steps-ig', type=int, default=200)
+  p.add_argument('--steps-dlg', type=int, default=100)
+  p.add_argument('--tv', type=float, default=1e-2)
+  p.add_argument('--train-steps', type=int, default=100)
+  p.add_argument('--rgap-images', type=int, default=4)
+  p.add_argument('--cifar10', default=None)
+  p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--out', default=None)
+  p.add_argument('--png-dir', default=None)
+  a = p.parse_args(argv)
+  if a.quick:
+    a.images, a.size, a.steps_ig, a.steps_dlg, a.train_steps, a.rgap_images = 2, 8, 3, 2, 2, 1
+    a.models, a.batch_sizes, a.attacks = 'lenet:untrained,relu_cnn:trained', '1,2', 'IG global'
+    a.defences = a.rgap_defences = a.secondary_defences = 'none'
+    a.secondary_attacks, a.secondary_batch_sizes = 'IG global', '1'
+    a.models = 'lenet:untrained,relu_cnn:trained'
+    a.batch_sizes = '1'
+  batch_sizes = [int(b) for b in a.batch_sizes.split(',')]
+  defences = list(attacks.available_defences()) if a.defences == 'all' else a.defences.split(',')
+  x, y = load_images(a.images, a.size, a.cifar10, a.seed)
+  all_attacks = optimisation_attacks(a.steps_ig, a.steps_dlg, a.tv)
+  opt_attacks = dict(all_attacks)
+  if a.attacks != 'all':
+    opt_attacks = {k: v for k, v in all_attacks.items() if k in a.attacks.split(',')}
+  dlg_defences = defences if a.dlg_defences == 'all' else a.dlg_defences.split(',')
+  layer_defences = defences if a.layer_defences == 'all' else a.layer_defences.split(',')
+  leaf_defences = defences if a.leaf_defences == 'all' else a.leaf_defences.split(',')
+  t_start = time.time()
+  lines = [f'Setting: {a.images} images {a.size}x{a.size}x3 (half MNIST-subset digits, half '
+           f'scikit-image crops{"; CIFAR-10" if a.cifar10 else ""}), batch sizes {batch_sizes}, '
+           f'IG {a.steps_ig} signed-Adam steps (tv {a.tv}), DLG {a.steps_dlg} L-BFGS steps, '
+           f'1 restart; DLG/adaptive DLG only against {dlg_defences}, IG per-layer only '
+           f'against {layer_defences}; models after the first: {a.secondary_attacks} against '
+           f'{a.secondary_defences}, batch {a.secondary_batch_sizes}; brief training = {a.train_steps} Adam steps (batch 64). Defences '
+           f'available: {", ".join(attacks.available_defences())}.', '',
+           '| model | B | defence | attack | PSNR (dB) | SSIM | label acc. | s / batch |',
+           '|---|---:|---|---|---:|---:|---:|---:|']
+  print('\n'.join(lines), flush=True)
+  grids = {}
+  for mi, spec in enumerate(a.models.split(',')):
+    name, state = spec.split(':')
+    model = make_model(name, a.size, a.seed)
+    f, params = attack_models.as_functional(model)
+    if state == 'trained':
+      params = brief_training(f, params, a.train_steps, a.size, a.seed)
+    defs = defences if mi == 0 else [d for d in a.secondary_defences.split(',') if d in defences]
+    sizes = batch_sizes if mi == 0 else [b for b in batch_sizes if str(b) in a.secondary_batch_sizes.split(',')]
+    atts = opt_attacks if mi == 0 else {k: v for k, v in all_attacks.items()
+                                        if k in a.secondary_attacks.split(',')}
+    for batch in sizes:
+      n = (a.images // batch) * batch
+      for d in defs:
+        for an, att in atts.items():
+          if ('DLG' in an and d not in dlg_defences) or (
+              an == 'IG per-layer' and d not in layer_defences) or (
+              an == 'IG per-leaf' and d not in leaf_defences):
+            continue
+          r = run_attack(an, att, f, params, x[:n], y[:n], batch, d, a.seed)
+          line = (f'| {name} {state} | {batch} | {d} | {an} | {_summ(r["psnr"])} | '
+                  f'{_summ(r["ssim"])} | {np.nanmean(r["acc"]):.2f} | '
+                  f'{np.median(r["time"]):.2f} |')
+          lines.append(line)
+          print(line, flush=True)
+          if mi == 0 and batch == 1 and an == 'IG global':
+            grids.setdefault(d, r['recs'])
+  # Closed-form attacks: analytic on an MLP, R-GAP on a bias-free CNN (batch 1).
+  mlp_f, mlp_p = _mlp(a.size, jax.random.key(a.seed))
+  analytic = lambda f, obs, key, d: attacks.analytic_attack(
+      f, obs, weight_path="['fc1']['kernel']", bias_path="['fc1']['bias']",
+      rescale='max' if d.startswith('ssgd') else 'none')
+  cnn = attacks.LayeredCNN((attacks.ConvSpec(4, 3, 1, 1),), 10, (a.size, a.size, 3))
+  cnn_p = cnn.init(jax.random.key(a.seed))
+  for d in ([] if a.no_closed_form else defences):
+    for batch in batch_sizes:
+      n = (a.images // batch) * batch
+      r = run_attack('analytic', analytic, mlp_f, mlp_p, x[:n], y[:n], batch, d, a.seed)
+      line = (f'| mlp untrained | {batch} | {d} | analytic | {_summ(r["psnr"])} | '
+              f'{_summ(r["ssim"])} | {np.nanmean(r["acc"]):.2f} | {np.median(r["time"]):.2f} |')
+      lines.append(line)
+      print(line, flush=True)
+    if d not in a.rgap_defences.split(','):
+      continue
+    k = a.rgap_images
+    r = run_attack('R-GAP', lambda f, obs, key, dd: attacks.rgap(cnn, obs), cnn.apply, cnn_p,
+                   x[:k], y[:k], 1, d, a.seed)
+    line = (f'| bias-free CNN ({k} images) | 1 | {d} | R-GAP | {_summ(r["psnr"])} | '
+            f'{_summ(r["ssim"])} | {np.nanmean(r["acc"]):.2f} | {np.median(r["time"]):.2f} |')
+    lines.append(line)
+    print(line, flush=True)
+  ranks = attacks.rank_analysis(cnn, cnn_p, jnp.asarray(x[0]), int(y[0]))
+  lines += ['', f'R-GAP CNN rank analysis: {[tuple(r) for r in ranks]} (rank, unknowns, rows); '
+            f'COPA index {attacks.copa_index(ranks)}.']
+  lines += ['', f'Total time {time.time() - t_start:.0f} s; {datetime.date.today()}; '
+            f'2-core CPU, shared with other jobs; jax {jax.__version__}.']
+  text = '\n'.join(lines)
+  print(lines[-3], lines[-1], sep='\n')
+  if a.out:
+    with open(a.out, 'w') as fh:
+      fh.write('```\npython benchmarks/leakage.py ' + ' '.join(argv or sys.argv[1:]) + '\n```\n\n')
+      fh.write(text + '\n')
+  if a.png_dir and grids:
+    import os
+    path = os.path.join(a.png_dir, 'leakage_grid.png')
+    save_grid(path, x[:8], {d: g[:8] for d, g in grids.items()}, n=min(8, len(x)))
+    print('wrote', path)
+  return text
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,70 @@
+# Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
+"""Gradient-leakage attacks: what can an observer of the shared update reconstruct?
+
+The JAX counterpart of breaching. The threat model (:mod:`.threat`): the
+attacker knows ``apply_fn`` and the parameters, the input shape and range,
+the batch size and optionally the labels, and sees the **shared update**
+(after the client's defence). "Attack X against defence Y" is::
+
+    obs = attacks.observe(apply_fn, params, x, y, defence=Y)
+    result = attacks.X(apply_fn, obs, key=key)
+    scores = attacks.score(x, result.inputs, true_labels=y, rec_labels=result.labels)
+
+Attacks: :func:`dlg`, :func:`idlg`, :func:`adaptive_dlg`,
+:func:`inverting_gradients`, :func:`analytic_attack`, :func:`rgap`; label
+recovery :func:`recover_labels`; architecture analysis :func:`rank_analysis`
+and :func:`copa_index`; metrics :func:`score` (MSE, PSNR, SSIM, labels);
+defences registry :func:`make_defence`.
+
+Needs the ``attacks`` extra (dm-pix, scipy via scikit-image) and ``flax`` for
+:mod:`.models`.
+"""
+
+from ssgd_optax.attacks.analytic import analytic_attack
+from ssgd_optax.attacks.analytic import invert_dense
+from ssgd_optax.attacks.defences import available_defences
+from ssgd_optax.attacks.defences import gaussian_noise
+from ssgd_optax.attacks.defences import make_defence
+from ssgd_optax.attacks.defences import prune
+from ssgd_optax.attacks.defences import register_defence
+from ssgd_optax.attacks.defences import unregister_defence
+from ssgd_optax.attacks.deep_leakage import adaptive_dlg
+from ssgd_optax.attacks.deep_leakage import dlg
+from ssgd_optax.attacks.deep_leakage import idlg
+from ssgd_optax.attacks.inverting import inverting_gradients
+from ssgd_optax.attacks.labels import find_last_layer
+from ssgd_optax.attacks.labels import idlg_label
+from ssgd_optax.attacks.labels import recover_labels
+from ssgd_optax.attacks.metrics import label_accuracy
+from ssgd_optax.attacks.metrics import match_batch
+from ssgd_optax.attacks.metrics import mse
+from ssgd_optax.attacks.metrics import psnr
+from ssgd_optax.attacks.metrics import score
+from ssgd_optax.attacks.metrics import Scores
+from ssgd_optax.attacks.metrics import ssim
+from ssgd_optax.attacks.objectives import cosine_distance
+from ssgd_optax.attacks.objectives import gradient_distance
+from ssgd_optax.attacks.objectives import l2_distance
+from ssgd_optax.attacks.objectives import total_variation
+from ssgd_optax.attacks.recursive import ConvSpec
+from ssgd_optax.attacks.recursive import copa_index
+from ssgd_optax.attacks.recursive import LayeredCNN
+from ssgd_optax.attacks.recursive import LayerRank
+from ssgd_optax.attacks.recursive import rank_analysis
+from ssgd_optax.attacks.recursive import rgap
+from ssgd_optax.attacks.threat import AttackResult
+from ssgd_optax.attacks.threat import batch_gradient
+from ssgd_optax.attacks.threat import Defence
+from ssgd_optax.attacks.threat import Observation
+from ssgd_optax.attacks.threat import observe
+from ssgd_optax.attacks.threat import shared_update
+
+__all__ = [
+    'AttackResult', 'ConvSpec', 'Defence', 'LayerRank', 'LayeredCNN', 'Observation',
+    'Scores', 'adaptive_dlg', 'analytic_attack', 'available_defences', 'batch_gradient',
+    'copa_index', 'cosine_distance', 'dlg', 'find_last_layer', 'gaussian_noise',
+    'gradient_distance', 'idlg', 'idlg_label', 'invert_dense', 'inverting_gradients',
+    'l2_distance', 'label_accuracy', 'make_defence', 'match_batch', 'mse', 'observe',
+    'prune', 'psnr', 'rank_analysis', 'recover_labels', 'register_defence', 'rgap', 'score',
+    'shared_update', 'ssim', 'total_variation', 'unregister_defence',
+]

@@ -1,0 +1,46 @@
+# Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
+"""End-to-end runs of the leakage example and the --quick benchmarks (tiny settings)."""
+
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load(rel):
+  spec = importlib.util.spec_from_file_location(rel.replace('/', '_')[:-3],
+                                                os.path.join(ROOT, rel))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod
+
+
+def test_leakage_demo_end_to_end(tmp_path):
+  demo = _load('examples/leakage_demo.py')
+  png = tmp_path / 'grid.png'
+  out = demo.main(['--defences', 'none,ssgd_per_layer', '--size', '8', '--steps', '30',
+                   '--png', str(png)])
+  assert set(out) == {'none', 'ssgd_per_layer'}
+  for s in out.values():
+    assert np.all(np.isfinite(s.psnr)) and s.label_accuracy == 1.0
+  assert png.stat().st_size > 0
+  with pytest.raises(ValueError, match='unknown defence'):
+    demo.main(['--defences', 'magic', '--size', '8', '--steps', '2'])
+
+
+def test_leakage_benchmark_quick(tmp_path):
+  bench = _load('benchmarks/leakage.py')
+  out = tmp_path / 'leakage.md'
+  text = bench.main(['--quick', '--out', str(out)])
+  assert '| lenet untrained | 1 | none | IG global |' in text
+  assert '| analytic |' in text and 'R-GAP' in text and 'COPA index' in text
+  assert out.read_text().startswith('```\npython benchmarks/leakage.py --quick')
+
+
+def test_attack_speed_quick():
+  bench = _load('benchmarks/attack_speed.py')
+  text = bench.main(['--quick'])
+  assert 'loop="scan"' in text and 'loop="python"' in text
