@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import os
+import shlex
 import sys
 import time
 
@@ -97,6 +99,7 @@ def main(argv: list[str] | None = None) -> str:
   a = p.parse_args(argv)
   if a.quick:
     a.steps, a.repeats = 4, 1
+  load = os.getloadavg()
   f, params = models.as_functional(models.LeNetZhu((32, 32, 3), 10, rngs=nnx.Rngs(0)))
   x = jax.random.uniform(jax.random.key(1), (1, 32, 32, 3))
   y = jnp.array([3])
@@ -144,12 +147,13 @@ def main(argv: list[str] | None = None) -> str:
                  f'{"n/a" if base is None else f"{ratio:.2f}x"} |')
   if note:
     lines += ['', note]
-  lines += ['', f'{datetime.date.today()}; 2-core CPU, shared with other jobs; jax {jax.__version__}.']
+  lines += ['', f'{datetime.date.today()}; {os.cpu_count()} CPU cores, load average '
+            f'{load[0]:.2f} at the start; jax {jax.__version__}.']
   text = '\n'.join(lines)
   print(text)
   if a.out:
     with open(a.out, 'w') as fh:
-      fh.write('```\npython benchmarks/attack_speed.py ' + ' '.join(argv or sys.argv[1:])
+      fh.write('```\npython benchmarks/attack_speed.py ' + shlex.join(argv or sys.argv[1:])
                + '\n```\n\n' + text + '\n')
   return text
 

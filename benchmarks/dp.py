@@ -24,6 +24,7 @@ import argparse
 import datetime
 import importlib.util
 import pathlib
+import os
 import platform
 import random
 import statistics
@@ -77,9 +78,75 @@ def _make_step(method: str, batch: int, clip_norm: float, input_bound: float,
   return model, optimizer, step
 
 
+def _torch_runners(x: np.ndarray, y: np.ndarray, threads: int, seed: int) -> tuple[dict, str]:
+  """PyTorch/Opacus steps of the same CNN: ``{name: run(steps)}`` and a note.
+
+  The model is StevensCNN in PyTorch (NCHW, no biases), Adam 1e-3, the same
+  batch; Opacus' DP steps use noise multiplier 1 and clip norm 1 as ours.
+  """
+  try:
+    import torch
+  except ImportError:
+    return {}, 'PyTorch not installed (extra `torch`): no PyTorch/Opacus rows.'
+  torch.set_num_threads(threads)
+  torch.manual_seed(seed)
+  nn = torch.nn
+
+  def net():
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 8, 2, bias=False), nn.ReLU(), nn.MaxPool2d(2, 1),
+        nn.Conv2d(16, 32, 4, 2, bias=False), nn.ReLU(), nn.MaxPool2d(2, 1),
+        nn.Flatten(), nn.Linear(288, 32, bias=False), nn.ReLU(), nn.Linear(32, 10, bias=False))
+
+  xt = torch.tensor(np.asarray(x)).permute(0, 3, 1, 2).contiguous()
+  yt = torch.tensor(np.asarray(y), dtype=torch.long)
+  ce = nn.CrossEntropyLoss()
+  runners = {}
+
+  def plain_step(model, opt, loss_fn):
+    def run(steps):
+      for _ in range(steps):
+        opt.zero_grad()
+        loss = loss_fn(model(xt), yt)
+        loss.backward()
+        opt.step()
+    return run
+
+  m = net()
+  runners['torch nonprivate'] = plain_step(m, torch.optim.Adam(m.parameters(), 1e-3), ce)
+  try:
+    import opacus
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+  except ImportError:
+    return runners, 'Opacus not installed: no Opacus rows.'
+  m = GradSampleModule(net())
+  opt = DPOptimizer(torch.optim.Adam(m.parameters(), 1e-3), noise_multiplier=1.0,
+                    max_grad_norm=1.0, expected_batch_size=len(y))
+  runners[f'opacus {opacus.__version__} hooks'] = plain_step(m, opt, ce)
+  note = ''
+  try:
+    from opacus.grad_sample import GradSampleModuleFastGradientClipping
+    from opacus.optimizers import DPOptimizerFastGradientClipping
+    from opacus.utils.fast_gradient_clipping_utils import DPLossFastGradientClipping
+    m = GradSampleModuleFastGradientClipping(net(), max_grad_norm=1.0, use_ghost_clipping=True)
+    opt = DPOptimizerFastGradientClipping(torch.optim.Adam(m.parameters(), 1e-3),
+                                          noise_multiplier=1.0, max_grad_norm=1.0,
+                                          expected_batch_size=len(y))
+    loss = DPLossFastGradientClipping(m, opt, nn.CrossEntropyLoss(reduction='mean'), 'mean')
+    runners[f'opacus {opacus.__version__} ghost clipping'] = plain_step(m, opt, loss)
+  except Exception as e:  # pylint: disable=broad-except
+    note = f'Opacus ghost clipping unavailable ({type(e).__name__}: {e}).'
+  return runners, note
+
+
 def time_steps(*, batch: int = 256, rounds: int = 15, steps: int = 10,
-               seed: int = 0) -> list[dict]:
-  """Median step time of each variant, interleaved rounds."""
+               seed: int = 0, torch_threads: int = 0) -> tuple[list[dict], str]:
+  """Median step time of each variant, interleaved rounds.
+
+  With ``torch_threads > 0`` the PyTorch/Opacus variants (if installed) run
+  in the same rounds.
+  """
   ds = data_lib.load_dataset('mnist_subset', seed=seed)
   x = jnp.asarray(ds.normalize(ds.x_train[:batch]).astype(np.float32))
   y = jnp.asarray(ds.y_train[:batch])
@@ -89,21 +156,30 @@ def time_steps(*, batch: int = 256, rounds: int = 15, steps: int = 10,
     model, opt, step = _make_step(v, batch, 1.0, 3.0, 0.1, seed)
     jax.block_until_ready(step(model, opt, x, y, mask))  # Compile.
     jax.block_until_ready(step(model, opt, x, y, mask))
-    runners[v] = (model, opt, step)
-  times = {v: [] for v in VARIANTS}
-  rng = random.Random(seed)
-  for _ in range(rounds):
-    order = list(VARIANTS)
-    rng.shuffle(order)
-    for v in order:
-      model, opt, step = runners[v]
-      start = time.perf_counter()
-      for _ in range(steps):
+
+    def run(n, model=model, opt=opt, step=step):
+      for _ in range(n):
         loss = step(model, opt, x, y, mask)
       jax.block_until_ready((loss, nnx.state(model)))
+    runners[v] = run
+  note = ''
+  if torch_threads > 0:
+    extra, note = _torch_runners(np.asarray(x), np.asarray(y), torch_threads, seed)
+    for run in extra.values():
+      run(2)  # Warm-up.
+    runners.update(extra)
+  names = list(runners)
+  times = {v: [] for v in names}
+  rng = random.Random(seed)
+  for _ in range(rounds):
+    order = list(names)
+    rng.shuffle(order)
+    for v in order:
+      start = time.perf_counter()
+      runners[v](steps)
       times[v].append((time.perf_counter() - start) / steps)
   rows = []
-  for v in VARIANTS:
+  for v in names:
     ratios = [t / b for t, b in zip(times[v], times['nonprivate'])]
     ratios_dpsgd = [d / t for t, d in zip(times[v], times['dpsgd'])]
     rows.append(dict(variant=v, ms=1e3 * statistics.median(times[v]),
@@ -111,7 +187,7 @@ def time_steps(*, batch: int = 256, rounds: int = 15, steps: int = 10,
                      ratio_of_medians=statistics.median(times[v]) / statistics.median(
                          times['nonprivate']),
                      dpsgd_over=statistics.median(ratios_dpsgd)))
-  return rows
+  return rows, note
 
 
 def accuracy_vs_epsilon(*, epsilons: Sequence[float], seeds: Sequence[int], epochs: float,
@@ -156,6 +232,8 @@ def main(argv: Sequence[str] | None = None) -> str:
   p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
   p.add_argument('--epochs', type=float, default=5.0)
   p.add_argument('--lr', type=float, default=1e-2)
+  p.add_argument('--torch-threads', type=int, default=2,
+                 help='PyTorch intra-op threads for the PyTorch/Opacus rows (0: skip them)')
   p.add_argument('--skip-timing', action='store_true')
   p.add_argument('--skip-accuracy', action='store_true')
   p.add_argument('--out', default=None)
@@ -167,11 +245,13 @@ def main(argv: Sequence[str] | None = None) -> str:
            '',
            f'Command: `python benchmarks/dp.py {" ".join(argv or [])}`',
            f'Date: {datetime.date.today().isoformat()}; {platform.machine()} CPU '
-           f'({jax.device_count()} JAX devices, backend {jax.default_backend()}), 2-core CPU, '
-           'shared with other jobs; jax ' + jax.__version__ + '.', '']
+           f'({jax.device_count()} JAX devices, backend {jax.default_backend()}), '
+           f'{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the start; '
+           'jax ' + jax.__version__ + '.', '']
   if not args.skip_timing:
     batch = 8 if args.quick else 256
-    rows = time_steps(batch=batch, rounds=args.rounds, steps=args.steps)
+    rows, note = time_steps(batch=batch, rounds=args.rounds, steps=args.steps,
+                            torch_threads=0 if args.quick else args.torch_threads)
     lines += [f'## Step time, StevensCNN (18.8k params), batch {batch}, interleaved '
               f'({args.rounds} rounds x {args.steps} steps)', '',
               '| variant | median ms/step | x non-private (median of per-round ratios) | '
@@ -180,7 +260,10 @@ def main(argv: Sequence[str] | None = None) -> str:
     for r in rows:
       lines.append(f"| {r['variant']} | {r['ms']:.2f} | {r['ratio']:.2f}x | "
                    f"{r['ratio_of_medians']:.2f}x | {r['dpsgd_over']:.2f}x |")
-    lines += ['', 'Opacus was not measured (not installed; no PyTorch run in this benchmark).', '']
+    lines += ['', 'Rows `torch ...` and `opacus ...`: the same CNN in PyTorch (eager, '
+              f'{args.torch_threads} threads), Adam, noise multiplier 1, clip norm 1, measured '
+              'in the same interleaved rounds; their ratios are to our non-private JAX step.'
+              + (f' {note}' if note else ''), '']
   if not args.skip_accuracy:
     rows = accuracy_vs_epsilon(epsilons=args.epsilons, seeds=args.seeds, epochs=args.epochs,
                                max_train=1024 if args.quick else None, lr=args.lr,

@@ -28,11 +28,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
-from examples import federated as ex  # noqa: E402
-from ssgd_optax import federated  # noqa: E402
-from ssgd_optax.federated import server as server_lib  # noqa: E402
-from ssgd_optax.selective import selective_sharing  # noqa: E402
+from ssgd_optax import federated
+from ssgd_optax.federated import server as server_lib
+from ssgd_optax.selective import selective_sharing
+
+
+def _load_example():
+  # By path: a top-level ``examples`` package installed by another project
+  # (Opacus ships one) would shadow the repository's folder.
+  import importlib.util
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'examples',
+                      'federated.py')
+  spec = importlib.util.spec_from_file_location('ssgd_optax_examples_federated', path)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module
+  spec.loader.exec_module(module)
+  return module
+
+
+ex = _load_example()
 
 
 def _block(tree):

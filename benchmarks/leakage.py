@@ -11,6 +11,15 @@ attacker unit-normalises its dummy gradient with the defence's SSGD scope;
 per-layer cosine, the analytic attack on an MLP's first layer, and R-GAP on a
 bias-free CNN (batch 1 only).
 
+Formal defences are calibrated to a training run, so that each row names the
+(epsilon, delta) its noise would give: ``dp_ssgd_eps{e}`` is DP-SSGD
+(per-example unit normalisation + Gaussian noise) and ``bpclip_eps{e}``
+backprop clipping (clipped LeNet + per-tensor Gaussian noise), each with the
+noise multiplier that a run of ``--dp-steps`` steps at Poisson rate
+``--dp-sampling-rate`` (default: ``examples/dp_ssgd.py``'s 15 epochs at
+batch 250 of 4000) spends to reach epsilon, delta = 1e-5. The attacker knows
+the clipped architecture (it sent the model).
+
 Data: half MNIST digits from the embedded subset (padded to 32x32, grey to
 RGB), half 32x32 colour crops of scikit-image's sample images (labels i mod
 10), or CIFAR-10 with ``--cifar10 DIR``.
@@ -23,6 +32,9 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import logging
+import os
+import shlex
 import sys
 import time
 from typing import Any, Callable
@@ -187,6 +199,63 @@ def run_attack(name, attack, apply_fn, params, x, y, batch, defence, seed, bound
   return dict(psnr=psnrs, ssim=ssims, acc=accs, time=times, recs=np.concatenate(recs))
 
 
+def register_dp_ssgd_defences(epsilons: list[float], q: float, steps: int,
+                              accountant: str = 'pld') -> list[str]:
+  """Registers ``dp_ssgd_eps{e}`` (DP-SSGD at the sigma reaching ``e``); returns notes."""
+  from ssgd_optax import dp_ssgd
+  notes = []
+  for e in epsilons:
+    sigma = dp_ssgd.calibrate_noise_multiplier(e, sampling_rate=q, steps=steps, delta=1e-5,
+                                               accountant=accountant)
+    name = f'dp_ssgd_eps{e:g}'
+    attacks.register_defence(name, lambda key, b, s=sigma: attacks.Defence(
+        dp_ssgd.dp_unit_normalize(s, expected_batch_size=b, key=key), per_example=True),
+                             overwrite=True)
+    notes.append(f'{name}: sigma = {sigma:.3f} (one release per step)')
+  return notes
+
+
+def backprop_clipping_rows(x, y, a, epsilons, batch_sizes, atts):
+  """Attacks on the backprop-clipped LeNet (noise per tensor, sigma per epsilon).
+
+  The client differentiates the mean cross-entropy through the clipped layers
+  (each example's cotangent, scaled by ``1/B``, is clipped to ``C_out``, each
+  layer input to ``C_in``), so each tensor's contribution of one example is
+  bounded by its sensitivity ``Delta_l`` and the shared update is
+  ``g + N(0, (sigma Delta_l)^2)`` per tensor. ``sigma = 0`` shows what
+  clipping alone does.
+  """
+  from ssgd_optax import privacy
+  model = privacy.clip_layers(make_model('lenet', a.size, a.seed),
+                              input_bound=a.bp_input_bound, grad_bound=a.bp_grad_bound)
+  f, params = attack_models.as_functional(model)
+  sens = nnx.to_pure_dict(privacy.sensitivities(model))
+  releases = privacy.num_releases(model)
+  sigmas = {} if a.quick else {'bpclip_noiseless': 0.0}
+  notes = []
+  for e in epsilons:
+    sigmas[f'bpclip_eps{e:g}'] = privacy.calibrate_noise_multiplier(
+        e, sampling_rate=a.dp_sampling_rate, steps=a.dp_steps, delta=1e-5,
+        num_releases=releases, accountant=a.dp_accountant)
+    notes.append(f'bpclip_eps{e:g}: sigma = {sigmas[f"bpclip_eps{e:g}"]:.3f} per tensor, '
+                 f'{releases} releases per step, C_in = {a.bp_input_bound:g}, '
+                 f'C_out = {a.bp_grad_bound:g}')
+  lines = []
+  for name, sigma in sigmas.items():
+    attacks.register_defence(name, lambda key, b, s=sigma: attacks.Defence(
+        privacy.add_gaussian_noise(s, sens, 1.0, key=key)), overwrite=True)
+    for batch in batch_sizes:
+      n = (a.images // batch) * batch
+      for an, att in atts.items():
+        r = run_attack(an, att, f, params, x[:n], y[:n], batch, name, a.seed)
+        line = (f'| lenet+bpclip untrained | {batch} | {name} | {an} | {_summ(r["psnr"])} | '
+                f'{_summ(r["ssim"])} | {np.nanmean(r["acc"]):.2f} | '
+                f'{np.median(r["time"]):.2f} |')
+        lines.append(line)
+        print(line, flush=True)
+  return lines, notes
+
+
 def save_grid(path: str, originals: np.ndarray, rows: dict[str, np.ndarray], n: int = 8) -> None:
   import matplotlib
   matplotlib.use('Agg')
@@ -236,10 +305,21 @@ def main(argv: list[str] | None = None) -> str:
   p.add_argument('--train-steps', type=int, default=100)
   p.add_argument('--rgap-images', type=int, default=4)
   p.add_argument('--cifar10', default=None)
+  p.add_argument('--dp-epsilons', default='1,3,8',
+                 help="epsilons of the dp_ssgd_eps* and bpclip_eps* rows ('' for none)")
+  p.add_argument('--dp-sampling-rate', type=float, default=250 / 4000)
+  p.add_argument('--dp-steps', type=int, default=240)
+  p.add_argument('--dp-accountant', choices=('pld', 'rdp'), default='pld')
+  p.add_argument('--dp-attacks', default='IG global,IG per-layer,adaptive DLG',
+                 help='optimisation attacks run against the DP defences')
+  p.add_argument('--bp-input-bound', type=float, default=10.0)
+  p.add_argument('--bp-grad-bound', type=float, default=0.1)
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--out', default=None)
   p.add_argument('--png-dir', default=None)
   a = p.parse_args(argv)
+  # dp_accounting's RDP bracket search warns on every non-converging order.
+  logging.getLogger('absl').setLevel(logging.ERROR)
   if a.quick:
     a.images, a.size, a.steps_ig, a.steps_dlg, a.train_steps, a.rgap_images = 2, 8, 3, 2, 2, 1
     a.models, a.batch_sizes, a.attacks = 'lenet:untrained,relu_cnn:trained', '1,2', 'IG global'
@@ -247,8 +327,13 @@ def main(argv: list[str] | None = None) -> str:
     a.secondary_attacks, a.secondary_batch_sizes = 'IG global', '1'
     a.models = 'lenet:untrained,relu_cnn:trained'
     a.batch_sizes = '1'
+    a.dp_epsilons, a.dp_attacks, a.dp_accountant = '8', 'IG global', 'rdp'
   batch_sizes = [int(b) for b in a.batch_sizes.split(',')]
+  epsilons = [float(e) for e in a.dp_epsilons.split(',') if e.strip()]
+  dp_rows = register_dp_ssgd_defences(epsilons, a.dp_sampling_rate, a.dp_steps,
+                                      a.dp_accountant)
   defences = list(attacks.available_defences()) if a.defences == 'all' else a.defences.split(',')
+  dp_attacks = a.dp_attacks.split(',')
   x, y = load_images(a.images, a.size, a.cifar10, a.seed)
   all_attacks = optimisation_attacks(a.steps_ig, a.steps_dlg, a.tv)
   opt_attacks = dict(all_attacks)
@@ -283,7 +368,10 @@ def main(argv: list[str] | None = None) -> str:
       n = (a.images // batch) * batch
       for d in defs:
         for an, att in atts.items():
-          if ('DLG' in an and d not in dlg_defences) or (
+          if d.startswith('dp_'):
+            if an not in dp_attacks:
+              continue
+          elif ('DLG' in an and d not in dlg_defences) or (
               an == 'IG per-layer' and d not in layer_defences) or (
               an == 'IG per-leaf' and d not in leaf_defences):
             continue
@@ -295,6 +383,12 @@ def main(argv: list[str] | None = None) -> str:
           print(line, flush=True)
           if mi == 0 and batch == 1 and an == 'IG global':
             grids.setdefault(d, r['recs'])
+  # Backprop clipping: the clipped LeNet, noise calibrated per epsilon.
+  if epsilons:
+    bp_lines, bp_info = backprop_clipping_rows(
+        x, y, a, epsilons, batch_sizes, {k: v for k, v in all_attacks.items() if k in dp_attacks})
+    lines += bp_lines
+    dp_rows += bp_info
   # Closed-form attacks: analytic on an MLP, R-GAP on a bias-free CNN (batch 1).
   mlp_f, mlp_p = _mlp(a.size, jax.random.key(a.seed))
   analytic = lambda f, obs, key, d: attacks.analytic_attack(
@@ -319,19 +413,33 @@ def main(argv: list[str] | None = None) -> str:
             f'{_summ(r["ssim"])} | {np.nanmean(r["acc"]):.2f} | {np.median(r["time"]):.2f} |')
     lines.append(line)
     print(line, flush=True)
+  # What "nothing recovered" scores: guesses that use no gradient at all.
+  floor = []
+  for gname, guess in (('uniform random image', jax.random.uniform(jax.random.key(a.seed),
+                                                                    x.shape)),
+                       ('constant 0.5 image', jnp.full(x.shape, 0.5))):
+    s = attacks.score(jnp.asarray(x), guess)
+    floor.append(f'{gname} {_summ(np.asarray(s.psnr).tolist())} dB, SSIM '
+                 f'{_summ(np.asarray(s.ssim).tolist())}')
+  lines += ['', 'No-information reference on these images (matched like the attacks): '
+            + '; '.join(floor) + '.']
   ranks = attacks.rank_analysis(cnn, cnn_p, jnp.asarray(x[0]), int(y[0]))
   lines += ['', f'R-GAP CNN rank analysis: {[tuple(r) for r in ranks]} (rank, unknowns, rows); '
             f'COPA index {attacks.copa_index(ranks)}.']
+  if dp_rows:
+    lines += ['', f'Noise multipliers of the DP rows (delta = 1e-5, {a.dp_accountant.upper()} '
+              'accountant, '
+              f'{a.dp_steps} steps at q = {a.dp_sampling_rate:.4g}):', '']
+    lines += [f'* {r}' for r in dp_rows]
   lines += ['', f'Total time {time.time() - t_start:.0f} s; {datetime.date.today()}; '
-            f'2-core CPU, shared with other jobs; jax {jax.__version__}.']
+            f'{os.cpu_count()} CPU cores; jax {jax.__version__}.']
   text = '\n'.join(lines)
   print(lines[-3], lines[-1], sep='\n')
   if a.out:
     with open(a.out, 'w') as fh:
-      fh.write('```\npython benchmarks/leakage.py ' + ' '.join(argv or sys.argv[1:]) + '\n```\n\n')
+      fh.write('```\npython benchmarks/leakage.py ' + shlex.join(argv or sys.argv[1:]) + '\n```\n\n')
       fh.write(text + '\n')
   if a.png_dir and grids:
-    import os
     path = os.path.join(a.png_dir, 'leakage_grid.png')
     save_grid(path, x[:8], {d: g[:8] for d, g in grids.items()}, n=min(8, len(x)))
     print('wrote', path)

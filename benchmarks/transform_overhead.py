@@ -93,8 +93,8 @@ def time_side_by_side(steps: dict, rounds: int, inner: int, seed: int = 0) -> di
   return {name: statistics.median(s) for name, s in samples.items()}
 
 
-def update_benchmark(dtype, rounds, inner, width):
-  shapes = resnet50_shapes(width)
+def update_benchmark(dtype, rounds, inner, width, max_leaves=None):
+  shapes = resnet50_shapes(width)[:max_leaves]
   params = make_tree(shapes, dtype, 0)
   grads = make_tree(shapes, dtype, 1)
   n_params = sum(int(np.prod(s)) for s in shapes)
@@ -116,10 +116,10 @@ def update_benchmark(dtype, rounds, inner, width):
   return time_side_by_side(steps, rounds, inner), n_params, len(shapes)
 
 
-def bound_benchmark(dtype, rounds, inner, width):
+def bound_benchmark(dtype, rounds, inner, width, max_leaves=None):
   """The floor for any norm-then-scale transform: one reduction pass over the
   gradients plus the in-place SGD update, each timed alone."""
-  shapes = resnet50_shapes(width)
+  shapes = resnet50_shapes(width)[:max_leaves]
   params = make_tree(shapes, dtype, 0)
   grads = make_tree(shapes, dtype, 1)
   reduce = jax.jit(lambda g: sum(jnp.sum(jnp.square(x.astype(jnp.float32)))
@@ -207,21 +207,21 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if args.rounds < 1 or args.inner < 1 or args.cnn_batch < 1:
     parser.error('--rounds, --inner and --cnn-batch must be >= 1')
-  width, rounds, inner, batch = 1.0, args.rounds, args.inner, args.cnn_batch
+  width, rounds, inner, batch, leaves = 1.0, args.rounds, args.inner, args.cnn_batch, None
   if args.quick:
-    width, rounds, inner, batch = 0.05, 2, 1, 8
+    width, rounds, inner, batch, leaves = 0.05, 2, 1, 8, 24
 
   out = [f'jax {jax.__version__}, optax {optax.__version__}, backend {jax.default_backend()}, '
          f'{jax.device_count()} device(s), {platform.processor() or platform.machine()}; '
          f'{rounds} interleaved rounds x {inner} calls, medians.']
   for dtype in (jnp.float32, jnp.bfloat16):
-    medians, n_params, n_leaves = update_benchmark(dtype, rounds, inner, width)
+    medians, n_params, n_leaves = update_benchmark(dtype, rounds, inner, width, leaves)
     out.append(f'\n### update + apply_updates, {jnp.dtype(dtype).name}, '
                f'{n_params / 1e6:.1f}M parameters in {n_leaves} leaves\n')
     out.append(table(medians))
   out.append('\n### the floor: reduction bandwidth vs update bandwidth\n')
   for dtype in (jnp.float32, jnp.bfloat16):
-    out.append(bound_benchmark(dtype, rounds, inner, width))
+    out.append(bound_benchmark(dtype, rounds, inner, width, leaves))
   medians = cnn_benchmark(rounds, inner, batch)
   out.append(f'\n### full train step, small CNN (2 conv + 2 dense, ~0.8M parameters), '
              f'batch {batch}, float32\n')

@@ -37,6 +37,9 @@ def test_leakage_benchmark_quick(tmp_path):
   text = bench.main(['--quick', '--out', str(out)])
   assert '| lenet untrained | 1 | none | IG global |' in text
   assert '| analytic |' in text and 'R-GAP' in text and 'COPA index' in text
+  # Formal defences are calibrated: the rows name their epsilon and sigma.
+  assert '| lenet+bpclip untrained | 1 | bpclip_eps8 | IG global |' in text
+  assert 'dp_ssgd_eps8: sigma = ' in text and 'bpclip_eps8: sigma = ' in text
   assert out.read_text().startswith('```\npython benchmarks/leakage.py --quick')
 
 

@@ -556,3 +556,30 @@ def test_shard_map_replicated_leaf_is_counted_once(scope):
                                      out_specs=(specs, P())))(placed)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), out, want)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), norms, want_norms)
+
+
+@pytest.mark.parametrize('scale', [1.0, 1e-30, 1e30])
+@pytest.mark.parametrize('scope', ssgd_optax.SCOPES)
+def test_shard_map_per_device_gradients_with_check_vma(scope, scale):
+  """Privacy mode under shard_map(check_vma=True): each device's own (varying)
+  gradient is normalised, also on the underflow/overflow rescue path."""
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  mesh = jax.make_mesh((4,), ('data',))
+  tree = {'layer': {'kernel': jax.random.normal(jax.random.key(0), (4, 5, 3)) * scale,
+                    'bias': jax.random.normal(jax.random.key(1), (4, 3)) * scale}}
+  want = jax.vmap(lambda t: _apply(ssgd_optax.unit_normalize(scope), t))(tree)
+  placed = jax.device_put(tree, NamedSharding(mesh, P('data')))
+
+  def local(t):
+    t = jax.tree.map(lambda x: x[0], t)
+    return jax.tree.map(lambda x: x[None], _apply(ssgd_optax.unit_normalize(scope), t))
+
+  out = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=P('data'), out_specs=P('data'),
+                              check_vma=True))(placed)
+  out = jax.tree.map(np.asarray, out)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), out, want)
+  for d in range(4):
+    norm = np.sqrt(sum(float(np.sum(np.square(x[d].astype(np.float64))))
+                       for x in jax.tree.leaves(out)))
+    expected = {'global': 1.0, 'per_leaf': np.sqrt(2.0), 'per_layer': 1.0}[scope]
+    np.testing.assert_allclose(norm, expected, rtol=1e-5)
