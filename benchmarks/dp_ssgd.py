@@ -41,6 +41,7 @@ import argparse
 import datetime
 import functools
 import math
+import os
 import statistics
 import sys
 import time
@@ -323,7 +324,8 @@ def main(argv: Sequence[str] | None = None) -> str:
   lines = [
       '## DP-SSGD vs per-example clipping vs backprop clipping (MNIST subset)',
       '',
-      f'Date: {datetime.date.today().isoformat()}; 2-core CPU, shared with other jobs; '
+      f'Date: {datetime.date.today().isoformat()}; {os.cpu_count()} CPU cores, load average '
+      f'{os.getloadavg()[0]:.1f} at the end; '
       f'wall time {time.time() - started:.0f} s.',
       f'Command: `python benchmarks/dp_ssgd.py {" ".join(argv or [])}`',
       '',

@@ -135,8 +135,9 @@ def _ms(s):
 
 
 def render(timing_rows, acc, cfg) -> str:
-  out = [f'# DSSGD federated simulation ({datetime.date.today().isoformat()}, 2-core CPU, '
-         'shared with other jobs)', '', f'Command: `{cfg["command"]}`', '',
+  out = [f'# DSSGD federated simulation ({datetime.date.today().isoformat()}, '
+         f'{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end)', '',
+         f'Command: `{cfg["command"]}`', '',
          f'Data: `{cfg["dataset"]}` ({cfg["n_train"]} training / {cfg["n_test"]} test images, '
          f'flattened, standardised); model: MLP {cfg["dim"]}-{cfg["hidden"]}-'
          f'{cfg["classes"]} (ReLU, {cfg["num_params"]:,} parameters); local SGD lr '
