@@ -165,6 +165,11 @@ def _summ(values: list[float]) -> str:
   return f'{v.mean():.2f} ± {v.std():.2f}'
 
 
+def _row(model: str, batch: int, defence: str, attack: str, r: dict) -> str:
+  return (f'| {model} | {batch} | {defence} | {attack} | {_summ(r["psnr"])} | '
+          f'{_summ(r["ssim"])} | {np.nanmean(r["acc"]):.2f} | {np.median(r["time"]):.2f} |')
+
+
 _DEFENCES: dict = {}
 
 
@@ -248,9 +253,7 @@ def backprop_clipping_rows(x, y, a, epsilons, batch_sizes, atts):
       n = (a.images // batch) * batch
       for an, att in atts.items():
         r = run_attack(an, att, f, params, x[:n], y[:n], batch, name, a.seed)
-        line = (f'| lenet+bpclip untrained | {batch} | {name} | {an} | {_summ(r["psnr"])} | '
-                f'{_summ(r["ssim"])} | {np.nanmean(r["acc"]):.2f} | '
-                f'{np.median(r["time"]):.2f} |')
+        line = _row('lenet+bpclip untrained', batch, name, an, r)
         lines.append(line)
         print(line, flush=True)
   return lines, notes
@@ -376,9 +379,7 @@ def main(argv: list[str] | None = None) -> str:
               an == 'IG per-leaf' and d not in leaf_defences):
             continue
           r = run_attack(an, att, f, params, x[:n], y[:n], batch, d, a.seed)
-          line = (f'| {name} {state} | {batch} | {d} | {an} | {_summ(r["psnr"])} | '
-                  f'{_summ(r["ssim"])} | {np.nanmean(r["acc"]):.2f} | '
-                  f'{np.median(r["time"]):.2f} |')
+          line = _row(f'{name} {state}', batch, d, an, r)
           lines.append(line)
           print(line, flush=True)
           if mi == 0 and batch == 1 and an == 'IG global':
@@ -400,8 +401,7 @@ def main(argv: list[str] | None = None) -> str:
     for batch in batch_sizes:
       n = (a.images // batch) * batch
       r = run_attack('analytic', analytic, mlp_f, mlp_p, x[:n], y[:n], batch, d, a.seed)
-      line = (f'| mlp untrained | {batch} | {d} | analytic | {_summ(r["psnr"])} | '
-              f'{_summ(r["ssim"])} | {np.nanmean(r["acc"]):.2f} | {np.median(r["time"]):.2f} |')
+      line = _row('mlp untrained', batch, d, 'analytic', r)
       lines.append(line)
       print(line, flush=True)
     if d not in a.rgap_defences.split(','):
@@ -409,8 +409,7 @@ def main(argv: list[str] | None = None) -> str:
     k = a.rgap_images
     r = run_attack('R-GAP', lambda f, obs, key, dd: attacks.rgap(cnn, obs), cnn.apply, cnn_p,
                    x[:k], y[:k], 1, d, a.seed)
-    line = (f'| bias-free CNN ({k} images) | 1 | {d} | R-GAP | {_summ(r["psnr"])} | '
-            f'{_summ(r["ssim"])} | {np.nanmean(r["acc"]):.2f} | {np.median(r["time"]):.2f} |')
+    line = _row(f'bias-free CNN ({k} images)', 1, d, 'R-GAP', r)
     lines.append(line)
     print(line, flush=True)
   # What "nothing recovered" scores: guesses that use no gradient at all.

@@ -585,17 +585,8 @@ def dp_ssgd(learning_rate: optax.ScalarOrSchedule,
   >>> u.shape
   (2,)
   """
-  _validation.check_learning_rate(learning_rate)
-  if momentum is not None:
-    _validation.check_nonnegative('momentum', momentum)
-  if not isinstance(nesterov, bool):
-    raise TypeError(f'nesterov must be a bool; got {type(nesterov).__name__} {nesterov!r}.')
-  if nesterov and momentum is None:
-    raise ValueError('nesterov=True requires momentum (a decay rate >= 0); got momentum=None.')
+  tail = normalize_lib.momentum_and_learning_rate(learning_rate, momentum, nesterov)
   parts = [dp_unit_normalize(noise_multiplier, expected_batch_size=expected_batch_size, key=key,
                              scope=scope, stability=stability, nonfinite=nonfinite,
-                             axis_name=axis_name)]
-  if momentum is not None:
-    parts.append(optax.trace(decay=momentum, nesterov=nesterov))
-  parts.append(optax.scale_by_learning_rate(learning_rate))
+                             axis_name=axis_name), *tail]
   return optax.chain(*parts)

@@ -330,16 +330,32 @@ def ssgd(learning_rate: optax.ScalarOrSchedule,
   >>> float(jnp.linalg.norm(u))
   0.5
   """
-  _validation.check_learning_rate(learning_rate)
   grouping_lib.check_scope(scope)
+  tail = momentum_and_learning_rate(learning_rate, momentum, nesterov)
+  return optax.chain(unit_normalize(scope, eps=eps), *tail)
+
+
+def momentum_and_learning_rate(learning_rate: optax.ScalarOrSchedule, momentum: Any,
+                               nesterov: bool) -> list[optax.GradientTransformation]:
+  """The optimiser after a normalisation: optional momentum trace, then ``-learning_rate``.
+
+  Validates the three arguments (shared by :func:`ssgd` and
+  :func:`ssgd_optax.dp_ssgd.dp_ssgd`).
+
+  Example:
+
+  >>> len(momentum_and_learning_rate(0.1, 0.9, False))
+  2
+  """
+  _validation.check_learning_rate(learning_rate)
   if momentum is not None:
     _validation.check_nonnegative('momentum', momentum)
   if not isinstance(nesterov, bool):
     raise TypeError(f'nesterov must be a bool; got {type(nesterov).__name__} {nesterov!r}.')
   if nesterov and momentum is None:
     raise ValueError('nesterov=True requires momentum (a decay rate >= 0); got momentum=None.')
-  parts = [unit_normalize(scope, eps=eps)]
+  parts = []
   if momentum is not None:
     parts.append(optax.trace(decay=momentum, nesterov=nesterov))
   parts.append(optax.scale_by_learning_rate(learning_rate))
-  return optax.chain(*parts)
+  return parts
