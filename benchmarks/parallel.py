@@ -39,18 +39,19 @@ from ssgd_optax import parallel
 OPTIMIZERS = ('sgd', 'privacy', 'optimization')
 
 
-class CNN(nnx.Module):
-  """28x28x1 -> conv(f) -> pool -> conv(2f) -> pool -> dense(10)."""
+def _example_module():
+  # The benchmark times the example's model; loaded by path, so an installed
+  # top-level ``examples`` package cannot shadow it.
+  import importlib.util
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'examples',
+                      'data_parallel.py')
+  spec = importlib.util.spec_from_file_location('ssgd_optax_examples_data_parallel', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
-  def __init__(self, features: int, *, rngs: nnx.Rngs):
-    self.conv1 = nnx.Conv(1, features, (3, 3), rngs=rngs)
-    self.conv2 = nnx.Conv(features, 2 * features, (3, 3), rngs=rngs)
-    self.out = nnx.Linear(7 * 7 * 2 * features, 10, rngs=rngs)
 
-  def __call__(self, x):
-    x = nnx.avg_pool(nnx.relu(self.conv1(x)), (2, 2), strides=(2, 2))
-    x = nnx.avg_pool(nnx.relu(self.conv2(x)), (2, 2), strides=(2, 2))
-    return self.out(x.reshape(x.shape[0], -1))
+CNN = _example_module().CNN
 
 
 def make_tx(name: str, axis: str, scope: str) -> optax.GradientTransformation:

@@ -207,6 +207,15 @@ def _check_common(scope, stability, nonfinite):
   _validation.check_choice('nonfinite', nonfinite, NONFINITE)
 
 
+def _check_mechanism(scope, stability, nonfinite, noise_multiplier, expected_batch_size,
+                     axis_name, key):
+  _check_common(scope, stability, nonfinite)
+  _validation.check_nonnegative('noise_multiplier', noise_multiplier)
+  _validation.check_positive('expected_batch_size', expected_batch_size)
+  _validation.check_axis_name('axis_name', axis_name)
+  _check_key(key)
+
+
 class _Prepared(NamedTuple):
   leaves: list[jax.Array]      # float32 (float64 kept), masked rows zeroed
   treedef: Any
@@ -400,11 +409,8 @@ def noisy_normalized_mean(per_example_grads: Any,
   ...                       expected_batch_size=2)['w']
   Array([0.3, 0.9], dtype=float32)
   """
-  _check_common(scope, stability, nonfinite)
-  _validation.check_nonnegative('noise_multiplier', noise_multiplier)
-  _validation.check_positive('expected_batch_size', expected_batch_size)
-  _validation.check_axis_name('axis_name', axis_name)
-  _check_key(key)
+  _check_mechanism(scope, stability, nonfinite, noise_multiplier, expected_batch_size,
+                   axis_name, key)
   if not jax.tree.leaves(per_example_grads):
     return per_example_grads
   prep = _prepare(per_example_grads, scope, stability, mask, nonfinite)
@@ -508,11 +514,8 @@ def dp_unit_normalize(noise_multiplier: Any,
   >>> u['w']
   Array([0.6, 0.8], dtype=float32)
   """
-  _check_common(scope, stability, nonfinite)
-  _validation.check_nonnegative('noise_multiplier', noise_multiplier)
-  _validation.check_positive('expected_batch_size', expected_batch_size)
-  _validation.check_axis_name('axis_name', axis_name)
-  _check_key(key)
+  _check_mechanism(scope, stability, nonfinite, noise_multiplier, expected_batch_size,
+                   axis_name, key)
 
   def init_fn(params):
     del params

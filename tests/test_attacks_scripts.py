@@ -1,21 +1,12 @@
 # Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
 """End-to-end runs of the leakage example and the --quick benchmarks (tiny settings)."""
 
-import importlib.util
-import os
 
 import numpy as np
 import pytest
+from scripts import load as _load
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-
-def _load(rel):
-  spec = importlib.util.spec_from_file_location(rel.replace('/', '_')[:-3],
-                                                os.path.join(ROOT, rel))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
 
 
 def test_leakage_demo_end_to_end(tmp_path):

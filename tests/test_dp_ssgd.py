@@ -16,6 +16,7 @@ import ssgd_optax
 from ssgd_optax import dp_ssgd as dp
 from ssgd_optax import grouping
 from ssgd_optax import per_example
+from scripts import load as _load
 
 SCOPES = ('global', 'per_leaf', 'per_layer')
 
@@ -367,15 +368,6 @@ def test_bad_arguments(call, err, match):
     call()
 
 
-def _load(relpath):
-  import importlib.util
-  import pathlib
-  root = pathlib.Path(__file__).resolve().parents[1]
-  spec = importlib.util.spec_from_file_location(pathlib.Path(relpath).stem + '_mod',
-                                                root / relpath)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def test_example_runs_end_to_end(capsys):

@@ -1,20 +1,13 @@
 # Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
 """End-to-end runs of examples/federated.py and benchmarks/federated.py --quick."""
 
-import importlib.util
-import pathlib
 
 import pytest
+from scripts import load as _load
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 pytest.importorskip('sklearn')  # the digits data set
 
 
-def _load(relpath, name):
-  spec = importlib.util.spec_from_file_location(name, ROOT / relpath)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 example = _load('examples/federated.py', 'federated_example')

@@ -8,8 +8,6 @@ with NamedSharding; the layout helpers; the example and the benchmark.
 """
 
 import functools
-import importlib.util
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -21,9 +19,9 @@ from jax.sharding import PartitionSpec as P
 
 import ssgd_optax
 from ssgd_optax import parallel
+from scripts import load as _load
 
 SCOPES = ('global', 'per_leaf', 'per_layer')
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 N = 8
 
 
@@ -480,16 +478,11 @@ def test_data_mesh_and_shard_batch():
 # Example and benchmark, on tiny settings.
 
 
-def _load(path):
-  spec = importlib.util.spec_from_file_location(path.stem, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 @pytest.mark.parametrize('backend', ['pmap', 'shard_map'])
 def test_example_data_parallel(backend, capsys):
-  example = _load(ROOT / 'examples' / 'data_parallel.py')
+  example = _load('examples/data_parallel.py')
   acc = example.main(['--backend', backend, '--devices', '2', '--epochs', '1',
                       '--train-size', '128', '--batch-size', '32', '--features', '2'])
   assert 0.0 <= acc <= 1.0
@@ -497,7 +490,7 @@ def test_example_data_parallel(backend, capsys):
 
 
 def test_benchmark_quick(tmp_path):
-  bench = _load(ROOT / 'benchmarks' / 'parallel.py')
+  bench = _load('benchmarks/parallel.py')
   out = tmp_path / 'parallel.md'
   bench.main(['--quick', '--out', str(out)])
   text = out.read_text()

@@ -1,20 +1,12 @@
 # Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
 """End-to-end tests of examples/dp_train.py and the benchmarks/dp.py quick mode."""
 
-import importlib.util
 import math
-import pathlib
 
 import pytest
+from scripts import load as _load
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-
-def _load(relpath):
-  spec = importlib.util.spec_from_file_location(pathlib.Path(relpath).stem, ROOT / relpath)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def test_dp_train_example_tiny(capsys):

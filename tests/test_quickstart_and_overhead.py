@@ -1,19 +1,11 @@
 # Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
 """End-to-end runs of the quickstart example and the overhead benchmark."""
 
-import importlib.util
-import pathlib
 
 import pytest
+from scripts import load as _load
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-
-def _load(relpath):
-  spec = importlib.util.spec_from_file_location(pathlib.Path(relpath).stem, ROOT / relpath)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def test_quickstart_learns_digits(capsys):
