@@ -13,7 +13,9 @@ variant (Dwork & Roth's NumericSparse, as in the paper's DP experiments) and
 Conventions shared by both transforms:
 
 * ``fraction`` is **static** (a Python number): it fixes the top-k shape.
-  Under ``optax.inject_hyperparams`` list it in ``static_args``.
+  Under ``optax.inject_hyperparams`` list it in ``static_args``, and ``key``
+  too: optax would keep the caller's key buffer, uncopied, in its
+  ``hyperparams``, where a donated state deletes it.
 * ``scope="global"`` ranks all leaves as one vector (the paper's ``|w|``);
   ``"per_leaf"``/``"per_layer"``/callable keep ``ceil(fraction * n_k)`` in
   every group ``k`` (see :mod:`ssgd_optax.grouping`).
@@ -36,6 +38,12 @@ NaN                      ranks above every number, so it is shared (as
 bf16 / fp16              ranked and clipped in the leaf's dtype, no upcast
                          of the values (rank is by magnitude only)
 =======================  ===================================================
+
+:func:`dp_selective_sharing` instead **drops** every non-finite entry (NaN,
+``+-Inf`` count as 0) before its noisy selection, so its release is always
+finite and never reveals that an entry was non-finite. Both transforms keep
+a copy of their key in the state (``init`` may follow a ``jit`` that donated
+an earlier state) and split it on every update (:mod:`ssgd_optax._keys`).
 """
 
 from __future__ import annotations
@@ -45,9 +53,9 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
+from ssgd_optax import _keys
 from ssgd_optax import _validation
 from ssgd_optax import grouping as grouping_lib
 
@@ -125,23 +133,6 @@ def _check_fraction(fraction: Any) -> None:
   _validation.check_probability('fraction', fraction)
   if _validation.concrete_float(fraction) is None:
     raise TypeError(f'fraction must be a concrete number in [0, 1]; got {fraction!r}.')
-
-
-def _as_typed_key(key: Any, name: str = 'key') -> jax.Array:
-  """Accepts ``jax.random.key`` (typed) or legacy ``PRNGKey`` (uint32) keys."""
-  if key is None:
-    raise ValueError(f'{name} is required: pass jax.random.key(seed).')
-  if not isinstance(key, (jax.Array, np.ndarray)):
-    raise TypeError(f'{name} must be a JAX PRNG key (jax.random.key(seed)); '
-                    f'got {type(key).__name__} {key!r}.')
-  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-    if key.shape != ():
-      raise ValueError(f'{name} must be a single key (shape ()); got shape {key.shape}.')
-    return key
-  if key.dtype == jnp.uint32 and key.shape == (2,):
-    return jax.random.wrap_key_data(key)
-  raise TypeError(f'{name} must be a JAX PRNG key (jax.random.key(seed) or the '
-                  f'legacy uint32[2] PRNGKey); got dtype {key.dtype}, shape {key.shape}.')
 
 
 def _check_leaves(grouping: grouping_lib.Grouping, who: str) -> None:
@@ -278,14 +269,14 @@ def selective_sharing(fraction: float,
   grouping_lib.check_scope(scope)
   random = strategy == 'threshold_random'
   if random:
-    typed_key = _as_typed_key(key)
+    typed_key = _keys.check_key(key)
   elif key is not None:
-    _as_typed_key(key)
+    _keys.check_key(key)
 
   def init_fn(params):
     del params
     if random:
-      return SelectiveSharingState(key=typed_key)
+      return SelectiveSharingState(key=_keys.copy_key(typed_key))
     return optax.EmptyState()
 
   def update_fn(updates, state, params=None, **extra_args):
@@ -295,7 +286,7 @@ def selective_sharing(fraction: float,
     leaves = [jnp.asarray(x) for x in grouping.leaves]
     out = list(leaves)
     if random:
-      next_key, step_key = jax.random.split(state.key)
+      next_key, step_key = _keys.split_step(state.key)
       state = SelectiveSharingState(key=next_key)
     for gi, members in enumerate(_groups(grouping)):
       group = [leaves[i] for i in members]
@@ -314,28 +305,66 @@ def selective_sharing(fraction: float,
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+class _SparseVectorScales(NamedTuple):
+  """Laplace scales of one NumericSparse release (Dwork & Roth, Alg. 3).
+
+  With ``c`` releases, sensitivity ``Delta = 2 gamma``, ``eps_1 = 8 eps / 9``
+  and ``eps_2 = 2 eps / 9``, and ``b(e) = 2 c Delta / e``:
+
+  Attributes:
+    threshold: ``b(eps_1)``, the noise of the threshold, redrawn per release.
+    query: ``2 b(eps_1)``, the noise of every threshold test.
+    value: ``b(eps_2)``, the noise of every released value: the value
+      releases cost ``eps_2 / 2 = eps / 9`` in all, so a round costs
+      ``8 eps / 9 + eps / 9 = eps``.
+  """
+  threshold: jax.Array
+  query: jax.Array
+  value: jax.Array
+
+
+def _sparse_vector_scales(k: int, epsilon: Any, clip: Any) -> _SparseVectorScales:
+  sens = 2.0 * clip
+  eps1 = 8.0 * epsilon / 9.0
+  eps2 = 2.0 * epsilon / 9.0
+  b_threshold = 2.0 * k * sens / eps1
+  # Shokri & Shmatikov and NumericSparse: b(eps_2) = 2 c Delta / eps_2. Half
+  # of it would make the value releases cost 2 eps / 9 and a round 10 eps / 9.
+  b_value = 2.0 * k * sens / eps2
+  return _SparseVectorScales(b_threshold, 2.0 * b_threshold, b_value)
+
+
+def _bounded_entries(flat: jax.Array, clip: jax.Array) -> jax.Array:
+  """``clip(x, -gamma, gamma)`` in float32, non-finite entries replaced by 0.
+
+  Every query ``|x_j|`` and every value is then in ``[0, gamma]`` resp.
+  ``[-gamma, gamma]`` whatever the input, which is what the sensitivity
+  ``2 gamma`` rests on. A non-finite entry is dropped (0, no contribution)
+  rather than clipped to ``+-gamma``: an overflowed or NaN entry carries no
+  usable value, and NaN has no sign to clip to.
+  """
+  x = flat.astype(jnp.float32)
+  x = jnp.where(jnp.isfinite(x), x, 0.0)
+  return jnp.clip(x, -clip, clip)
+
+
 def _numeric_sparse(flat: jax.Array, k: int, epsilon: jax.Array, clip: jax.Array,
                     threshold: jax.Array, key: jax.Array) -> jax.Array:
   """NumericSparse (Dwork & Roth, Alg. 3) over ``flat``, in float32.
 
   Query ``j`` is ``|clip(x_j)|``; answers above a noisy threshold release a
   noisy, re-clipped value; at most ``k`` releases; entries visited in a
-  uniformly random order. Sensitivity ``2 * clip`` for every query and value.
+  uniformly random order. Sensitivity ``2 * clip`` for every query and value;
+  the scales are :func:`_sparse_vector_scales`.
   """
   n = flat.shape[0]
-  x = jnp.clip(flat.astype(jnp.float32), -clip, clip)
-  # A NaN cannot be bounded; it is treated as 0 so the release stays DP.
-  x = jnp.where(jnp.isnan(x), 0.0, x)
-  sens = 2.0 * clip
-  eps1 = 8.0 * epsilon / 9.0
-  eps2 = 2.0 * epsilon / 9.0
-  b_threshold = 2.0 * k * sens / eps1
-  b_query = 2.0 * b_threshold
-  b_value = k * sens / eps2
+  x = _bounded_entries(flat, clip)
+  scales = _sparse_vector_scales(k, epsilon, clip)
   k_perm, k_thr, k_query, k_value = jax.random.split(key, 4)
   order = jax.random.permutation(k_perm, n)
-  thr_noise = b_threshold * jax.random.laplace(k_thr, (k + 1,), jnp.float32)
-  noisy_query = jnp.abs(x[order]) + b_query * jax.random.laplace(k_query, (n,), jnp.float32)
+  thr_noise = scales.threshold * jax.random.laplace(k_thr, (k + 1,), jnp.float32)
+  noisy_query = (jnp.abs(x[order])
+                 + scales.query * jax.random.laplace(k_query, (n,), jnp.float32))
 
   # Inherently sequential: the threshold noise is redrawn after every hit.
   def body(carry, q):
@@ -344,8 +373,11 @@ def _numeric_sparse(flat: jax.Array, k: int, epsilon: jax.Array, clip: jax.Array
     return (count + hit.astype(jnp.int32),), hit
 
   _, hits = jax.lax.scan(body, (jnp.zeros((), jnp.int32),), noisy_query, unroll=8)
-  released = jnp.clip(x[order] + b_value * jax.random.laplace(k_value, (n,), jnp.float32),
-                      -clip, clip)
+  noise = scales.value * jax.random.laplace(k_value, (n,), jnp.float32)
+  released = jnp.clip(x[order] + noise, -clip, clip)
+  # x is finite, so NaN here comes only from an overflowing scale (inf * 0
+  # for a tiny epsilon or a huge gamma): replacing it does not depend on x.
+  released = jnp.where(jnp.isnan(released), 0.0, released)
   out_perm = jnp.where(hits, released, 0.0)
   return jnp.zeros((n,), jnp.float32).at[order].set(out_perm)
 
@@ -370,21 +402,27 @@ def dp_selective_sharing(fraction: float,
       \quad\text{(redrawn after every release)} \\
     \text{for $j$ in random order:}\quad
       &\text{if } |\bar g_j| + \mathrm{Lap}(4 c \Delta f/\epsilon_1) \ge \hat\tau:
-      u_j = \operatorname{clip}(\bar g_j + \mathrm{Lap}(c\Delta f/\epsilon_2),
+      u_j = \operatorname{clip}(\bar g_j + \mathrm{Lap}(2 c\Delta f/\epsilon_2),
       -\gamma, \gamma),
 
-  stopping after ``c`` releases; ``bar g = clip(g, -gamma, gamma)``, all
-  other entries 0. Each update is ``epsilon``-DP (pure DP) **with respect to
-  the participant's whole contribution to that round** (any change of its
-  local data), because every query and value is bounded by ``Delta f`` no
-  matter what the data are. Rounds compose: after ``R`` rounds the
-  participant has spent ``R * epsilon`` (basic composition), or less for a
-  ``delta > 0`` (see :func:`dp_selective_sharing_privacy`). The often-quoted
-  "epsilon per parameter" (``epsilon / c``) is **not** a guarantee.
+  stopping after ``c`` releases; ``bar g = clip(g, -gamma, gamma)`` with
+  every non-finite entry (NaN, ``+-Inf``) of ``g`` set to 0 first, all other
+  entries 0. The threshold tests cost ``eps_1`` and the ``c`` value releases
+  ``c * Delta f / (2 c Delta f / eps_2) = eps_2 / 2 = eps / 9``, so each update
+  is ``epsilon``-DP (pure DP) **with respect to the participant's whole
+  contribution to that round** (any change of its local data), because every
+  query and value is bounded by ``Delta f`` no matter what the data are.
+  Rounds compose: after ``R`` rounds the participant has spent
+  ``R * epsilon`` (basic composition), or less for a ``delta > 0`` (see
+  :func:`dp_selective_sharing_privacy`). The often-quoted "epsilon per
+  parameter" (``epsilon / c``) is **not** a guarantee.
 
   The whole tree forms one vector (the paper's ``|w|``); the scan over its
   entries is sequential, ``O(|w|)`` steps per update. Computed in float32 and
-  cast back to each leaf's dtype. NaN entries are treated as 0.
+  cast back to each leaf's dtype (a post-processing step: in bf16/fp16 a value
+  may round to half an ulp beyond ``gamma``). Non-finite entries are dropped
+  (treated as 0, not clipped to ``+-gamma``), so one Inf or NaN neither makes
+  the release non-finite nor reveals itself.
 
   Args:
     fraction: static ``theta_u`` in ``[0, 1]``; sets ``c``.
@@ -418,18 +456,19 @@ def dp_selective_sharing(fraction: float,
                      'the sensitivity; got None.')
   _validation.check_positive('clip', clip)
   _validation.check_nonnegative('threshold', threshold)
-  typed_key = _as_typed_key(key)
+  typed_key = _keys.check_key(key)
 
   def init_fn(params):
     del params
-    return DPSelectiveSharingState(key=typed_key, rounds=jnp.zeros((), jnp.int32))
+    return DPSelectiveSharingState(key=_keys.copy_key(typed_key),
+                                   rounds=jnp.zeros((), jnp.int32))
 
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
     grouping = grouping_lib.resolve_groups(updates, 'global')
     _check_leaves(grouping, 'dp_selective_sharing')
     leaves = [jnp.asarray(x) for x in grouping.leaves]
-    next_key, step_key = jax.random.split(state.key)
+    next_key, step_key = _keys.split_step(state.key)
     new_state = DPSelectiveSharingState(key=next_key, rounds=state.rounds + 1)
     n = sum(x.size for x in leaves)
     if n == 0:

@@ -41,6 +41,7 @@ from typing import Any
 import jax
 import optax
 
+from ssgd_optax import _keys
 from ssgd_optax import _validation
 from ssgd_optax import normalize as normalize_lib
 from ssgd_optax.attacks.threat import Defence
@@ -103,7 +104,15 @@ def gaussian_noise(stddev: float, key: jax.Array) -> optax.GradientTransformatio
   Array([1., 1.], dtype=float32)
   """
   _validation.check_nonnegative('stddev', stddev)
-  return optax.add_noise(stddev ** 2, 0.0, key)
+  key = _keys.check_key(key)
+  inner = optax.add_noise(stddev ** 2, 0.0, key)
+
+  def init_fn(params):
+    # optax.add_noise hands out the caller's key buffer, which a donated
+    # state deletes; every init gets a copy instead (ssgd_optax._keys).
+    return inner.init(params)._replace(rng_key=_keys.copy_key(key))
+
+  return optax.GradientTransformation(init_fn, inner.update)
 
 
 def prune(keep_fraction: float) -> optax.GradientTransformation:
