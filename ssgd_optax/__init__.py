@@ -20,8 +20,8 @@ from ssgd_optax.selective import selective_sharing
 __version__ = '0.1.0'
 
 # Subpackages loaded lazily so that `import ssgd_optax` stays light.
-_LAZY_SUBMODULES = ('attacks', 'data', 'dp_ssgd', 'federated', 'grouping', 'models', 'normalize',
-                    'parallel', 'per_example', 'privacy', 'selective')
+_LAZY_SUBMODULES = ('attacks', 'audit', 'data', 'dp_ssgd', 'federated', 'grouping', 'models',
+                    'normalize', 'parallel', 'per_example', 'privacy', 'selective')
 
 __all__ = [
     'SCOPES',

@@ -1,0 +1,302 @@
+# Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
+"""Tests of ssgd_optax.audit: canaries, scores, statistics, and the audit of broken mechanisms.
+
+The central claim: a white-box one-run audit is a *lower* bound that a correct
+mechanism never exceeds and that exposes a broken one. Each DP family is
+audited twice at the same setting, once correct and once with a deliberate
+bug (noise / 4, clip norm 4x the accounted sensitivity, per-tensor sensitivity
+under-stated 4x); the broken one's audited epsilon must exceed its claim.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from ssgd_optax import audit
+from ssgd_optax import dp_ssgd
+from ssgd_optax import privacy
+from scripts import load as _load
+
+DELTA = 1e-5
+CLAIMED = 1.0  # the epsilon every mechanism below claims
+M = 1000       # canaries: the one-run bound needs many
+T = 4          # full-batch steps
+
+
+@pytest.fixture(scope='module')
+def sigma():
+  """Noise multiplier whose full-batch, T-step run the accountant calls (1, 1e-5)-DP."""
+  z = dp_ssgd.calibrate_noise_multiplier(CLAIMED, sampling_rate=1.0, steps=T, delta=DELTA)
+  assert privacy.compute_epsilon(noise_multiplier=z, sampling_rate=1.0, steps=T,
+                                 delta=DELTA) <= CLAIMED
+  return z
+
+
+def _dpssgd_scores(z):
+  tx = dp_ssgd.dp_unit_normalize(z, expected_batch_size=1.0, key=jax.random.key(1))
+  return audit.mechanism_scores(tx, jnp.zeros(M), key=jax.random.key(0), num_canaries=M,
+                                steps=T, sampling_rate=1.0, canary_norm=1.0, per_example=True)
+
+
+def test_dp_ssgd_with_a_quarter_of_the_noise_is_caught(sigma):
+  correct, broken = _dpssgd_scores(sigma), _dpssgd_scores(sigma / 4)
+  # f-DP one-run (exact here: full-batch Gaussian noise has a Gaussian trade-off curve) and
+  # Steinke et al.'s bound (valid for any DP claim) both catch the bug.
+  for method in audit.ONE_RUN_METHODS:
+    ok = audit.one_run_audit(*correct, delta=DELTA, method=method)
+    bad = audit.one_run_audit(*broken, delta=DELTA, method=method)
+    assert ok.epsilon < CLAIMED < bad.epsilon, (method, ok, bad)
+
+
+def _dpsgd_mechanism(z, clip_norm, accounted_sensitivity):
+  """Per-example DP-SGD from the library's pieces; noise from the accounted sensitivity."""
+  noise = privacy.add_gaussian_noise(z, accounted_sensitivity, 1.0, key=jax.random.key(2))
+
+  def update(rows, state, params=None):
+    clipped, _ = privacy.clip_global_per_example(rows, clip_norm)
+    return noise.update(jax.tree.map(lambda r: jnp.sum(r, 0), clipped), state, params)
+
+  return optax.GradientTransformation(noise.init, update)
+
+
+def test_dp_sgd_whose_sensitivity_is_understated_is_caught(sigma):
+  def run(clip_norm):
+    # The attacker inserts canaries at norm 4: the correct mechanism clips them to 1.
+    return audit.audit_mechanism(
+        _dpsgd_mechanism(sigma, clip_norm, 1.0), jnp.zeros(M), key=jax.random.key(3),
+        num_canaries=M, steps=T, sampling_rate=1.0, delta=DELTA, canary_norm=4.0,
+        per_example=True, method='one_run_fdp')
+  correct, broken = run(1.0), run(4.0)
+  assert correct.epsilon < CLAIMED < broken.epsilon, (correct, broken)
+
+
+def test_per_tensor_noise_with_understated_sensitivities_is_caught():
+  # Backprop clipping's release: per-tensor bounds, L = 2 Gaussians per step.
+  # P = 10 m: random canaries' cross-talk (~ m / P per step) stays below the noise.
+  params = {'a': jnp.zeros(6000), 'b': jnp.zeros(4000)}
+  sens = {'a': 1.0, 'b': 0.5}
+  z = privacy.calibrate_noise_multiplier(CLAIMED, sampling_rate=1.0, steps=T, delta=DELTA,
+                                         num_releases=2)
+
+  def run(true_scale):
+    tx = privacy.add_gaussian_noise(z, sens, 1.0, key=jax.random.key(4))
+    # Random canaries at the true per-tensor bounds: they see both releases.
+    return audit.audit_mechanism(
+        tx, params, key=jax.random.key(5), num_canaries=M, steps=T, sampling_rate=1.0,
+        delta=DELTA, canary_norm=jax.tree.map(lambda s: s * true_scale, sens),
+        per_example=False, kind='random', method='one_run_fdp')
+  correct, broken = run(1.0), run(4.0)
+  assert correct.epsilon < CLAIMED < broken.epsilon, (correct, broken)
+
+
+def test_subsampled_dp_ssgd_stays_below_its_accounted_epsilon():
+  q, steps = 0.2, 10
+  z = dp_ssgd.calibrate_noise_multiplier(2.0, sampling_rate=q, steps=steps, delta=DELTA)
+  tx = dp_ssgd.dp_unit_normalize(z, expected_batch_size=q * M, key=jax.random.key(6))
+  r = audit.audit_mechanism(tx, jnp.zeros(M), key=jax.random.key(7), num_canaries=M,
+                            steps=steps, sampling_rate=q, delta=DELTA, canary_norm=1.0,
+                            per_example=True)
+  assert 0 <= r.epsilon < 2.0
+  assert r.num_canaries == M and 400 < r.num_included < 600
+
+
+# ---------------------------------------------------------------- canaries
+
+
+def test_canary_norms_scalar_per_leaf_and_dirac():
+  params = {'a': jnp.zeros((3, 5)), 'b': jnp.zeros(7)}
+  c = audit.gradient_canaries(jax.random.key(0), params, 6, kind='random', norm=2.0)
+  whole = np.sqrt(sum(np.sum(np.asarray(x).reshape(6, -1) ** 2, 1)
+                      for x in jax.tree.leaves(c.directions)))
+  np.testing.assert_allclose(whole, 2.0, rtol=1e-5)
+  c = audit.gradient_canaries(jax.random.key(0), params, 6, kind='random',
+                              norm={'a': 1.0, 'b': 3.0})
+  np.testing.assert_allclose(np.linalg.norm(np.asarray(c.directions['a']).reshape(6, -1), axis=1),
+                             1.0, rtol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(np.asarray(c.directions['b']), axis=1), 3.0,
+                             rtol=1e-5)
+  d = audit.gradient_canaries(jax.random.key(1), params, 22, kind='dirac')
+  flat = np.concatenate([np.asarray(x).reshape(22, -1) for x in jax.tree.leaves(d.directions)], 1)
+  assert np.all((flat != 0).sum(1) == 1)                 # one coordinate each
+  assert len(set(np.argmax(np.abs(flat), 1))) == 22      # all distinct (22 = every coordinate)
+  np.testing.assert_array_equal(np.abs(flat).sum(1), 1.0)
+
+
+def test_scores_match_a_float64_reference():
+  params = {'a': jnp.zeros((4, 3)), 'b': jnp.zeros(5)}
+  norms = {'a': 0.5, 'b': 2.0}
+  c = audit.gradient_canaries(jax.random.key(0), params, 9, kind='random', norm=norms)
+  u = {'a': jax.random.normal(jax.random.key(1), (4, 3)), 'b': jnp.arange(5.0)}
+  ref = sum(np.asarray(c.directions[k], np.float64).reshape(9, -1)
+            @ np.asarray(u[k], np.float64).ravel() / norms[k] ** 2 for k in params)
+  np.testing.assert_allclose(audit.canary_scores(u, c), ref, rtol=1e-5)
+  np.testing.assert_allclose(jax.jit(audit.canary_scores)(u, c), ref, rtol=1e-5)
+
+
+def test_sampling_follows_inclusion_and_rate():
+  m, q = 20000, 0.3
+  included = jnp.arange(m) % 2 == 0
+  present = np.asarray(audit.sample_canaries(jax.random.key(0), included, q))
+  assert not present[1::2].any()                         # excluded never appear
+  rate = present[::2].mean()
+  assert abs(rate - q) < 5 * np.sqrt(q * (1 - q) / (m // 2))
+
+
+def test_insert_canaries_appends_present_rows_masked():
+  c = audit.gradient_canaries(jax.random.key(0), {'w': jnp.zeros(6)}, 4, kind='dirac')
+  rows = {'w': jnp.ones((2, 6))}
+  present = jnp.array([False, True, False, True])
+  out, mask = audit.insert_canaries(rows, jnp.array([True, False]), c, present, 3)
+  assert out['w'].shape == (5, 6)
+  np.testing.assert_array_equal(mask, [True, False, True, True, False])
+  np.testing.assert_array_equal(out['w'][2], c.directions['w'][1])
+  np.testing.assert_array_equal(out['w'][3], c.directions['w'][3])
+  summed = audit.canary_sum(c, present)['w']
+  np.testing.assert_allclose(summed, c.directions['w'][1] + c.directions['w'][3])
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def test_chance_scores_give_no_epsilon_and_half_auroc():
+  rng = np.random.default_rng(0)
+  inc = rng.random(4000) < 0.5
+  r = audit.one_run_audit(rng.normal(size=4000), inc, delta=DELTA)
+  assert r.epsilon < 0.2 and abs(r.auroc - 0.5) < 0.05
+  assert r.method == 'one_run' and r.confidence == pytest.approx(0.95)
+
+
+def test_multi_run_clopper_pearson_on_vectorised_gaussian_runs():
+  mu = 2.0  # one Gaussian release, sensitivity 1, std 1/mu
+  true_eps = privacy.compute_epsilon(noise_multiplier=1 / mu, sampling_rate=1.0, steps=1,
+                                     delta=DELTA)
+
+  def run(key, included):
+    # The whole "training run": one noisy sum, with or without the canary.
+    return included * 1.0 + jax.random.normal(key) / mu
+
+  scores, inc = audit.multi_run_scores(run, jax.random.key(0), 4000)
+  for method in audit.MULTI_RUN_METHODS:
+    r = audit.multi_run_audit(scores, inc, delta=DELTA, method=method)
+    assert 0.5 < r.epsilon < true_eps, (method, r, true_eps)
+
+
+def test_black_box_loss_audit_detects_memorisation():
+  from ssgd_optax import data
+  ds = data.load_digits()
+  x, y = ds.x_train.reshape(len(ds.x_train), -1), ds.y_train
+  x0, y0 = x.copy(), y.copy()
+  canaries = audit.mislabeled_canaries(jax.random.key(0), x, y, 200, num_classes=10)
+  inc = np.asarray(audit.draw_inclusion(jax.random.key(1), 200))
+  xt, yt = audit.with_canaries(x, y, canaries, inc)
+  np.testing.assert_array_equal(x, x0)                   # the data set is untouched
+  np.testing.assert_array_equal(y, y0)
+  assert len(xt) == len(x) - 200 + inc.sum()
+  k1, k2 = jax.random.split(jax.random.key(2))
+  params = {'w1': jax.random.normal(k1, (64, 256)) / 8, 'w2': jax.random.normal(k2, (256, 10)) / 16}
+
+  def apply(p, xb):
+    return jax.nn.relu(xb @ p['w1']) @ p['w2']
+
+  opt = optax.adam(3e-3)
+
+  @jax.jit
+  def train(p):
+    def body(carry, _):
+      p, s = carry
+      g = jax.grad(lambda pp: optax.softmax_cross_entropy_with_integer_labels(
+          apply(pp, xt), yt).mean())(p)
+      u, s = opt.update(g, s, p)
+      return (optax.apply_updates(p, u), s), None
+    return jax.lax.scan(body, (p, opt.init(p)), None, length=400)[0][0]
+
+  trained = train(params)
+  scores = audit.loss_scores(lambda xb: apply(trained, xb), canaries)
+  r = audit.one_run_audit(scores, inc, delta=DELTA)
+  assert r.auroc > 0.9 and r.epsilon > 0.5, r
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_audit_leaves_model_and_data_untouched():
+  params = {'w': jnp.arange(40.0)}
+  before = np.asarray(params['w']).copy()
+  tx = dp_ssgd.dp_unit_normalize(1.0, expected_batch_size=1.0, key=jax.random.key(0))
+  audit.audit_mechanism(tx, params, key=jax.random.key(1), num_canaries=20, steps=2,
+                        sampling_rate=1.0, delta=DELTA, canary_norm=1.0, per_example=True)
+  np.testing.assert_array_equal(params['w'], before)
+  x = np.random.default_rng(0).random((30, 2, 2, 1)).astype(np.float32)
+  y = np.arange(30) % 3
+  x0, y0 = x.copy(), y.copy()
+  c = audit.mislabeled_canaries(jax.random.key(2), x, y, 10, num_classes=3)
+  c.x[:] = -1.0                                          # canaries are copies
+  audit.with_canaries(x, y, c, np.ones(10, bool))
+  audit.loss_scores(lambda xb: jnp.zeros((len(xb), 3)), c)
+  np.testing.assert_array_equal(x, x0)
+  np.testing.assert_array_equal(y, y0)
+
+
+def _mech_kwargs(**over):
+  kw = dict(key=jax.random.key(0), num_canaries=10, steps=2, sampling_rate=1.0, delta=DELTA,
+            canary_norm=1.0, per_example=True)
+  kw.update(over)
+  return kw
+
+
+@pytest.mark.parametrize('call, name', [
+    (lambda: audit.draw_inclusion(jax.random.key(0), 1), 'num_canaries'),
+    (lambda: audit.draw_inclusion(jax.random.key(0), 10, 0.0), 'probability'),
+    (lambda: audit.draw_inclusion(jax.random.key(0), 10, 1.0), 'probability'),
+    (lambda: audit.gradient_canaries(jax.random.key(0), jnp.zeros(3), 4, kind='dirac'),
+     'num_canaries'),
+    (lambda: audit.gradient_canaries(jax.random.key(0), jnp.zeros(3), 2, kind='spike'), 'kind'),
+    (lambda: audit.gradient_canaries(jax.random.key(0), jnp.zeros(3), 2, norm=0.0), 'norm'),
+    (lambda: audit.one_run_audit(np.zeros(4), np.array([1, 0, 1, 0], bool), delta=DELTA,
+                                 confidence=1.0), 'confidence'),
+    (lambda: audit.one_run_audit(np.zeros(4), np.array([1, 0, 1, 0], bool), delta=DELTA,
+                                 confidence=0.0), 'confidence'),
+    (lambda: audit.one_run_audit(np.zeros((2, 2)), np.ones((2, 2), bool), delta=DELTA), 'scores'),
+    (lambda: audit.one_run_audit(np.zeros(4), np.ones(3, bool), delta=DELTA), 'included'),
+    (lambda: audit.one_run_audit(np.zeros(4), np.ones(4, bool), delta=DELTA), 'included'),
+    (lambda: audit.one_run_audit(np.array([0., np.nan, 1., 2.]), np.array([1, 0, 1, 0], bool),
+                                 delta=DELTA), 'scores'),
+    (lambda: audit.one_run_audit(np.zeros(4), np.array([1, 0, 1, 0], bool), delta=0.0), 'delta'),
+    (lambda: audit.one_run_audit(np.zeros(4), np.array([1, 0, 1, 0], bool), delta=DELTA,
+                                 method='gdp'), 'method'),
+    (lambda: audit.multi_run_audit(np.zeros(4), np.array([1, 0, 1, 0], bool), delta=DELTA,
+                                   confidence=0.4), 'confidence'),
+    (lambda: audit.sample_canaries(jax.random.key(0), jnp.ones(3, bool), 0.0), 'sampling_rate'),
+    (lambda: audit.canary_scores(jnp.zeros(4), audit.gradient_canaries(
+        jax.random.key(0), jnp.zeros(3), 2)), 'update'),
+    (lambda: audit.audit_mechanism(optax.identity(), jnp.zeros(10),
+                                   **_mech_kwargs(per_example=None)), 'per_example'),
+    (lambda: audit.audit_mechanism(optax.identity(), jnp.zeros(10),
+                                   **_mech_kwargs(canary_norm=None)), 'canary_norm'),
+    (lambda: audit.audit_mechanism(optax.identity(), jnp.zeros(10),
+                                   **_mech_kwargs(sampling_rate=None)), 'sampling_rate'),
+    (lambda: audit.audit_mechanism(optax.identity(), jnp.zeros(10),
+                                   **_mech_kwargs(steps=None)), 'steps'),
+])
+def test_bad_input_names_the_argument(call, name):
+  with pytest.raises((ValueError, TypeError), match=name):
+    call()
+
+
+def test_a_defence_carries_its_per_example_flag():
+  from ssgd_optax import attacks
+  d = attacks.make_defence('ssgd_global', jax.random.key(0))
+  r = audit.audit_mechanism(d, jnp.zeros(50), **_mech_kwargs(per_example=None, num_canaries=50))
+  # Unit normalisation hides only the scale: canaries are found (no noise).
+  assert r.auroc > 0.9
+
+
+@pytest.mark.slow  # ~40 s of CPU: data loading, two compiles, PLD calibration
+def test_benchmark_quick_mode(tmp_path):
+  bench = _load('benchmarks/audit.py', 'benchmarks_audit')
+  out = tmp_path / 'audit.md'
+  text = bench.main(['--quick', '--defences', 'none', 'dpssgd', '--out', str(out)])
+  assert out.read_text() == text
+  assert '| none | — | — |' in text and '| DP-SSGD | 8.00 |' in text
