@@ -209,8 +209,21 @@ def test_zeros_nan_inf_and_zero_bound():
   x = jnp.array([[0.0, 0.0], [jnp.nan, 1.0], [jnp.inf, 1.0], [3.0, 4.0]])
   out = privacy.clip_inputs(x, 1.0)
   np.testing.assert_array_equal(out[0], [0.0, 0.0])
-  assert np.isnan(out[1]).all() and np.isnan(out[2]).all()
+  # Default: a non-finite example is dropped (zeros), with a zero finite gradient.
+  np.testing.assert_array_equal(out[1:3], 0.0)
   np.testing.assert_allclose(out[3], [0.6, 0.8], rtol=1e-6)
+  g = jax.grad(lambda x: jnp.sum(privacy.clip_inputs(x, 1.0) * 2.0))(x)
+  assert np.isfinite(g).all() and (g[1:3] == 0).all()
+  # Cotangents too: a NaN cotangent example is zeroed, the others are kept.
+  ct = x[::-1]
+  g = jax.grad(lambda z: jnp.sum(privacy.clip_upstream(z, 10.0) * ct))(jnp.zeros((4, 2)))
+  np.testing.assert_array_equal(g, jnp.array([[3.0, 4.0], [0, 0], [0, 0], [0, 0]]))
+  # Opt-in propagation (voids the guarantee) keeps the old NaN behaviour.
+  out = privacy.clip_inputs(x, 1.0, nonfinite='propagate')
+  assert np.isnan(out[1]).all() and np.isnan(out[2]).all()
+  # Finite entries whose norm overflows float32 are clipped, not NaN.
+  big = privacy.clip_inputs(jnp.full((1, 4), 3e38), 1.0)
+  assert np.isfinite(big).all() and float(jnp.linalg.norm(big)) <= 1.0 + 1e-6
   # Zero examples have a finite gradient through the clip.
   g = jax.grad(lambda x: jnp.sum(privacy.clip_inputs(x, 1.0)))(jnp.zeros((2, 3)))
   assert np.isfinite(g).all()
@@ -234,6 +247,9 @@ def test_low_precision_dtypes_are_kept(dtype):
     (lambda: privacy.clip_inputs(jnp.ones((2, 3), int), 1.0), TypeError, 'floating'),
     (lambda: privacy.clip_inputs(jnp.float32(1.0), 1.0), ValueError, 'batch axis'),
     (lambda: privacy.per_example_norm(jnp.ones((2, 3)), 'l1'), ValueError, 'norm'),
+    (lambda: privacy.clip_inputs(jnp.ones((2, 3)), 1.0, 'nan'), ValueError, 'nonfinite'),
+    (lambda: privacy.clip_upstream(jnp.ones((2, 3)), 1.0, 'l2', 'zero'), ValueError,
+     'nonfinite'),
 ])
 def test_primitives_reject_bad_arguments(call, err, match):
   with pytest.raises(err, match=match):
@@ -284,6 +300,8 @@ def test_clip_layers_is_idempotent_and_shares_parameters():
      ValueError, 'grad_bound'),
     (lambda: privacy.ClippedLinear(2, 2, input_bound=1.0, grad_bound=float('inf'),
                                    rngs=nnx.Rngs(0)), ValueError, 'grad_bound'),
+    (lambda: privacy.ClippedLinear(2, 2, input_bound=1.0, grad_bound=1.0, uses=0,
+                                   rngs=nnx.Rngs(0)), ValueError, 'uses'),
     (lambda: privacy.check_model('model'), TypeError, 'nnx.Module'),
     (lambda: privacy.StevensCNN(image_size=10, rngs=nnx.Rngs(0)), ValueError, 'image_size'),
 ])

@@ -52,6 +52,35 @@ def test_fresh_noise_each_step_and_reproducible_from_the_key():
   np.testing.assert_array_equal(u1['w'], v1['w'])
 
 
+def test_state_can_be_donated_and_init_called_again():
+  """Defect 8: init handed out the caller's key buffer, which donation deleted."""
+  key = jax.random.key(5)
+  tx = privacy.add_gaussian_noise(1.0, 1.0, 2.0, key=key)
+  params = {'w': jnp.zeros(3)}
+  step = jax.jit(tx.update, donate_argnums=1)
+  u1, s1 = step(params, tx.init(params))
+  u2, _ = step(params, tx.init(params))  # raised "deleted or donated buffer" before
+  np.testing.assert_array_equal(u1['w'], u2['w'])  # same key, same noise
+  assert not key.is_deleted()  # the caller's key is untouched
+  # The state's key advances by a split every step (never reused).
+  assert not np.array_equal(jax.random.key_data(s1.key), jax.random.key_data(key))
+  # The broken pattern this guards against (the old init put the caller's key
+  # in the state): donation deletes that buffer.
+  shared = jax.random.key(6)
+  step(params, privacy.GaussianNoiseState(key=shared, count=jnp.zeros([], jnp.int32)))
+  assert shared.is_deleted()
+
+
+def test_legacy_prng_key_is_accepted_and_gives_a_typed_key_in_state():
+  tx = privacy.add_gaussian_noise(1.0, 1.0, 1.0, key=jax.random.PRNGKey(3))
+  state = tx.init({'w': jnp.zeros(2)})
+  assert jnp.issubdtype(state.key.dtype, jax.dtypes.prng_key) and state.key.shape == ()
+  with pytest.raises(ValueError, match='key'):
+    privacy.add_gaussian_noise(1.0, 1.0, 1.0, key=jax.random.split(jax.random.key(0), 2))
+  with pytest.raises(ValueError, match='key is required'):
+    privacy.add_gaussian_noise(1.0, 1.0, 1.0, key=None)
+
+
 def test_jit_inject_hyperparams_and_chain():
   tx = optax.chain(
       optax.inject_hyperparams(privacy.add_gaussian_noise, static_args=('key',))(
@@ -127,7 +156,14 @@ def test_clip_global_per_example_edge_cases():
   g = {'a': jnp.array([[0.0], [jnp.nan], [3e30]]), 'b': jnp.array([[0.0], [1.0], [4e30]])}
   clipped, norms = privacy.clip_global_per_example(g, 1.0)
   np.testing.assert_array_equal(clipped['a'][0], [0.0])
-  assert np.isnan(clipped['a'][1]).all() and np.isnan(clipped['b'][1]).all()
+  # A non-finite example is dropped in every leaf (default), NaN only on opt-in.
+  assert clipped['a'][1] == 0 and clipped['b'][1] == 0
+  prop, _ = privacy.clip_global_per_example(g, 1.0, nonfinite='propagate')
+  assert np.isnan(prop['a'][1]).all() and np.isnan(prop['b'][1]).all()
+  np.testing.assert_allclose([prop['a'][2, 0], prop['b'][2, 0]], [0.6, 0.8], rtol=1e-5)
+  # Finite entries above 2**126: the norm used to underflow to 0 (no clipping).
+  huge, n = privacy.clip_global_per_example({'a': jnp.full((1, 3), 3e38)}, 1.0)
+  assert np.isfinite(huge['a']).all() and float(jnp.linalg.norm(huge['a'])) <= 1.0
   np.testing.assert_allclose([clipped['a'][2, 0], clipped['b'][2, 0]], [0.6, 0.8], rtol=1e-5)
   np.testing.assert_allclose(norms[2], 5e30, rtol=1e-5)
   empty, n = privacy.clip_global_per_example({}, 1.0)
@@ -145,3 +181,11 @@ def test_grad_sums_reject_bad_arguments():
   with pytest.raises(ValueError, match='mask'):
     privacy.backprop_clip_grad_sum(lambda m, x: m(x).sum(1), model, jnp.ones((2, 2)),
                                    mask=jnp.ones(3))
+  with pytest.raises(ValueError, match='nonfinite'):
+    privacy.backprop_clip_grad_sum(lambda m, x: m(x).sum(1), model, jnp.ones((2, 2)),
+                                   nonfinite='ignore')
+  with pytest.raises(ValueError, match='nonfinite'):
+    privacy.dpsgd_grad_sum(lambda m, x: m(x).sum(1), model, jnp.ones((2, 2)),
+                           clip_norm=1.0, nonfinite='nan')
+  with pytest.raises(ValueError, match='nonfinite'):
+    privacy.clip_global_per_example({'a': jnp.ones((2, 1))}, 1.0, nonfinite='zero')

@@ -32,10 +32,22 @@ example                    result
 ``n_i > C``, finite        rescaled to norm ``C`` (to float rounding)
 all zeros                  unchanged zeros, never NaN; finite gradients
 huge / tiny entries        the norm is computed on ``x / max|x|``, so no
-                           overflow or underflow of the sum of squares
+                           overflow or underflow of the sum of squares;
+                           ``C / n_i`` below float32's normal range (norms
+                           beyond ``~1e38 C``) flushes to zero: such an
+                           example becomes zeros, never unclipped
 ``C == 0``                 zeros
-any NaN or +-Inf           NaN for that example only (so the user notices)
+any NaN or +-Inf           ``nonfinite="drop"`` (default): zeros for that
+                           example (its contribution is dropped, the others
+                           are untouched, gradients stay finite);
+                           ``nonfinite="propagate"``: NaN for that example
 =========================  =================================================
+
+Why dropping is the default: a NaN that reaches a released sum makes the whole
+release NaN, which tells an observer with certainty that the offending example
+was in the batch, so no (epsilon, delta) claim survives it. A dropped example
+contributes zero, which is within every sensitivity bound. ``"propagate"``
+exists for debugging only and **voids the privacy guarantee**.
 
 Norms are accumulated in float32 (float64 kept); the scale is applied in the
 input's dtype, so bfloat16/float16 arrays stay in their dtype.
@@ -49,12 +61,17 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 
+from ssgd_optax import _numerics
 from ssgd_optax import _validation
 
-__all__ = ['NORMS', 'clip_inputs', 'clip_upstream', 'clip_per_example', 'per_example_norm']
+__all__ = ['NONFINITE', 'NORMS', 'clip_inputs', 'clip_upstream', 'clip_per_example',
+           'per_example_norm']
 
 NORMS = ('l2', 'conv')
 Norm = Literal['l2', 'conv']
+# 'drop' keeps the DP guarantee; 'propagate' (NaN out) voids it.
+NONFINITE = ('drop', 'propagate')
+Nonfinite = Literal['drop', 'propagate']
 
 
 def _check_array(name: str, x: Any) -> jax.Array:
@@ -75,8 +92,10 @@ def per_example_norm(x: jax.Array, norm: Norm = 'l2') -> jax.Array:
 
   ``"l2"``: :math:`n_i = \|x_i\|_2`; ``"conv"``: :math:`n_i = \sqrt{\sum_c
   (\sum_p |x_{i,p,c}|)^2}` with ``p`` every axis between the first and the
-  last. Computed on ``x_i / max|x_i|`` in float32, so huge and tiny entries
-  neither overflow nor underflow; zeros give ``0``, NaN/Inf give NaN/Inf.
+  last. Computed in float32 without overflow or underflow (``"l2"``: scaled
+  sums of squares, :mod:`ssgd_optax._numerics`; ``"conv"``: on
+  ``x_i / max|x_i|``); zeros give ``0``, NaN give NaN, Inf give NaN
+  (``"l2"``) or Inf (``"conv"``), and a norm beyond float range gives inf.
 
   Args:
     x: array ``[B, ...]`` (for ``"conv"``, ``[B, ..., C]``).
@@ -99,11 +118,15 @@ def per_example_norm(x: jax.Array, norm: Norm = 'l2') -> jax.Array:
   axes = tuple(range(1, x.ndim))
   if not axes:
     return jnp.abs(x)
+  if norm == 'l2':
+    # The package's safe norm (ssgd_optax._numerics): one pass, no max|x|.
+    [pre], [root] = _numerics.group_scales([x], [acc], per_example=True)
+    return root / pre
   m = jnp.max(jnp.abs(x), axis=axes, keepdims=True)
   # Dividing by max|x| keeps the sum of squares finite and away from the
   # subnormals; NaN/Inf fall through to a NaN/Inf norm.
   safe = jnp.where((m > 0) & jnp.isfinite(m), m, 1)
-  y = x / safe
+  y = divide_by_scale(x, safe)
   if norm == 'conv' and x.ndim > 2:
     y = jnp.sum(jnp.abs(y), axis=tuple(range(1, x.ndim - 1)))
   sq = jnp.sum(y * y, axis=tuple(range(1, y.ndim)))
@@ -112,26 +135,55 @@ def per_example_norm(x: jax.Array, norm: Norm = 'l2') -> jax.Array:
   return n * safe.reshape(-1)
 
 
-def _scale(n: jax.Array, bound: Any, dtype: Any) -> jax.Array:
-  """min(1, C / n) with 1 at n == 0 and NaN for a non-finite n."""
+def divide_by_scale(x: jax.Array, m: jax.Array) -> jax.Array:
+  """``x / m`` for ``m`` up to float max, without a subnormal reciprocal.
+
+  XLA turns ``x / m`` into ``x * (1 / m)``, and ``1 / m`` is subnormal, so
+  flushed to zero, for ``m > 2**126``: a huge example would get norm 0 and
+  pass unclipped. Two divisions by ``sqrt(m)`` keep every factor normal.
+  """
+  root = jnp.sqrt(m)
+  return (x / root) / root
+
+
+def _scale(n: jax.Array, bound: Any, dtype: Any, bad: Any = jnp.nan) -> jax.Array:
+  """min(1, C / n) with 1 at n == 0 and ``bad`` for a non-finite n."""
   bound = jnp.asarray(bound, n.dtype)
   scale = jnp.where(n > bound, bound / jnp.where(n > 0, n, 1), 1.0)
-  scale = jnp.where(jnp.isfinite(n), scale, jnp.nan)
+  scale = jnp.where(jnp.isfinite(n), scale, bad)
   return scale.astype(dtype)
 
 
-def clip_per_example(x: jax.Array, bound: Any, norm: Norm = 'l2') -> jax.Array:
+def finite_examples(x: jax.Array) -> jax.Array:
+  """``[B]`` bool: True where every entry of example ``x_i`` is finite."""
+  x = jnp.asarray(x)
+  if not jnp.issubdtype(x.dtype, jnp.inexact):
+    return jnp.ones(x.shape[:1], bool)
+  return jnp.all(jnp.isfinite(x), axis=tuple(range(1, x.ndim)))
+
+
+def _rows(v: jax.Array, ndim: int) -> jax.Array:
+  return v.reshape((-1,) + (1,) * (ndim - 1))
+
+
+def clip_per_example(x: jax.Array, bound: Any, norm: Norm = 'l2',
+                     nonfinite: Nonfinite = 'drop') -> jax.Array:
   r"""Rescales each example ``x_i`` to norm at most ``bound`` (plain function).
 
   .. math:: x_i \leftarrow x_i \cdot \min\big(1, C / \|x_i\|\big)
 
   Differentiable like any JAX function (the gradient flows through the
-  scale); see the module docstring for the edge cases.
+  scale); see the module docstring for the edge cases. An example with a
+  NaN/Inf entry becomes zeros (``nonfinite="drop"``, the default) and gets a
+  zero, finite gradient.
 
   Args:
     x: array with a leading batch axis.
     bound: ``C >= 0`` (may be traced).
     norm: ``"l2"`` or ``"conv"`` (see :func:`per_example_norm`).
+    nonfinite: ``"drop"`` (default: a non-finite example becomes zeros) or
+      ``"propagate"`` (it becomes NaN; **voids any DP guarantee** built on
+      this clip, for debugging only).
 
   Returns:
     The clipped array, same shape and dtype.
@@ -144,13 +196,24 @@ def clip_per_example(x: jax.Array, bound: Any, norm: Norm = 'l2') -> jax.Array:
            [0.3, 0.4]], dtype=float32)
   """
   _check_bound('bound', bound)
+  _validation.check_choice('nonfinite', nonfinite, NONFINITE)
   x = _check_array('x', x)
-  n = per_example_norm(x, norm)
-  s = _scale(n, bound, x.dtype)
-  return x * s.reshape((-1,) + (1,) * (x.ndim - 1))
+  if nonfinite == 'propagate':
+    n = per_example_norm(x, norm)
+    # NaN only for examples with a NaN/Inf entry; a finite example whose norm
+    # overflows float32 gets scale C / inf = 0.
+    bad = jnp.where(finite_examples(x), 0.0, jnp.nan)
+    return x * _rows(_scale(n, bound, x.dtype, bad), x.ndim)
+  ok = _rows(finite_examples(x), x.ndim)
+  # Two wheres: the inner one keeps NaN/Inf out of the differentiated branch,
+  # otherwise its zero cotangent times an infinite partial is NaN again.
+  safe = jnp.where(ok, x, 0)
+  # Finite entries near float max can still give an infinite norm: scale 0.
+  clipped = safe * _rows(_scale(per_example_norm(safe, norm), bound, x.dtype, 0.0), x.ndim)
+  return jnp.where(ok, clipped, 0)
 
 
-def clip_inputs(x: jax.Array, bound: Any) -> jax.Array:
+def clip_inputs(x: jax.Array, bound: Any, nonfinite: Nonfinite = 'drop') -> jax.Array:
   r"""Forward per-example L2 clip of a layer's input: ``||x_i||_2 <= C_in``.
 
   .. math:: \tilde x_i = x_i \cdot \min\big(1, C_{in} / \|x_i\|_2\big)
@@ -161,6 +224,8 @@ def clip_inputs(x: jax.Array, bound: Any) -> jax.Array:
   Args:
     x: the layer input ``[B, ...]``.
     bound: ``C_in >= 0``.
+    nonfinite: ``"drop"`` (default: an example with a NaN/Inf entry becomes
+      zeros) or ``"propagate"`` (NaN; voids the guarantee).
 
   Returns:
     The clipped input.
@@ -171,29 +236,30 @@ def clip_inputs(x: jax.Array, bound: Any) -> jax.Array:
     >>> float(jnp.linalg.norm(clip_inputs(jnp.full((1, 4, 4, 1), 9.0), 3.0)))
     3.0
   """
-  return clip_per_example(x, bound, 'l2')
+  return clip_per_example(x, bound, 'l2', nonfinite)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _clip_upstream(z: jax.Array, bound: jax.Array, norm: str) -> jax.Array:
-  del bound, norm
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _clip_upstream(z: jax.Array, bound: jax.Array, norm: str, nonfinite: str) -> jax.Array:
+  del bound, norm, nonfinite
   return z
 
 
-def _clip_upstream_fwd(z, bound, norm):
-  del norm
+def _clip_upstream_fwd(z, bound, norm, nonfinite):
+  del norm, nonfinite
   return z, bound
 
 
-def _clip_upstream_bwd(norm, bound, g):
+def _clip_upstream_bwd(norm, nonfinite, bound, g):
   # The bound gets no gradient: it is a hyper-parameter, not a model input.
-  return clip_per_example(g, bound, norm), jnp.zeros_like(bound)
+  return clip_per_example(g, bound, norm, nonfinite), jnp.zeros_like(bound)
 
 
 _clip_upstream.defvjp(_clip_upstream_fwd, _clip_upstream_bwd)
 
 
-def clip_upstream(z: jax.Array, bound: Any, norm: Norm = 'l2') -> jax.Array:
+def clip_upstream(z: jax.Array, bound: Any, norm: Norm = 'l2',
+                  nonfinite: Nonfinite = 'drop') -> jax.Array:
   r"""Identity forward; clips the cotangent of ``z`` per example backward.
 
   With :math:`g_i = \partial L / \partial z_i`, the backward pass returns
@@ -204,12 +270,15 @@ def clip_upstream(z: jax.Array, bound: Any, norm: Norm = 'l2') -> jax.Array:
   (``norm="conv"``: L1 over spatial axes, L2 over channels), which is what
   bounds a convolution kernel's gradient by ``C_in C_out``. Apply it to a
   layer's pre-activation output; the clipped cotangent keeps propagating to
-  earlier layers. Use a **sum**-reduced loss (masked for padded rows).
+  earlier layers. Use a **sum**-reduced loss (masked for padded rows). A
+  cotangent example with a NaN/Inf entry is replaced by zeros (``"drop"``),
+  so one bad example cannot turn the gradient sum into NaN.
 
   Args:
     z: the layer output ``[B, ...]`` (channels last for ``"conv"``).
     bound: ``C_out >= 0`` (may be traced).
     norm: ``"l2"`` or ``"conv"``.
+    nonfinite: ``"drop"`` (default) or ``"propagate"`` (voids the guarantee).
 
   Returns:
     ``z`` unchanged.
@@ -222,6 +291,8 @@ def clip_upstream(z: jax.Array, bound: Any, norm: Norm = 'l2') -> jax.Array:
     Array([[0.6, 0.8]], dtype=float32)
   """
   _validation.check_choice('norm', norm, NORMS)
+  _validation.check_choice('nonfinite', nonfinite, NONFINITE)
   _check_bound('bound', bound)
   z = _check_array('z', z)
-  return _clip_upstream(z, jnp.asarray(bound, jnp.promote_types(z.dtype, jnp.float32)), norm)
+  return _clip_upstream(z, jnp.asarray(bound, jnp.promote_types(z.dtype, jnp.float32)), norm,
+                        nonfinite)

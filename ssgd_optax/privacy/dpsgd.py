@@ -13,22 +13,53 @@
 Both take the fixed-size padded batch of
 :func:`ssgd_optax.privacy.poisson_sample` and its mask; padded rows contribute
 exactly zero. Feed the sum to :func:`ssgd_optax.privacy.add_gaussian_noise`.
+
+**Non-finite examples.** By default (``nonfinite="drop"``) an example with a
+NaN/Inf in its batch arrays, its loss, its gradient or (backprop clipping) the
+input of a clipped layer contributes exactly zero, as if it were a padded row:
+otherwise one such example makes the released sum NaN, which reveals that it
+was in the batch and voids the (epsilon, delta) claim. ``"propagate"`` keeps
+the NaN (debugging only; **the privacy guarantee is then void**).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ssgd_optax import _numerics
 from ssgd_optax import _validation
 from ssgd_optax import per_example as per_example_lib
 from ssgd_optax.privacy import clipping
+from ssgd_optax.privacy import layers
 
 __all__ = ['backprop_clip_grad_sum', 'clip_global_per_example', 'dpsgd_grad_sum']
+
+
+def _finite_rows(batch: Sequence[Any], size: int) -> jax.Array:
+  """``[B]``: every floating entry of example ``i`` in every batch array is finite."""
+  ok = jnp.ones((size,), bool)
+  for b in jax.tree.leaves(batch):
+    b = jnp.asarray(b)
+    if b.ndim >= 1 and b.shape[0] == size:
+      ok = ok & clipping.finite_examples(b)
+  return ok
+
+
+def _per_example_losses(losses: Any, batch: Sequence[Any]) -> jax.Array:
+  losses = jnp.asarray(losses)
+  leaves = [b for b in jax.tree.leaves(batch) if jnp.ndim(b) >= 1]
+  if losses.ndim != 1 or (leaves and losses.shape[0] != jnp.shape(leaves[0])[0]):
+    want = f'[{jnp.shape(leaves[0])[0]}]' if leaves else '[B]'
+    raise ValueError(
+        f'per_example_loss must return one loss per example (shape {want}); got shape '
+        f'{losses.shape}. Do not average or sum it: the clip bounds refer to one example.')
+  return losses
 
 
 def _masked_sum(values: jax.Array, mask: jax.Array | None) -> jax.Array:
@@ -43,15 +74,23 @@ def _masked_sum(values: jax.Array, mask: jax.Array | None) -> jax.Array:
 
 def backprop_clip_grad_sum(per_example_loss: Callable[..., jax.Array], model: nnx.Module,
                            *batch: Any, mask: jax.Array | None = None,
-                           wrt: Any = nnx.Param) -> tuple[jax.Array, Any]:
+                           wrt: Any = nnx.Param,
+                           nonfinite: str = 'drop') -> tuple[jax.Array, Any]:
   r"""Loss and gradient of ``sum_i m_i loss_i`` for a backprop-clipped model.
 
-  .. math:: G = \nabla_\theta \sum_i m_i\, \ell(\theta; x_i, y_i)
-     = \sum_i m_i\, \tilde g_i
+  .. math:: G = \nabla_\theta \sum_i m_i f_i\, \ell(\theta; x_i, y_i)
+     = \sum_i m_i f_i\, \tilde g_i
 
   where ``g~_i`` is example ``i``'s gradient through the clipped layers
-  (each tensor's ``||g~_{i,l}|| <= Delta_l``). The loss must be summed, not
-  averaged: the clip bounds refer to one example's cotangent.
+  (each tensor's ``||g~_{i,l}|| <= Delta_l``) and ``f_i = 0`` drops an example
+  with a NaN/Inf batch entry, loss, or clipped-layer input (``f_i = 1``
+  otherwise). The loss must be summed, not averaged: the clip bounds refer to
+  one example's cotangent.
+
+  The forward pass is traced in a scope that counts the calls of every
+  :class:`~ssgd_optax.privacy.ClippedLayer` (a ``ValueError`` past its
+  ``uses``, or for a call inside a nested ``scan``/``vmap``/``remat``), and
+  checks that each clipped layer sees the ``B`` examples on its leading axis.
 
   Args:
     per_example_loss: ``per_example_loss(model, *batch) -> [B]`` losses.
@@ -59,9 +98,14 @@ def backprop_clip_grad_sum(per_example_loss: Callable[..., jax.Array], model: nn
     *batch: arrays with leading axis ``B``.
     mask: ``[B]`` 0/1 (or bool) mask of real rows; ``None`` = all real.
     wrt: ``nnx`` filter of the trained variables.
+    nonfinite: ``"drop"`` (default: a non-finite example contributes zero, so
+      the sum stays finite and within the sensitivity) or ``"propagate"``
+      (its NaN reaches the sum; **voids the privacy guarantee**, debugging
+      only).
 
   Returns:
-    ``(masked loss sum, gradient State)``.
+    ``(masked loss sum, gradient State)``; the loss sum leaves dropped
+    examples out too.
 
   Example:
     >>> import jax.numpy as jnp, optax
@@ -75,25 +119,49 @@ def backprop_clip_grad_sum(per_example_loss: Callable[..., jax.Array], model: nn
   """
   if not callable(per_example_loss):
     raise TypeError(f'per_example_loss must be callable; got {type(per_example_loss).__name__}.')
+  _validation.check_choice('nonfinite', nonfinite, clipping.NONFINITE)
 
   def total(m):
-    return _masked_sum(per_example_loss(m, *batch), mask)
+    with layers._forward_pass(m, nonfinite) as scope:  # pylint: disable=protected-access
+      losses = _per_example_losses(per_example_loss(m, *batch), batch)
+    if nonfinite == 'propagate':
+      return _masked_sum(losses, mask)
+    ok = jnp.isfinite(losses) & _finite_rows(batch, losses.shape[0])
+    for layer, bad in scope.flags:
+      if bad.shape != losses.shape:
+        raise ValueError(
+            f'ClippedLayer at {scope.where(layer)!r} got an input with leading axis '
+            f'{bad.shape[0]}, but the batch has {losses.shape[0]} examples. The clip '
+            'bounds are per row of the leading axis, so each example must be one row '
+            '(do not fold other axes into the batch axis).')
+      ok = ok & ~bad
+    return _masked_sum(losses, ok if mask is None else ok & _check_mask(mask, losses))
 
   return nnx.value_and_grad(total, argnums=nnx.DiffState(0, wrt))(model)
 
 
-def clip_global_per_example(grads: Any, clip_norm: Any) -> tuple[Any, jax.Array]:
+def _check_mask(mask: jax.Array, values: jax.Array) -> jax.Array:
+  if jnp.shape(mask) != jnp.shape(values):
+    raise ValueError(f'mask must have shape {jnp.shape(values)} (one entry per example); '
+                     f'got {jnp.shape(mask)}.')
+  return jnp.asarray(mask).astype(bool)
+
+
+def clip_global_per_example(grads: Any, clip_norm: Any,
+                            nonfinite: str = 'drop') -> tuple[Any, jax.Array]:
   r"""Clips each example's whole gradient (all leaves) to global L2 norm ``C``.
 
   .. math:: \tilde g_i = g_i \min\big(1, C / \|g_i\|_2\big), \quad
      \|g_i\|_2^2 = \textstyle\sum_l \|g_{i,l}\|_2^2
 
   Same edge cases as :func:`ssgd_optax.privacy.clip_per_example` (zeros stay
-  zeros, a non-finite example becomes NaN, no overflow).
+  zeros, no overflow; an example with a NaN/Inf entry in any leaf becomes
+  zeros in every leaf, or NaN with ``nonfinite="propagate"``).
 
   Args:
     grads: a tree of per-example gradients (leading axis ``B`` on every leaf).
     clip_norm: ``C >= 0``.
+    nonfinite: ``"drop"`` (default) or ``"propagate"`` (voids the guarantee).
 
   Returns:
     ``(clipped grads, [B] norms before clipping)``.
@@ -107,27 +175,46 @@ def clip_global_per_example(grads: Any, clip_norm: Any) -> tuple[Any, jax.Array]
     (Array([0.6, 0. ], dtype=float32), Array([5. , 0.5], dtype=float32))
   """
   _validation.check_nonnegative('clip_norm', clip_norm)
+  _validation.check_choice('nonfinite', nonfinite, clipping.NONFINITE)
   leaves = jax.tree.leaves(grads)
   if not leaves:
     return grads, jnp.zeros((0,), jnp.float32)
-  norms = [clipping.per_example_norm(x.reshape(x.shape[0], -1)) for x in leaves]
-  # Combine the leaf norms through their max, so the sum of squares cannot overflow.
-  stacked = jnp.stack(norms)
-  top = jnp.max(stacked, axis=0)
-  safe = jnp.where((top > 0) & jnp.isfinite(top), top, 1)
-  norm = jnp.sqrt(jnp.sum((stacked / safe) ** 2, axis=0)) * safe
+  norm = _global_norm(leaves)
   c = jnp.asarray(clip_norm, norm.dtype)
-  scale = jnp.where(norm > c, c / jnp.where(norm > 0, norm, 1), 1.0)
-  scale = jnp.where(jnp.isfinite(norm), scale, jnp.nan)
-  clipped = jax.tree.map(
-      lambda x: x * scale.astype(x.dtype).reshape((-1,) + (1,) * (x.ndim - 1)), grads)
+
+  def scale_of(n, bad):
+    s = jnp.where(n > c, c / jnp.where(n > 0, n, 1), 1.0)
+    return jnp.where(jnp.isfinite(n), s, bad)
+
+  def rows(v, x):
+    return v.reshape((-1,) + (1,) * (x.ndim - 1))
+
+  ok = functools.reduce(jnp.logical_and, [clipping.finite_examples(x) for x in leaves])
+  if nonfinite == 'propagate':
+    scale = scale_of(norm, jnp.where(ok, 0.0, jnp.nan))
+    return jax.tree.map(lambda x: x * rows(scale, x).astype(x.dtype), grads), norm
+  # Two wheres, so that a dropped example's gradient through this is 0, not NaN.
+  safe = jax.tree.map(lambda x: jnp.where(rows(ok, x), x, 0), grads)
+  scale = scale_of(_global_norm(jax.tree.leaves(safe)), 0.0)
+  clipped = jax.tree.map(lambda x: jnp.where(rows(ok, x), x * rows(scale, x).astype(x.dtype), 0),
+                         safe)
   return clipped, norm
+
+
+def _global_norm(leaves: Sequence[jax.Array]) -> jax.Array:
+  # The package's overflow- and underflow-safe norm (one pass per leaf, no
+  # max|g| pass): NaN for a row with a NaN or Inf, inf beyond float range.
+  rows = [x.reshape(x.shape[0], -1) for x in leaves]
+  dtype = jnp.result_type(*[_numerics.accumulation_dtype(x.dtype) for x in rows])
+  [pre], [root] = _numerics.group_scales(rows, [dtype] * len(rows),
+                                         groups=[list(range(len(rows)))], per_example=True)
+  return root / pre
 
 
 def dpsgd_grad_sum(per_example_loss: Callable[..., jax.Array], model: nnx.Module,
                    *batch: Any, clip_norm: Any, mask: jax.Array | None = None,
                    microbatch_size: int | None = None,
-                   wrt: Any = nnx.Param) -> tuple[jax.Array, Any]:
+                   wrt: Any = nnx.Param, nonfinite: str = 'drop') -> tuple[jax.Array, Any]:
   r"""DP-SGD's sum of per-example gradients, each clipped to global norm ``C``.
 
   .. math:: G = \sum_i m_i\, g_i \min\big(1, C / \|g_i\|_2\big)
@@ -145,9 +232,13 @@ def dpsgd_grad_sum(per_example_loss: Callable[..., jax.Array], model: nnx.Module
     mask: ``[B]`` mask of real rows, ``None`` = all.
     microbatch_size: examples vmapped at once (memory), ``None`` = all.
     wrt: ``nnx`` filter of the trained variables.
+    nonfinite: ``"drop"`` (default: an example with a NaN/Inf batch entry,
+      loss or gradient contributes zero) or ``"propagate"`` (its NaN reaches
+      the sum; **voids the privacy guarantee**, debugging only).
 
   Returns:
-    ``(masked loss sum, clipped gradient sum State)``.
+    ``(masked loss sum, clipped gradient sum State)``; dropped examples are
+    left out of both.
 
   Example:
     >>> import jax.numpy as jnp, optax
@@ -163,6 +254,7 @@ def dpsgd_grad_sum(per_example_loss: Callable[..., jax.Array], model: nnx.Module
   if not callable(per_example_loss):
     raise TypeError(f'per_example_loss must be callable; got {type(per_example_loss).__name__}.')
   _validation.check_nonnegative('clip_norm', clip_norm)
+  _validation.check_choice('nonfinite', nonfinite, clipping.NONFINITE)
 
   def single(m, *example):
     loss = per_example_loss(m, *example)
@@ -170,11 +262,15 @@ def dpsgd_grad_sum(per_example_loss: Callable[..., jax.Array], model: nnx.Module
 
   grads, losses = per_example_lib.nnx_per_example_grads(
       single, model, *batch, mask=mask, microbatch_size=microbatch_size, wrt=wrt, has_aux=True)
-  clipped, _ = clip_global_per_example(grads, clip_norm)
-  if mask is not None:
+  clipped, _ = clip_global_per_example(grads, clip_norm, nonfinite)
+  losses = losses.reshape(losses.shape[0], -1).sum(-1)
+  keep = None if mask is None else _check_mask(mask, losses)
+  if nonfinite == 'drop':
+    ok = jnp.isfinite(losses) & _finite_rows(batch, losses.shape[0])
+    keep = ok if keep is None else keep & ok
+  if keep is not None:
     # Padded rows are zero already; where keeps a NaN example from leaking in.
-    m = mask.astype(bool)
     clipped = jax.tree.map(
-        lambda x: jnp.where(m.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0), clipped)
+        lambda x: jnp.where(keep.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0), clipped)
   summed = jax.tree.map(lambda x: jnp.sum(x, axis=0), clipped)
-  return _masked_sum(losses.reshape(losses.shape[0], -1).sum(-1), mask), summed
+  return _masked_sum(losses, keep), summed

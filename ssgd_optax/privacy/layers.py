@@ -25,15 +25,45 @@ batch, so the accountant gets ``num_releases`` = the number of such tensors
 place; :func:`sensitivities` gives the tree of per-tensor sensitivities that
 :func:`ssgd_optax.privacy.add_gaussian_noise` needs, and refuses models with
 parameters it cannot bound (BatchNorm couples the examples of a batch;
-LayerNorm, GroupNorm and embeddings need their own analysis).
+LayerNorm, GroupNorm, embeddings and attention need their own analysis).
+
+**Model structure.** The table holds for one application of the layer per
+example. Three structures would break it silently, so they are refused or
+accounted:
+
+* *aliasing*: a parameter reachable from two paths (a layer stored under two
+  attributes, two ``ClippedLayer`` wrapping one layer, tied weights) is
+  refused by :func:`check_model`, :func:`clip_layers` and
+  :func:`sensitivities` (``ValueError`` naming both paths): the second path
+  may be unclipped, or the gradient may add two bounded terms;
+* *reuse*: a layer applied ``k`` times per example gets up to ``k`` times the
+  bounds. :class:`ClippedLayer` declares ``uses`` (default 1);
+  :func:`sensitivities` multiplies its bounds by ``uses``, and
+  :func:`ssgd_optax.privacy.backprop_clip_grad_sum` counts the Python calls of
+  every ``ClippedLayer`` while it traces the forward pass and raises
+  ``ValueError`` on the ``uses + 1``-th call. A call inside a nested JAX
+  transformation of the forward pass (``lax.scan``/``fori_loop``/``cond``,
+  ``vmap``, ``remat``, ``nnx.scan``), where one Python call may run many
+  times, is refused for the same reason;
+* *unsupported layers*: BatchNorm is refused; every other trained parameter
+  must be inside a ``ClippedLayer``, or :func:`sensitivities` refuses it.
+
+What is not checked: a model that calls the wrapped layer directly
+(``wrapper.layer(x)``) or reads its kernel outside the wrapper, or mixes
+examples in plain JAX code (``x - x.mean(0)``). Those are up to the model's
+author; the counts above hold only for gradients computed by
+:func:`~ssgd_optax.privacy.backprop_clip_grad_sum`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 from flax import nnx
 
@@ -56,6 +86,71 @@ __all__ = [
 _BAD_PADDING = ('CIRCULAR', 'REFLECT')
 
 
+# The forward pass being traced by backprop_clip_grad_sum, if any.
+_PASS: contextvars.ContextVar[_ForwardPass | None] = contextvars.ContextVar(
+    'ssgd_optax_backprop_clip_pass', default=None)
+
+
+def _current_trace() -> Any:
+  return jax.extend.core.get_opaque_trace_state(convention='nnx')
+
+
+def _where(model: Any, node: Any) -> str:
+  for path, n in nnx.iter_graph(model):
+    if n is node:
+      return '/'.join(map(str, path)) or 'model'
+  return type(node).__name__
+
+
+class _ForwardPass:
+  """Counts ClippedLayer calls and collects non-finite flags in one forward pass."""
+
+  def __init__(self, model: Any, nonfinite: str):
+    self.model = model
+    self.nonfinite = nonfinite
+    self.trace = _current_trace()
+    self.calls: dict[int, int] = {}
+    # Holding the layers keeps their ids unique for the life of the pass.
+    self.flags: list[tuple[ClippedLayer, jax.Array]] = []
+
+  def record(self, layer: ClippedLayer, x: jax.Array) -> None:
+    if _current_trace() != self.trace:
+      raise ValueError(
+          f'ClippedLayer at {_where(self.model, layer)!r} is called inside a JAX '
+          'transformation nested in the forward pass (lax.scan/fori_loop/while_loop/cond, '
+          'vmap, remat, nnx.scan...). One Python call there can run any number of '
+          'times, so its uses (and the sensitivity) cannot be counted. Unroll the loop '
+          'in Python, or apply the layer outside the transformation.')
+    count = self.calls.get(id(layer), 0) + 1
+    if count > layer.uses:
+      raise ValueError(
+          f'ClippedLayer at {_where(self.model, layer)!r} is applied {count} times in one '
+          f'forward pass but declares uses={layer.uses}. Each application adds up to '
+          'C_in * C_out to one example\'s kernel gradient, so the sensitivity is '
+          f'{count} * C_in * C_out, not what sensitivities() reports. Declare '
+          f'ClippedLayer(..., uses={count}) (its bounds are then multiplied by {count}) or '
+          'use a separate layer for each application.')
+    self.calls[id(layer)] = count
+    self.flags.append((layer, ~clipping.finite_examples(x)))
+
+  def where(self, layer: ClippedLayer) -> str:
+    return _where(self.model, layer)
+
+
+@contextlib.contextmanager
+def _forward_pass(model: Any, nonfinite: str) -> Iterator[_ForwardPass]:
+  """Scope of one traced forward pass (used by ``backprop_clip_grad_sum``)."""
+  if _PASS.get() is not None:
+    raise ValueError('backprop_clip_grad_sum cannot be nested inside another one\'s '
+                     'forward pass.')
+  scope = _ForwardPass(model, nonfinite)
+  token = _PASS.set(scope)
+  try:
+    yield scope
+  finally:
+    _PASS.reset(token)
+
+
 def _check_bounds(input_bound: Any, grad_bound: Any) -> tuple[float, float]:
   out = []
   for name, value in (('input_bound', input_bound), ('grad_bound', grad_bound)):
@@ -73,8 +168,10 @@ class ClippedLayer(nnx.Module):
   .. math:: z = \mathrm{clip\_upstream}_{C_{out}}\big(\mathrm{layer}(
      \mathrm{clip}_{C_{in}}(x))\big)
 
-  Per-example kernel gradient ``<= C_in * C_out`` (Frobenius), bias gradient
-  ``<= C_out``; the wrapped layer's parameters are shared, not copied.
+  Per-example kernel gradient ``<= uses * C_in * C_out`` (Frobenius), bias
+  gradient ``<= uses * C_out``; the wrapped layer's parameters are shared, not
+  copied. An example whose input or cotangent has a NaN/Inf entry is zeroed
+  at the clip (dropped), so it cannot make the gradient sum non-finite.
 
   Args:
     layer: an ``nnx.Linear`` or ``nnx.Conv`` (not ``CIRCULAR``/``REFLECT``
@@ -82,6 +179,10 @@ class ClippedLayer(nnx.Module):
     input_bound: ``C_in > 0``, the per-example L2 bound of the layer input.
     grad_bound: ``C_out > 0``, the per-example bound of the output cotangent
       (L2 over features, L1 over spatial/extra axes).
+    uses: ``k >= 1``, the most times the layer is applied in one forward
+      pass; the bounds are multiplied by ``k``, and
+      :func:`~ssgd_optax.privacy.backprop_clip_grad_sum` refuses a ``k+1``-th
+      call.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -93,7 +194,9 @@ class ClippedLayer(nnx.Module):
     ((3, 2), {'kernel': 0.5})
   """
 
-  def __init__(self, layer: nnx.Module, *, input_bound: float, grad_bound: float):
+  def __init__(self, layer: nnx.Module, *, input_bound: float, grad_bound: float,
+               uses: int = 1):
+    _validation.check_int('uses', uses, minimum=1)
     if not isinstance(layer, (nnx.Linear, nnx.Conv)):
       raise TypeError(
           'ClippedLayer wraps an nnx.Linear or nnx.Conv (whose gradient backprop '
@@ -106,16 +209,22 @@ class ClippedLayer(nnx.Module):
           "'SAME', 'VALID', 'CAUSAL' or explicit zero padding.")
     self.layer = layer
     self.input_bound, self.grad_bound = _check_bounds(input_bound, grad_bound)
+    self.uses = int(uses)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = clipping.clip_inputs(x, self.input_bound)
-    return clipping.clip_upstream(self.layer(x), self.grad_bound, 'conv')
+    scope = _PASS.get()
+    nonfinite = 'drop'
+    if scope is not None:
+      scope.record(self, x)
+      nonfinite = scope.nonfinite
+    x = clipping.clip_inputs(x, self.input_bound, nonfinite)
+    return clipping.clip_upstream(self.layer(x), self.grad_bound, 'conv', nonfinite)
 
   def sensitivity(self) -> dict[str, float]:
     """L2 sensitivity of the batch-summed gradient of each parameter."""
-    out = {'kernel': self.input_bound * self.grad_bound}
+    out = {'kernel': self.uses * self.input_bound * self.grad_bound}
     if self.layer.use_bias:
-      out['bias'] = self.grad_bound
+      out['bias'] = self.uses * self.grad_bound
     return out
 
 
@@ -128,6 +237,7 @@ class ClippedLinear(ClippedLayer):
     input_bound: ``C_in > 0``.
     grad_bound: ``C_out > 0``.
     use_bias: add a bias (sensitivity ``C_out``, one more release).
+    uses: applications per forward pass (see :class:`ClippedLayer`).
     rngs: ``nnx.Rngs`` for the initialisation.
     **kwargs: passed to ``nnx.Linear``.
 
@@ -141,10 +251,11 @@ class ClippedLinear(ClippedLayer):
   """
 
   def __init__(self, in_features: int, out_features: int, *, input_bound: float,
-               grad_bound: float, use_bias: bool = False, rngs: nnx.Rngs, **kwargs):
+               grad_bound: float, use_bias: bool = False, uses: int = 1, rngs: nnx.Rngs,
+               **kwargs):
     super().__init__(nnx.Linear(in_features, out_features, use_bias=use_bias, rngs=rngs,
                                 **kwargs),
-                     input_bound=input_bound, grad_bound=grad_bound)
+                     input_bound=input_bound, grad_bound=grad_bound, uses=uses)
 
 
 class ClippedConv(ClippedLayer):
@@ -158,6 +269,7 @@ class ClippedConv(ClippedLayer):
     grad_bound: ``C_out > 0`` (mixed norm: L1 over positions, L2 over
       channels).
     use_bias: add a bias (sensitivity ``C_out``, one more release).
+    uses: applications per forward pass (see :class:`ClippedLayer`).
     rngs: ``nnx.Rngs``.
     **kwargs: passed to ``nnx.Conv`` (``strides``, ``padding``...).
 
@@ -173,21 +285,29 @@ class ClippedConv(ClippedLayer):
 
   def __init__(self, in_features: int, out_features: int, kernel_size: int | Sequence[int], *,
                input_bound: float, grad_bound: float, use_bias: bool = False,
-               rngs: nnx.Rngs, **kwargs):
+               uses: int = 1, rngs: nnx.Rngs, **kwargs):
     super().__init__(nnx.Conv(in_features, out_features, kernel_size, use_bias=use_bias,
                               rngs=rngs, **kwargs),
-                     input_bound=input_bound, grad_bound=grad_bound)
+                     input_bound=input_bound, grad_bound=grad_bound, uses=uses)
 
 
 def check_model(model: nnx.Module) -> None:
-  """Raises if ``model`` couples the examples of a batch (BatchNorm).
+  """Raises if ``model`` has BatchNorm or a parameter reachable from two paths.
+
+  BatchNorm couples the examples of a batch. A shared parameter (a layer
+  stored under two attributes, two :class:`ClippedLayer` wrapping one layer,
+  tied weights) gets gradient from both places: one of them may be unclipped
+  and the two bounded terms add up, so the per-tensor bound would be false.
+  (To apply one layer several times, call it several times from one place and
+  declare ``ClippedLayer(..., uses=k)``.)
 
   Args:
     model: an ``nnx.Module``.
 
   Raises:
     TypeError: ``model`` is not an ``nnx.Module``.
-    ValueError: it contains ``nnx.BatchNorm``, naming where.
+    ValueError: it contains ``nnx.BatchNorm``, or a shared ``nnx.Param``,
+      naming where.
 
   Example:
     >>> from flax import nnx
@@ -207,6 +327,22 @@ def check_model(model: nnx.Module) -> None:
           "the examples of a batch, so one example's contribution is not bounded. "
           'Remove it or use GroupNorm/LayerNorm (whose parameters then need their own '
           'sensitivity analysis).')
+  nodes = None
+  for paths in nnx.find_duplicates(model):
+    if nodes is None:
+      nodes = dict(nnx.iter_graph(model))
+    node = nodes.get(tuple(paths[0]))
+    # Shared parameter-free nodes (an Rngs stream, an activation) are harmless.
+    if not (isinstance(node, nnx.Param) or (
+        nnx.graph.is_graph_node(node) and jax.tree.leaves(nnx.state(node, nnx.Param)))):
+      continue
+    names = ', '.join(repr('/'.join(map(str, p)) or 'model') for p in paths)
+    raise ValueError(
+        f'A parameter is reachable from {len(paths)} paths ({names}): an aliased layer, '
+        'two ClippedLayer wrapping one layer, or tied weights. Its gradient then adds '
+        'the contributions of every path (one of which may be unclipped), so the '
+        'per-tensor sensitivity bound does not hold. Store each layer once; to apply a '
+        'layer several times, call it several times and declare ClippedLayer(..., uses=k).')
 
 
 def clip_layers(model: nnx.Module, *, input_bound: float, grad_bound: float) -> nnx.Module:
@@ -214,9 +350,12 @@ def clip_layers(model: nnx.Module, *, input_bound: float, grad_bound: float) -> 
 
   The replacement is in place (attributes, ``nnx.List``/``nnx.Sequential``
   entries); parameters are shared with the original layers. Already wrapped
-  layers are left alone. The model is checked with :func:`check_model` first.
-  A layer reachable from two attributes would be wrapped at the first one
-  only: :func:`sensitivities` then refuses the model.
+  layers are left alone. The model is checked with :func:`check_model` first,
+  so a layer reachable from two attributes (which would be wrapped at one of
+  them only) is refused with a ``ValueError``. Every wrapper gets ``uses=1``:
+  a model that applies a layer twice is refused by
+  :func:`~ssgd_optax.privacy.backprop_clip_grad_sum` until that wrapper's
+  ``uses`` is raised.
 
   Args:
     model: an ``nnx.Module`` (may itself be a ``Linear``/``Conv``).
@@ -274,10 +413,11 @@ def sensitivities(model: nnx.Module, wrt: Any = nnx.Param) -> Any:
   """The L2 sensitivity of each parameter's batch-summed gradient, as a tree.
 
   Shaped like ``nnx.state(model, wrt)`` (and like ``nnx.grad``'s output),
-  with a float32 scalar per leaf: ``C_in * C_out`` for a kernel, ``C_out``
-  for a bias. Every parameter selected by ``wrt`` must belong to a
-  :class:`ClippedLayer`; exclude the others from training (and from ``wrt``)
-  or wrap them.
+  with a float32 scalar per leaf: ``uses * C_in * C_out`` for a kernel,
+  ``uses * C_out`` for a bias. Every parameter selected by ``wrt`` must
+  belong to a :class:`ClippedLayer`; exclude the others from training (and
+  from ``wrt``) or wrap them. Models that fail :func:`check_model` (BatchNorm,
+  shared parameters) are refused.
 
   Args:
     model: an ``nnx.Module`` whose trainable layers are clipped.
@@ -287,7 +427,8 @@ def sensitivities(model: nnx.Module, wrt: Any = nnx.Param) -> Any:
     An ``nnx.State`` of scalar sensitivities.
 
   Raises:
-    ValueError: a parameter has no bound (named), or the model has BatchNorm.
+    ValueError: a parameter has no bound (named), the model has BatchNorm, or a
+      parameter is reachable from two paths.
 
   Example:
     >>> from flax import nnx

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ssgd_optax import _keys
 from ssgd_optax import _validation
 
 __all__ = ['GaussianNoiseState', 'add_gaussian_noise']
@@ -36,7 +37,9 @@ class GaussianNoiseState(NamedTuple):
   """State of :func:`add_gaussian_noise`.
 
   Attributes:
-    key: the base PRNG key; step ``t`` uses ``fold_in(key, t)``.
+    key: the typed PRNG key of the next update, a copy owned by this state
+      (each update splits it: one half noises that update, the other becomes
+      the next state's key).
     count: number of updates noised so far (int32).
   """
 
@@ -60,8 +63,9 @@ def add_gaussian_noise(noise_multiplier: Any,
      u_l = \frac{1}{\bar B}\Big(\sum_{i \in \text{batch}} \tilde g_{i,l}
            + z\,\Delta_l\,\xi_l\Big), \qquad \xi_l \sim \mathcal N(0, I)
 
-  with a fresh ``xi`` per leaf and per step (``fold_in(key, count)``, then
-  one split per leaf). Noise is drawn and added in float32 (float64 kept) and
+  with a fresh ``xi`` per leaf and per step (the state's key is split by
+  :func:`ssgd_optax._keys.split_step` every update, then the step's key once
+  per leaf). Noise is drawn and added in float32 (float64 kept) and
   cast back to the leaf's dtype. ``z = 0`` gives exactly ``sum / Bbar``; a
   NaN/Inf in the sum stays NaN/Inf; ``None`` leaves and empty trees pass
   through.
@@ -73,7 +77,9 @@ def add_gaussian_noise(noise_multiplier: Any,
       norm), or a tree shaped like the updates with a scalar per leaf
       (:func:`ssgd_optax.privacy.sensitivities`), each ``>= 0``.
     expected_batch_size: ``Bbar = q * N > 0``.
-    key: a PRNG key, owned by this transformation from now on.
+    key: a PRNG key (``jax.random.key(seed)`` or a legacy ``PRNGKey``), which
+      must be secret for the guarantee to hold; ``init`` stores a copy, so the
+      state may be donated to ``jit`` and ``init`` called again.
 
   Returns:
     An ``optax.GradientTransformation`` with :class:`GaussianNoiseState`.
@@ -95,13 +101,12 @@ def add_gaussian_noise(noise_multiplier: Any,
     _validation.check_nonnegative('sensitivity', leaf)
   if sensitivity is None:
     raise ValueError('sensitivity must be a number or a tree of numbers; got None.')
-  if not isinstance(key, jax.Array):
-    raise TypeError(f'key must be a JAX PRNG key (jax.random.key(seed)); got '
-                    f'{type(key).__name__}.')
+  key = _keys.check_key(key, 'key')
 
   def init_fn(params):
     del params
-    return GaussianNoiseState(key=key, count=jnp.zeros([], jnp.int32))
+    # A fresh buffer: the caller may donate the state and call init again.
+    return GaussianNoiseState(key=_keys.copy_key(key), count=jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None):
     del params
@@ -115,7 +120,7 @@ def add_gaussian_noise(noise_multiplier: Any,
         raise ValueError(
             'sensitivity must be a scalar or a tree with the structure of the updates '
             f'(one scalar per leaf); structures differ: {e}') from None
-    step_key = jax.random.fold_in(state.key, state.count)
+    next_key, step_key = _keys.split_step(state.key)
     keys = jax.random.split(step_key, max(len(leaves), 1))
     out = []
     for g, s, k in zip(leaves, sens, keys):
@@ -124,8 +129,7 @@ def add_gaussian_noise(noise_multiplier: Any,
       std = jnp.asarray(noise_multiplier, dtype) * jnp.asarray(s, dtype)
       total = g.astype(dtype) + std * noise
       out.append((total / jnp.asarray(expected_batch_size, dtype)).astype(g.dtype))
-    new_state = GaussianNoiseState(key=state.key,
-                                   count=optax.safe_increment(state.count))
+    new_state = GaussianNoiseState(key=next_key, count=optax.safe_increment(state.count))
     return jax.tree.unflatten(treedef, out), new_state
 
   return optax.GradientTransformation(init_fn, update_fn)
