@@ -13,13 +13,13 @@ multiplier is calibrated for the target (epsilon, delta) with the PLD
 accountant of :mod:`ssgd_optax.privacy`, and the spent budget is tracked.
 
 Prints one line per target: test accuracy, the epsilon actually spent, the
-noise multiplier and the number of steps.
+noise multiplier and the number of steps. The noise and sampling keys come
+from the operating system's CSPRNG (``secrets``) unless
+``--reproducible-noise`` derives them from ``--seed``, which voids the
+guarantee; ``--seed`` always sets the split and the initialisation.
 """
 
-from __future__ import annotations
-
-import argparse
-import math
+import dataclasses
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +31,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+from ssgd_optax import _cli
+from ssgd_optax import _keys
 from ssgd_optax import dp_ssgd as dp_ssgd_lib
 from ssgd_optax import models
 from ssgd_optax import per_example
@@ -38,6 +40,8 @@ from ssgd_optax import privacy
 from ssgd_optax.data import load_dataset
 
 DELTA = 1e-5
+TRAIN_IMAGES = 4000  # the embedded MNIST subset's training split
+flag = _cli.flag
 
 
 def loss_fn(model: nnx.Module, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -94,7 +98,8 @@ def train(*, target_epsilon: float, delta: float = DELTA, epochs: int = 15,
           scope: str = 'global', stability: float = 0.0, hidden: Sequence[int] = (64,),
           seed: int = 0, microbatch_size: int | None = None, train_size: int | None = None,
           aggregator: AggregatorFactory | None = None, noise_multiplier: float | None = None,
-          accountant: str = 'pld', verbose: bool = True) -> Result:
+          accountant: str = 'pld', verbose: bool = True,
+          noise_seed: int | None = None) -> Result:
   """Trains an MLP with a DP aggregator at ``target_epsilon`` on the MNIST subset.
 
   Args:
@@ -106,7 +111,7 @@ def train(*, target_epsilon: float, delta: float = DELTA, epochs: int = 15,
     momentum: heavy-ball momentum after the private aggregate.
     scope, stability: DP-SSGD's normalisation (ignored with ``aggregator``).
     hidden: hidden widths of the MLP.
-    seed: seeds the split, the initialisation, the sampling and the noise.
+    seed: seeds the subset and the initialisation.
     microbatch_size: examples per vmap in the per-example gradients.
     train_size: use only the first ``train_size`` training images (tests).
     aggregator: a factory of the private aggregate (default DP-SSGD).
@@ -115,6 +120,9 @@ def train(*, target_epsilon: float, delta: float = DELTA, epochs: int = 15,
       too small for ``target_epsilon``).
     accountant: ``"pld"`` (tightest) or ``"rdp"`` (fast).
     verbose: print progress.
+    noise_seed: seed of the noise and Poisson-sampling keys. ``None`` (the
+      default) draws it from the operating system (:func:`ssgd_optax._keys.os_seed`);
+      a known value voids the privacy guarantee (use it only to reproduce a run).
 
   Returns:
     A :class:`Result`.
@@ -132,7 +140,10 @@ def train(*, target_epsilon: float, delta: float = DELTA, epochs: int = 15,
     noise_multiplier = privacy.calibrate_noise_multiplier(
         target_epsilon, sampling_rate=q, steps=steps, delta=delta, accountant=accountant)
   aggregator = aggregator or dp_ssgd_aggregator(scope, stability)
-  key_init, key_noise, key_sample = jax.random.split(jax.random.key(seed), 3)
+  key_init = jax.random.split(jax.random.key(seed), 3)[0]
+  # The guarantee assumes noise nobody can regenerate: a secret seed.
+  secret = _keys.os_seed() if noise_seed is None else noise_seed
+  _, key_noise, key_sample = jax.random.split(jax.random.key(secret), 3)
   model = models.MLP(ds.image_shape, ds.num_classes, hidden=tuple(hidden),
                      rngs=nnx.Rngs(params=key_init))
   tx = optax.chain(aggregator(noise_multiplier, key_noise, expected_batch_size),
@@ -148,7 +159,7 @@ def train(*, target_epsilon: float, delta: float = DELTA, epochs: int = 15,
   x_dev, y_dev = jnp.asarray(x_train), jnp.asarray(y_train)
   sample_keys = jax.random.split(key_sample, steps)
   start, timed_steps = 0.0, 0
-  for t in range(steps):
+  for t in _cli.progress(range(steps), desc=f'eps {target_epsilon:g}', quiet=not verbose):
     tracker.step()
     train_step(model, optimizer, sample_keys[t], x_dev, y_dev, sampling_rate=q,
                max_batch_size=padded, microbatch_size=microbatch_size)
@@ -166,55 +177,44 @@ def train(*, target_epsilon: float, delta: float = DELTA, epochs: int = 15,
   return Result(acc, float(tracker.spent()), float(noise_multiplier), steps, per_step)
 
 
-def _positive_int(text: str) -> int:
-  value = int(text)
-  if value < 1:
-    raise argparse.ArgumentTypeError(f'must be an int >= 1; got {text}')
-  return value
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The example's settings; each field is a flag (``batch_size`` -> ``--batch-size``)."""
+  epsilons: tuple[float, ...] = flag((1.0, 3.0, 8.0), 'target epsilons',
+                                     check=_cli.finite(positive=True))
+  delta: float = flag(DELTA, 'target delta', check=_cli.in_range(0, 1, lo_open=True,
+                                                                   hi_open=True))
+  epochs: float = flag(15.0, 'expected passes over the data', check=_cli.finite(positive=True))
+  batch_size: int = flag(250, 'expected Poisson batch size (q * N)', check=_cli.at_least(1))
+  learning_rate: float = flag(0.5, 'peak learning rate (cosine decay)',
+                              check=_cli.finite(positive=True))
+  momentum: float = flag(0.9, 'heavy-ball momentum', check=_cli.in_range(0, 1, hi_open=True))
+  scope: str = flag('global', 'normalisation scope', choices=('global', 'per_layer', 'per_leaf'))
+  stability: float = flag(0.0, 'stability constant of the normalisation',
+                          check=_cli.finite(nonnegative=True))
+  hidden: tuple[int, ...] = flag((64,), 'hidden widths of the MLP', check=_cli.at_least(1))
+  microbatch_size: int | None = flag(None, 'examples per vmap in the per-example gradients',
+                                     type=int, check=_cli.at_least(1))
+  train_size: int | None = flag(None, 'use only this many training images (smoke tests)',
+                                type=int, check=_cli.in_range(1, TRAIN_IMAGES))
+  accountant: str = flag('pld', 'accountant for calibration and tracking', choices=('pld', 'rdp'))
+  seed: int = flag(0, 'split and initialisation seed (not the noise: see --reproducible-noise)',
+                   check=_cli.at_least(0))
+  reproducible_noise: bool = flag(
+      False, 'derive the noise and sampling keys from --seed so that runs repeat exactly. '
+      'VOIDS THE PRIVACY GUARANTEE: whoever knows the seed can regenerate the noise')
+  quiet: bool = flag(False, 'no progress bar and no intermediate accuracies')
+
+  def validate(self) -> None:
+    n = self.train_size or TRAIN_IMAGES
+    if self.batch_size > n:
+      raise ValueError(f'--batch-size {self.batch_size} exceeds the {n} training images'
+                       + (' (--train-size)' if self.train_size else '') + '.')
 
 
-def _positive_float(text: str) -> float:
-  value = float(text)
-  if not value > 0 or not math.isfinite(value):
-    raise argparse.ArgumentTypeError(f'must be a finite number > 0; got {text}')
-  return value
-
-
-def _nonnegative_float(text: str) -> float:
-  value = float(text)
-  if not value >= 0 or not math.isfinite(value):
-    raise argparse.ArgumentTypeError(f'must be a finite number >= 0; got {text}')
-  return value
-
-
-def _momentum(text: str) -> float:
-  value = float(text)
-  if not 0 <= value < 1:
-    raise argparse.ArgumentTypeError(f'must be in [0, 1); got {text}')
-  return value
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--epsilons', type=_positive_float, nargs='+', default=[1.0, 3.0, 8.0])
-  parser.add_argument('--delta', type=_positive_float, default=DELTA)
-  parser.add_argument('--epochs', type=_positive_float, default=15)
-  parser.add_argument('--batch-size', type=_positive_int, default=250,
-                      help='expected Poisson batch size')
-  parser.add_argument('--learning-rate', type=_positive_float, default=0.5)
-  parser.add_argument('--momentum', type=_momentum, default=0.9)
-  parser.add_argument('--scope', choices=('global', 'per_layer', 'per_leaf'), default='global')
-  parser.add_argument('--stability', type=_nonnegative_float, default=0.0)
-  parser.add_argument('--hidden', type=_positive_int, nargs='*', default=[64])
-  parser.add_argument('--microbatch-size', type=_positive_int, default=None)
-  parser.add_argument('--train-size', type=_positive_int, default=None,
-                      help='use only this many training images (smoke tests)')
-  parser.add_argument('--accountant', choices=('pld', 'rdp'), default='pld')
-  parser.add_argument('--seed', type=int, default=0)
-  args = parser.parse_args(argv)
-  if args.delta >= 1:
-    parser.error(f'--delta must be < 1; got {args.delta}')
-  return args
+def parse_args(argv: Sequence[str] | None) -> Config:
+  """The validated :class:`Config`; exits with status 2 on a bad flag."""
+  return _cli.parse(Config, argv, description=__doc__)
 
 
 def main(argv: Sequence[str] | None = None) -> list[Result]:
@@ -222,13 +222,20 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
   args = parse_args(argv)
   print(f'DP-SSGD (scope={args.scope}, stability={args.stability}) on the MNIST subset, '
         f'delta={args.delta:g}, expected batch {args.batch_size}, {args.epochs:g} epochs')
+  if args.reproducible_noise:
+    print(f'noise and sampling keys: derived from --seed {args.seed} (--reproducible-noise): '
+          'NO privacy guarantee, anyone who knows the seed can remove the noise')
+  else:
+    print('noise and sampling keys: drawn from the operating system (secrets), secret')
   results = []
   for eps in args.epsilons:
     res = train(target_epsilon=eps, delta=args.delta, epochs=args.epochs,
                 expected_batch_size=args.batch_size, learning_rate=args.learning_rate,
                 momentum=args.momentum, scope=args.scope, stability=args.stability,
                 hidden=args.hidden, seed=args.seed, microbatch_size=args.microbatch_size,
-                train_size=args.train_size, accountant=args.accountant, verbose=True)
+                train_size=args.train_size, accountant=args.accountant,
+                verbose=not args.quiet,
+                noise_seed=args.seed if args.reproducible_noise else None)
     print(f'target eps {eps:g}: test accuracy {res.accuracy:.4f}, spent eps {res.epsilon:.3f}, '
           f'noise multiplier {res.noise_multiplier:.3f}, {res.steps} steps', flush=True)
     results.append(res)

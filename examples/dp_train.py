@@ -18,12 +18,17 @@ Examples::
   python examples/dp_train.py                      # embedded 4,000-image subset
   python examples/dp_train.py --dataset mnist --data-dir ~/data/mnist
   python examples/dp_train.py --methods bp --epsilons 1 --epochs 2
+
+The noise and Poisson-sampling keys come from the operating system's CSPRNG
+(``secrets``) unless ``--reproducible-noise`` derives them from ``--seed``,
+which voids the guarantee (anyone who knows the seed can regenerate and
+subtract the noise); ``--seed`` always sets the model initialisation. The
+script prints which was used.
 """
 
-from __future__ import annotations
-
-import argparse
+import dataclasses
 import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -35,10 +40,14 @@ import numpy as np
 import optax
 from flax import nnx
 
+from ssgd_optax import _cli
+from ssgd_optax import _keys
 from ssgd_optax import data as data_lib
 from ssgd_optax import privacy
 
 METHODS = ('bp', 'dpsgd', 'nonprivate')
+_TRAIN_SIZES = {'mnist_subset': 4000, 'mnist': 60000}
+flag = _cli.flag
 
 
 def per_example_loss(model: nnx.Module, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -92,7 +101,8 @@ def train_and_evaluate(method: str, dataset: Any, *, target_epsilon: float | Non
                        delta: float = 1e-5, epochs: float = 10.0, batch_size: int = 256,
                        learning_rate: float = 1e-2, input_bound: float = 3.0,
                        grad_bound: float = 0.1, clip_norm: float = 1.0, seed: int = 0,
-                       accountant: str = 'pld', verbose: bool = False) -> dict[str, Any]:
+                       accountant: str = 'pld', verbose: bool = False,
+                       noise_seed: int | None = None) -> dict[str, Any]:
   """Trains one model and returns its accuracy and accounted privacy.
 
   Args:
@@ -106,9 +116,12 @@ def train_and_evaluate(method: str, dataset: Any, *, target_epsilon: float | Non
     input_bound: ``C_in`` (bp).
     grad_bound: ``C_out`` (bp), in units of the summed loss.
     clip_norm: ``C`` (dpsgd).
-    seed: model initialisation, sampling and noise seed.
+    seed: model initialisation seed.
     accountant: ``"pld"`` or ``"rdp"`` for calibration and the tracker.
-    verbose: print progress.
+    verbose: show a progress bar over the steps.
+    noise_seed: seed of the noise and Poisson-sampling keys. ``None`` (the
+      default) draws it from the operating system (:func:`ssgd_optax._keys.os_seed`);
+      a known value voids the privacy guarantee (use it only to reproduce a run).
 
   Returns:
     A dict with ``accuracy``, ``epsilon`` (PLD), ``epsilon_rdp``, ``noise_multiplier``,
@@ -124,7 +137,9 @@ def train_and_evaluate(method: str, dataset: Any, *, target_epsilon: float | Non
   h, _, c = x_train.shape[1:]
   model = make_model(method, seed=seed, input_bound=input_bound, grad_bound=grad_bound,
                      image_size=h, channels=c, num_classes=dataset.num_classes)
-  key_noise, key_sample = jax.random.split(jax.random.key(seed))
+  # The guarantee assumes noise nobody can regenerate: a secret seed.
+  secret = _keys.os_seed() if noise_seed is None else noise_seed
+  key_noise, key_sample = jax.random.split(jax.random.key(secret))
   private = method != 'nonprivate'
   num_releases = privacy.num_releases(model) if method == 'bp' else 1
   if private:
@@ -147,13 +162,12 @@ def train_and_evaluate(method: str, dataset: Any, *, target_epsilon: float | Non
   x_all, y_all = jnp.asarray(x_train), jnp.asarray(dataset.y_train)
   start = time.perf_counter()
   taken = 0
-  for t in range(steps):
+  label = f'{method} eps={target_epsilon}' if private else method
+  for t in _cli.progress(range(steps), desc=label, quiet=not verbose):
     if tracker is not None and not tracker.step():
       break  # Never release an update past the budget.
-    loss = step_fn(model, optimizer, x_all, y_all, jax.random.fold_in(key_sample, t))
+    step_fn(model, optimizer, x_all, y_all, jax.random.fold_in(key_sample, t))
     taken += 1
-    if verbose and (t + 1) % max(1, steps // 5) == 0:
-      print(f'  step {t + 1}/{steps} loss/example {float(loss) / batch_size:.3f}', flush=True)
   jax.block_until_ready(nnx.state(model))
   seconds = time.perf_counter() - start
   acc = evaluate(model, x_test, np.asarray(dataset.y_test))
@@ -166,38 +180,69 @@ def train_and_evaluate(method: str, dataset: Any, *, target_epsilon: float | Non
               seconds=seconds, max_batch_size=max_batch)
 
 
-def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--dataset', default='mnist_subset', choices=('mnist_subset', 'mnist'))
-  p.add_argument('--data-dir', default=None, help='folder with the MNIST IDX files')
-  p.add_argument('--methods', nargs='+', default=['bp', 'dpsgd'], choices=METHODS)
-  p.add_argument('--epsilons', nargs='+', type=float, default=[0.5, 1.0, 3.0, 8.0])
-  p.add_argument('--delta', type=float, default=1e-5)
-  p.add_argument('--epochs', type=float, default=10.0)
-  p.add_argument('--batch-size', type=int, default=256, help='expected Poisson batch')
-  p.add_argument('--lr', type=float, default=1e-2)
-  p.add_argument('--input-bound', type=float, default=3.0)
-  p.add_argument('--grad-bound', type=float, default=0.1)
-  p.add_argument('--clip-norm', type=float, default=1.0)
-  p.add_argument('--seed', type=int, default=0)
-  p.add_argument('--accountant', default='pld', choices=privacy.ACCOUNTANTS)
-  p.add_argument('--max-train', type=int, default=None,
-                 help='use only the first N training images (smoke tests)')
-  p.add_argument('--verbose', action='store_true')
-  return p
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The example's settings; each field is a flag (``batch_size`` -> ``--batch-size``)."""
+  dataset: str = flag('mnist_subset', 'data set', choices=tuple(_TRAIN_SIZES))
+  data_dir: str | None = flag(None, 'folder with the MNIST IDX files (default $SSGD_OPTAX_DATA)')
+  methods: tuple[str, ...] = flag(('bp', 'dpsgd'), 'methods to train', choices=METHODS)
+  epsilons: tuple[float, ...] = flag((0.5, 1.0, 3.0, 8.0), 'target epsilons',
+                                     check=_cli.finite(positive=True))
+  delta: float = flag(1e-5, 'target delta', check=_cli.in_range(0, 1, lo_open=True,
+                                                                  hi_open=True))
+  epochs: float = flag(10.0, 'expected passes over the data', check=_cli.finite(positive=True))
+  batch_size: int = flag(256, 'expected Poisson batch size (q * N)', check=_cli.at_least(1))
+  lr: float = flag(1e-2, "Adam's learning rate", check=_cli.finite(positive=True))
+  input_bound: float = flag(3.0, 'C_in of backprop clipping', check=_cli.finite(positive=True))
+  grad_bound: float = flag(0.1, 'C_out of backprop clipping', check=_cli.finite(positive=True))
+  clip_norm: float = flag(1.0, 'C of per-example clipping', check=_cli.finite(positive=True))
+  seed: int = flag(0, 'model initialisation seed (not the noise: see --reproducible-noise)',
+                   check=_cli.at_least(0))
+  reproducible_noise: bool = flag(
+      False, 'derive the noise and sampling keys from --seed so that runs repeat exactly. '
+      'VOIDS THE PRIVACY GUARANTEE: whoever knows the seed can regenerate the noise')
+  accountant: str = flag('pld', 'accountant for calibration and tracking',
+                         choices=privacy.ACCOUNTANTS)
+  max_train: int | None = flag(None, 'use only the first N training (and test) images (smoke '
+                               'tests)', type=int, check=_cli.at_least(1))
+  quiet: bool = flag(False, 'no progress bar')
+
+  def validate(self) -> None:
+    n = min(_TRAIN_SIZES[self.dataset], self.max_train or math.inf)
+    if self.batch_size > n:
+      raise ValueError(f'--batch-size {self.batch_size} exceeds the {n} training images'
+                       + (' (--max-train)' if self.max_train else '') + '.')
+    if self.dataset == 'mnist':
+      data_dir = self.data_dir or os.environ.get('SSGD_OPTAX_DATA')
+      if not data_dir:
+        raise ValueError('--dataset mnist needs --data-dir (or $SSGD_OPTAX_DATA): the folder '
+                         'with the MNIST IDX files.')
+      if not os.path.isdir(data_dir):
+        raise ValueError(f'--data-dir {data_dir!r} is not a directory.')
+    elif self.data_dir is not None:
+      raise ValueError('--data-dir is for --dataset mnist; mnist_subset is embedded.')
+
+
+def noise_line(reproducible: bool, seed: int) -> str:
+  """Says where the noise and sampling keys came from."""
+  if reproducible:
+    return (f'noise and sampling keys: derived from --seed {seed} (--reproducible-noise): '
+            'NO privacy guarantee, anyone who knows the seed can remove the noise')
+  return 'noise and sampling keys: drawn from the operating system (secrets), secret'
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
   """CLI entry point; returns the result rows."""
-  args = _parser().parse_args(argv)
+  args = _cli.parse(Config, argv, description=__doc__)
   ds = data_lib.load_dataset(args.dataset, data_dir=args.data_dir, seed=args.seed)
   if args.max_train:
     ds = ds._replace(x_train=ds.x_train[:args.max_train], y_train=ds.y_train[:args.max_train],
                      x_test=ds.x_test[:args.max_train], y_test=ds.y_test[:args.max_train])
   print(f'{ds.name}: {len(ds.x_train)} train / {len(ds.x_test)} test images, expected batch '
         f'{args.batch_size}, {args.epochs:g} epochs, delta={args.delta:g}')
+  print(noise_line(args.reproducible_noise, args.seed))
   print('| method | target eps | z per release | L | steps | accuracy | eps (PLD) | eps (RDP) |')
-  print('|---|---:|---:|---:|---:|---:|---:|---:|')
+  print('|---|---:|---:|---:|---:|---:|---:|---:|', flush=True)
   rows = []
   for method in args.methods:
     targets = [None] if method == 'nonprivate' else args.epsilons
@@ -206,7 +251,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                              epochs=args.epochs, batch_size=args.batch_size,
                              learning_rate=args.lr, input_bound=args.input_bound,
                              grad_bound=args.grad_bound, clip_norm=args.clip_norm,
-                             seed=args.seed, accountant=args.accountant, verbose=args.verbose)
+                             seed=args.seed, accountant=args.accountant,
+                             verbose=not args.quiet,
+                             noise_seed=args.seed if args.reproducible_noise else None)
       rows.append(r)
       print(f"| {method} | {eps if eps is not None else '-'} | {r['noise_multiplier']:.3f} | "
             f"{r['num_releases']} | {r['steps']} | {r['accuracy']:.4f} | {r['epsilon']:.3f} | "

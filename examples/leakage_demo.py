@@ -3,16 +3,23 @@
 
 A client computes the gradient of one batch (MNIST-subset digits through the
 untrained sigmoid LeNet of DLG), applies a defence and shares the result; the
-server runs Inverting Gradients (per-layer cosine, which SSGD cannot hide
-from) and, for SSGD, adaptive DLG. The script prints PSNR/SSIM/label accuracy
-per defence and can save a PNG grid of originals and reconstructions.
+server runs one attack per defence, named in the table's ``attack`` column
+and in the PNG's row labels:
+
+* SSGD defences (``ssgd_*``) with one image: adaptive DLG in the defence's
+  scope, with the label recovered from the update first (the attack that
+  knows the update was normalised);
+* every other row, and SSGD with more than one image: Inverting Gradients
+  with a per-layer cosine loss (which a per-layer norm cannot hide from).
+
+The script prints PSNR/SSIM/label accuracy per defence and can save a PNG grid
+of originals and reconstructions (``--png`` is checked before any attack runs).
 
     python examples/leakage_demo.py --defences none,ssgd_per_layer,noise_1e-1 --png demo.png
 """
 
-from __future__ import annotations
-
-import argparse
+import dataclasses
+import sys
 import time
 
 import jax
@@ -20,9 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ssgd_optax import _cli
 from ssgd_optax import attacks
 from ssgd_optax import data
 from ssgd_optax.attacks import models
+
+flag = _cli.flag
 
 
 def load_batch(num_images: int, size: int, seed: int = 0) -> tuple[jax.Array, jax.Array]:
@@ -32,8 +42,15 @@ def load_batch(num_images: int, size: int, seed: int = 0) -> tuple[jax.Array, ja
   return jnp.clip(x, 0, 1), jnp.asarray(ds.y_test[:num_images])
 
 
+def attack_name(defence: str, num_images: int) -> str:
+  """The attack :func:`attack_under` runs against ``defence``."""
+  if defence.startswith('ssgd_') and num_images == 1:
+    return f'adaptive DLG ({defence[len("ssgd_"):]})'
+  return 'IG (per-layer cosine)'
+
+
 def attack_under(defence: str, apply_fn, params, x, y, *, steps: int, seed: int = 0):
-  """Observes ``(x, y)`` under ``defence`` and runs the strongest fitting attack."""
+  """Observes ``(x, y)`` under ``defence`` and runs the attack :func:`attack_name` names."""
   key = jax.random.key(seed)
   dkey, akey = jax.random.split(key)
   obs = attacks.observe(apply_fn, params, x, y,
@@ -47,47 +64,68 @@ def attack_under(defence: str, apply_fn, params, x, y, *, steps: int, seed: int 
                                      scope='per_layer')
 
 
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The demo's settings; each field is a flag."""
+  defences: str = flag('none,ssgd_global,ssgd_per_layer,prune_90,noise_1e-1',
+                       'comma-separated defences (see ssgd_optax.attacks.make_defence)')
+  images: int = flag(1, 'batch size of the client', check=_cli.at_least(1))
+  size: int = flag(16, 'image side (pixels)', check=_cli.at_least(4))
+  steps: int = flag(300, 'attack optimisation steps', check=_cli.at_least(1))
+  seed: int = flag(0, 'model, defence and attack seed', check=_cli.at_least(0))
+  png: str | None = flag(None, 'save originals vs reconstructions here', check=_cli.writable_file)
+  quiet: bool = flag(False, 'no progress bar')
+
+  def validate(self) -> None:
+    names = self.defences.split(',')
+    if not all(names):
+      raise ValueError(f'--defences must be comma-separated names; got {self.defences!r}.')
+    for name in names:
+      try:
+        attacks.make_defence(name, jax.random.key(0), self.images)
+      except ValueError as e:
+        raise ValueError(f'--defences: {e}') from None
+
+
 def main(argv: list[str] | None = None) -> dict[str, attacks.Scores]:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--defences', default='none,ssgd_global,ssgd_per_layer,prune_90,noise_1e-1')
-  p.add_argument('--images', type=int, default=1, help='batch size of the client')
-  p.add_argument('--size', type=int, default=16)
-  p.add_argument('--steps', type=int, default=300)
-  p.add_argument('--seed', type=int, default=0)
-  p.add_argument('--png', default=None, help='save originals vs reconstructions here')
-  a = p.parse_args(argv)
+  a = _cli.parse(Config, argv, description=__doc__)
   x, y = load_batch(a.images, a.size, a.seed)
   apply_fn, params = models.as_functional(
       models.LeNetZhu((a.size, a.size, 1), 10, rngs=nnx.Rngs(a.seed)))
-  results, recs = {}, {}
-  print(f'{"defence":<16} {"PSNR dB":>8} {"SSIM":>6} {"labels":>6} {"s":>6}')
-  for d in a.defences.split(','):
+  results, recs, names = {}, {}, {}
+  print(f'{"defence":<16} {"attack":<24} {"PSNR dB":>8} {"SSIM":>6} {"labels":>6} {"s":>6}',
+        flush=True)
+  defences = a.defences.split(',')
+  for d in _cli.progress(defences, desc='attacks', unit='defence', quiet=a.quiet):
     t = time.perf_counter()
+    names[d] = attack_name(d, len(x))
     res = attack_under(d, apply_fn, params, x, y, steps=a.steps, seed=a.seed)
     s = attacks.score(x, res.inputs, true_labels=y, rec_labels=res.labels)
     results[d] = s
     recs[d] = np.asarray(res.inputs)[attacks.match_batch(x, res.inputs)]
-    print(f'{d:<16} {s.psnr.mean():8.2f} {s.ssim.mean():6.3f} {s.label_accuracy:6.2f} '
-          f'{time.perf_counter() - t:6.1f}')
+    print(f'{d:<16} {names[d]:<24} {s.psnr.mean():8.2f} {s.ssim.mean():6.3f} '
+          f'{s.label_accuracy:6.2f} {time.perf_counter() - t:6.1f}', flush=True)
   if a.png:
-    import matplotlib
+    import matplotlib  # pylint: disable=import-outside-toplevel
     matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
     rows = {'original': np.asarray(x), **recs}
-    fig, axes = plt.subplots(len(rows), len(x), figsize=(1.2 * len(x) + 1, 1.1 * len(rows)),
+    fig, axes = plt.subplots(len(rows), len(x), figsize=(1.2 * len(x) + 2.5, 1.1 * len(rows)),
                              squeeze=False)
     for r, (name, imgs) in enumerate(rows.items()):
       for c in range(len(x)):
         axes[r, c].imshow(imgs[c, ..., 0], cmap='gray', vmin=0, vmax=1)
         axes[r, c].set_xticks([])
         axes[r, c].set_yticks([])
-      axes[r, 0].set_ylabel(name, rotation=0, ha='right', va='center', fontsize=8)
+      label = name if name == 'original' else f'{name}\n{names[name]}'
+      axes[r, 0].set_ylabel(label, rotation=0, ha='right', va='center', fontsize=8)
     fig.tight_layout()
-    fig.savefig(a.png, dpi=100)
+    # bbox_inches='tight' grows the canvas to the labels, so none is clipped.
+    fig.savefig(a.png, dpi=100, bbox_inches='tight')
     plt.close(fig)
     print('wrote', a.png)
   return results
 
 
 if __name__ == '__main__':
-  main()
+  main(sys.argv[1:])

@@ -1,7 +1,7 @@
 # Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
 """Quickstart: train a small Flax NNX MLP with SSGD on scikit-learn's digits.
 
-    python examples/quickstart.py                 # ~15 s on 2 CPU cores
+    python examples/quickstart.py                 # seconds on a CPU
     python examples/quickstart.py --scope per_layer --epochs 5
 
 Prints the test accuracy. The optimizer is ``ssgd_optax.ssgd``: every update
@@ -9,9 +9,7 @@ is rescaled to unit norm (here per layer) before momentum and the learning
 rate, so the norm of each shared gradient carries no information.
 """
 
-from __future__ import annotations
-
-import argparse
+import dataclasses
 import sys
 
 import jax
@@ -22,6 +20,11 @@ from flax import nnx
 from sklearn.datasets import load_digits
 
 import ssgd_optax
+from ssgd_optax import _cli
+
+flag = _cli.flag
+# load_digits has 1,797 images; the last 4/5 of the split train.
+TRAIN_SIZE = 1797 - 1797 // 5
 
 
 class MLP(nnx.Module):
@@ -84,26 +87,26 @@ def train(*, scope='per_layer', epochs=30, batch_size=64, learning_rate=0.2, mom
   return float(accuracy(model, x_test, y_test))
 
 
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The quickstart's settings; each field is a flag (``batch_size`` -> ``--batch-size``)."""
+  scope: str = flag('per_layer', 'SSGD normalisation scope', choices=ssgd_optax.SCOPES)
+  epochs: int = flag(30, 'passes over the training set', check=_cli.at_least(1))
+  batch_size: int = flag(64, f'batch size, at most the {TRAIN_SIZE} training images',
+                         check=_cli.in_range(1, TRAIN_SIZE))
+  learning_rate: float = flag(0.2, 'peak learning rate (cosine decay)',
+                              check=_cli.finite(positive=True))
+  momentum: float = flag(0.9, 'heavy-ball momentum', check=_cli.in_range(0, 1, hi_open=True))
+  seed: int = flag(0, 'split, initialisation and data-order seed', check=_cli.at_least(0))
+  quiet: bool = flag(False, 'print only the result line')
+
+
 def main(argv=None):
-  parser = argparse.ArgumentParser(description='Train an MLP on digits with SSGD.')
-  parser.add_argument('--scope', default='per_layer', choices=ssgd_optax.SCOPES)
-  parser.add_argument('--epochs', type=int, default=30)
-  parser.add_argument('--batch-size', type=int, default=64)
-  parser.add_argument('--learning-rate', type=float, default=0.2)
-  parser.add_argument('--momentum', type=float, default=0.9)
-  parser.add_argument('--seed', type=int, default=0)
-  args = parser.parse_args(argv)
-  if args.epochs < 1:
-    parser.error(f'--epochs must be >= 1; got {args.epochs}')
-  if not 1 <= args.batch_size <= 1437:
-    parser.error(f'--batch-size must be in [1, 1437] (the training set size); got {args.batch_size}')
-  if not args.learning_rate > 0:
-    parser.error(f'--learning-rate must be > 0; got {args.learning_rate}')
-  if not 0 <= args.momentum < 1:
-    parser.error(f'--momentum must be in [0, 1); got {args.momentum}')
-  acc = train(scope=args.scope, epochs=args.epochs, batch_size=args.batch_size,
-              learning_rate=args.learning_rate, momentum=args.momentum, seed=args.seed)
-  print(f'ssgd (scope={args.scope}) on digits: test accuracy {acc:.4f} '
+  c = _cli.parse(Config, argv, description=__doc__)
+  acc = train(scope=c.scope, epochs=c.epochs, batch_size=c.batch_size,
+              learning_rate=c.learning_rate, momentum=c.momentum, seed=c.seed,
+              verbose=not c.quiet)
+  print(f'ssgd (scope={c.scope}) on digits: test accuracy {acc:.4f} '
         f'({jax.device_count()} {jax.default_backend()} device(s))')
   return acc
 

@@ -10,24 +10,36 @@ whole job and returns its metrics, and ``main(argv)`` is a thin command line::
   python examples/train.py --dataset fashion_mnist --data-dir ~/data/fashion
   XLA_FLAGS=--xla_force_host_platform_device_count=4 \\
     python examples/train.py --devices 4           # data parallel, 4 devices
-  python examples/train.py --resume                # continue runs/train
+  python examples/train.py --resume                # continue the newest run
+  python examples/train.py --coordinator 127.0.0.1:12345 --num-processes 2 \\
+    --process-id 0                                  # one process of a job
 
-Outputs in ``--workdir`` (default ``runs/train``): ``metrics.json`` (the
-config, per-epoch history and final metrics), ``learning_curves.png`` and orbax
-checkpoints (model, optimizer state, step, epoch and the data-order seed) in
-``checkpoints/``. ``--resume`` restores the latest checkpoint and reaches the
-same final parameters as an uninterrupted run: the batch order of epoch ``e``
-is a pure function of ``(seed, e)`` (:func:`ssgd_optax.data.epoch_permutation`).
+Outputs in ``--workdir`` (default: a fresh ``runs/train/<date-time>`` folder
+per run, so the same command can run twice; an explicit ``--workdir`` that
+already holds checkpoints needs ``--resume`` or ``--overwrite``):
+``config.json``, ``metrics.json`` (the config, per-epoch history and final
+metrics), ``learning_curves.png`` and orbax checkpoints (model, optimizer
+state, step, epoch and the data-order seed) in ``checkpoints/``. ``--resume``
+reads the configuration from the run (only flags that may change, such as
+``--devices`` or ``--stop-after-epochs``, are taken from the command line; a
+flag that contradicts the run is refused before any work), restores the
+latest checkpoint and reaches the same final parameters as an uninterrupted
+run: the batch order of epoch ``e`` is a pure function of ``(seed, e)``
+(:func:`ssgd_optax.data.epoch_permutation`).
 
 ``--devices N`` shards each batch over a 1-D mesh of N devices with
 ``jax.jit`` and ``NamedSharding`` (parameters replicated): XLA all-reduces the
 gradient, so SSGD normalises the *global* batch gradient, exactly as on one
 device. On CPU, create virtual devices with
-``XLA_FLAGS=--xla_force_host_platform_device_count=N``.
+``XLA_FLAGS=--xla_force_host_platform_device_count=N``. With
+``--coordinator/--num-processes/--process-id`` (or ``--distributed auto`` on a
+cluster JAX detects) the processes form one ``jax.distributed`` job: the mesh
+spans every process's devices, each process feeds its slice of the global
+batch, and process 0 alone writes checkpoints and outputs.
 """
 
 
-import argparse
+import argparse  # pylint: disable=unused-import
 import dataclasses
 import json
 import math
@@ -45,6 +57,7 @@ import optax
 from flax import nnx
 
 import ssgd_optax
+from ssgd_optax import _cli
 from ssgd_optax import data as data_lib
 from ssgd_optax import models as models_lib
 
@@ -62,38 +75,64 @@ DEFAULT_LEARNING_RATES = {
 }
 _TRAIN_SIZES = {'mnist_subset': 4000, 'digits': 1438, 'mnist': 60000,
                 'fashion_mnist': 60000, 'cifar10': 50000}
-# Fields that may differ between a run and its resumption.
-_RESUME_FREE = ('workdir', 'resume', 'overwrite', 'progress',
-                'stop_after_epochs')
+# Without --workdir, each run gets a fresh folder under this one.
+RUNS_DIR = os.path.join('runs', 'train')
+flag = _cli.flag
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(_cli.DistributedFlags):
   """Hyper-parameters of one training run (defaults: the README command).
 
+  Each field is also a command-line flag (``batch_size`` -> ``--batch-size``).
   ``learning_rate=None`` picks :data:`DEFAULT_LEARNING_RATES` for the
   optimizer; ``scope`` applies to ``ssgd`` only and ``momentum`` to ``ssgd``
   and ``sgd_momentum`` (``None`` = 0.9 there; for ``ssgd``, 0 = no momentum).
+  ``workdir=None`` writes to a fresh ``runs/train/<date-time>`` folder;
+  ``''`` writes nothing.
   """
-  dataset: str = 'mnist_subset'
-  data_dir: str | None = None
-  model: str = 'cnn'
-  optimizer: str = 'ssgd'
-  scope: str | None = None
-  momentum: float | None = None
-  learning_rate: float | None = None
-  schedule: str = 'cosine'
-  warmup_epochs: float = 0.0
-  batch_size: int = 128
-  epochs: int = 10
-  seed: int = 0
-  devices: int = 1
-  workdir: str | None = None
-  resume: bool = False
-  overwrite: bool = False
-  checkpoint_every: int = 1
-  stop_after_epochs: int | None = None
-  progress: bool = False
+  dataset: str = flag('mnist_subset', 'data set', choices=data_lib.DATASETS)
+  data_dir: str | None = flag(
+      None, 'folder with the files of mnist/fashion_mnist/cifar10 (default '
+      '$SSGD_OPTAX_DATA)', resume_may_differ=True)
+  model: str = flag('cnn', 'model', choices=models_lib.MODELS)
+  optimizer: str = flag('ssgd', 'optimizer', choices=OPTIMIZERS)
+  scope: str | None = flag(None, 'SSGD normalisation scope (default global)',
+                           choices=ssgd_optax.SCOPES)
+  momentum: float | None = flag(
+      None, 'ssgd / sgd_momentum momentum (default 0.9; 0 = none)', type=float,
+      check=_cli.in_range(0, 1, hi_open=True))
+  learning_rate: float | None = flag(
+      None, f'default per optimizer: {DEFAULT_LEARNING_RATES}', type=float,
+      check=_cli.finite(positive=True))
+  schedule: str = flag('cosine', 'learning-rate schedule', choices=SCHEDULES)
+  warmup_epochs: float = flag(0.0, 'warmup of --schedule warmup_cosine',
+                              check=_cli.finite(nonnegative=True))
+  batch_size: int = flag(128, 'global batch size', check=_cli.at_least(1))
+  epochs: int = flag(10, 'passes over the training set', check=_cli.at_least(1))
+  seed: int = flag(0, 'initialisation and data-order seed',
+                   check=_cli.at_least(0))
+  devices: int | None = flag(
+      None, 'data-parallel devices, a 1-D mesh (default 1; with several '
+      'processes, all devices of the job)', type=int, check=_cli.at_least(1),
+      resume_may_differ=True)
+  workdir: str | None = flag(
+      None, "metrics.json, learning_curves.png, checkpoints/ (default: a fresh "
+      "runs/train/<date-time> per run; '' = write nothing)",
+      resume_may_differ=True)
+  resume: bool = flag(False, 'continue the run in --workdir (default: the newest '
+                      'run under runs/train) from its latest checkpoint, with '
+                      'its configuration', resume_may_differ=True)
+  overwrite: bool = flag(False, 'delete the checkpoints already in --workdir',
+                         resume_may_differ=True)
+  checkpoint_every: int = flag(1, 'epochs between checkpoints',
+                               check=_cli.at_least(1), resume_may_differ=True)
+  stop_after_epochs: int | None = flag(
+      None, 'stop after this many epochs, as if preempted (the schedule still '
+      'spans --epochs); then --resume', type=int, check=_cli.at_least(1),
+      resume_may_differ=True)
+  quiet: bool = flag(False, 'no progress bar and no per-epoch lines',
+                     aliases=('--no-progress',), resume_may_differ=True)
 
   def resolved(self) -> 'Config':
     """The config with optimizer-dependent defaults filled in."""
@@ -108,102 +147,168 @@ class Config:
     return dataclasses.replace(self, learning_rate=lr, scope=scope,
                                momentum=momentum)
 
+  def validate(self) -> None:
+    """Checks combinations that need no device and no data; names the flags."""
+    c = self
+    self.validate_distributed()
+    if c.scope is not None and c.optimizer != 'ssgd':
+      raise ValueError(f'--scope applies to --optimizer ssgd only; got '
+                       f'--optimizer {c.optimizer}.')
+    if c.momentum is not None and c.optimizer not in ('ssgd', 'sgd_momentum'):
+      raise ValueError(f'--momentum applies to --optimizer ssgd or '
+                       f'sgd_momentum only; got --optimizer {c.optimizer}.')
+    if c.warmup_epochs and c.schedule != 'warmup_cosine':
+      raise ValueError('--warmup-epochs needs --schedule warmup_cosine; got '
+                       f'--schedule {c.schedule}.')
+    if c.schedule == 'warmup_cosine' and not 0 < c.warmup_epochs < c.epochs:
+      raise ValueError(f'--schedule warmup_cosine needs 0 < --warmup-epochs < '
+                       f'--epochs ({c.epochs}); got {c.warmup_epochs!r}.')
+    n_train = _TRAIN_SIZES[c.dataset]
+    if c.batch_size > n_train:
+      raise ValueError(f'--batch-size {c.batch_size} exceeds the {n_train} '
+                       f'training images of {c.dataset}.')
+    if c.devices is not None and c.batch_size % c.devices:
+      raise ValueError(f'--batch-size {c.batch_size} must be divisible by '
+                       f'--devices {c.devices} (each device gets an equal '
+                       'shard).')
+    if c.dataset in ('mnist_subset', 'digits'):
+      if c.data_dir is not None:
+        raise ValueError(f'--data-dir is for the file-based data sets (mnist, '
+                         f'fashion_mnist, cifar10); {c.dataset} is embedded.')
+    else:
+      data_dir = c.data_dir or os.environ.get('SSGD_OPTAX_DATA')
+      if not data_dir:
+        raise ValueError(f'--dataset {c.dataset} needs --data-dir (or '
+                         '$SSGD_OPTAX_DATA): a folder with its files, see '
+                         'docs/training.md.')
+      if not os.path.isdir(data_dir):
+        raise ValueError(f'--data-dir {data_dir!r} is not a directory.')
+    if c.stop_after_epochs is not None and c.stop_after_epochs > c.epochs:
+      raise ValueError(f'--stop-after-epochs must be an int in [1, --epochs '
+                       f'({c.epochs})]; got {c.stop_after_epochs!r}.')
+    if c.workdir == '' and (c.resume or c.overwrite or c.stop_after_epochs):
+      raise ValueError("--resume, --overwrite and --stop-after-epochs need "
+                       "--workdir (where checkpoints live); got --workdir ''.")
+    if c.resume and c.overwrite:
+      raise ValueError('--resume and --overwrite exclude each other.')
+    if c.workdir and not c.resume and not c.overwrite and _latest_epoch(
+        c.workdir) is not None:
+      raise ValueError(
+          f'--workdir {c.workdir!r} already holds checkpoints: pass --resume to '
+          'continue that run, --overwrite to start it afresh, or leave out '
+          '--workdir to get a fresh runs/train/<date-time> folder.')
 
-def _is_int(v: Any) -> bool:
-  return isinstance(v, int) and not isinstance(v, bool)
+
+def _latest_epoch(workdir: str) -> int | None:
+  """The newest checkpointed epoch in ``workdir`` (from folder names: fast)."""
+  folder = os.path.join(workdir, 'checkpoints')
+  steps = [int(n) for n in (os.listdir(folder) if os.path.isdir(folder) else ())
+           if n.isdigit()]
+  return max(steps) if steps else None
+
+
+def _newest_run(root: str = RUNS_DIR) -> str | None:
+  if not os.path.isdir(root):
+    return None
+  runs = [os.path.join(root, n) for n in sorted(os.listdir(root))]
+  runs = [r for r in runs if _latest_epoch(r) is not None]
+  return max(runs, key=os.path.getmtime) if runs else None
+
+
+def _fresh_run_dir(root: str = RUNS_DIR) -> str:
+  """``runs/train/<date-time>``, never an existing folder (process 0's choice)."""
+  stamp = time.strftime('%Y%m%d-%H%M%S')
+  path, n = os.path.join(root, stamp), 1
+  while os.path.exists(path):
+    n += 1
+    path = os.path.join(root, f'{stamp}-{n}')
+  if jax.process_count() > 1:  # every process must write to the same folder
+    from jax.experimental import multihost_utils
+    # Process 0's path as fixed-size bytes (the processes' clocks and views
+    # of the folder may differ; an int64 stamp would be cut to int32).
+    chars = np.zeros(512, np.uint8)
+    encoded = np.frombuffer(path.encode(), np.uint8)[:512]
+    chars[:len(encoded)] = encoded
+    chars = np.asarray(multihost_utils.broadcast_one_to_all(chars)).astype(np.uint8)
+    path = chars.tobytes().rstrip(b'\0').decode()
+  return path
+
+
+def _config_from_checkpoint(workdir: str) -> dict:
+  """The saved configuration of the run in ``workdir`` (``config.json``)."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise ValueError(f'--resume: {path!r} does not exist (no run to continue '
+                     f'in --workdir {workdir!r}).')
+  with open(path) as f:
+    return json.load(f)
+
+
+def merge_resume(config: Config, explicit: set[str]) -> Config:
+  """The run's saved configuration, with the flags given on the command line.
+
+  Raises:
+    ValueError: a flag contradicts the checkpoint (only fields marked
+      ``resume_may_differ`` may change), or there is nothing to resume.
+  """
+  workdir = config.workdir
+  if workdir is None:
+    workdir = _newest_run()
+    if workdir is None:
+      raise ValueError(f'--resume without --workdir continues the newest run '
+                       f'under {RUNS_DIR}; there is none.')
+  saved = _config_from_checkpoint(workdir)
+  free = {f.name for f in dataclasses.fields(Config)
+          if f.metadata.get('resume_may_differ')}
+  fields = {f.name for f in dataclasses.fields(Config)}
+  conflicts = []
+  for name in sorted(explicit - free):
+    want = getattr(config, name)
+    have = saved.get(name)
+    if want != have:
+      conflicts.append(f'{_cli.flag_name(name)} {want!r} (the checkpoint has '
+                       f'{have!r})')
+  if conflicts:
+    raise ValueError(f'cannot resume the run in {workdir!r} with different '
+                     'settings: ' + ', '.join(conflicts) + '. Leave these '
+                     'flags out (they are read from the checkpoint) or start '
+                     'a new run.')
+  merged = {k: v for k, v in saved.items() if k in fields and k not in free}
+  merged.update({k: getattr(config, k) for k in free})
+  merged['workdir'] = workdir
+  return Config(**merged)
 
 
 def validate_config(config: Config) -> Config:
   """Checks every field and combination; returns the resolved config.
 
   Runs before any data is read or model built, so a bad command fails at
-  once. Messages name the command-line flag.
+  once. Messages name the command-line flag. Needs JAX's devices (after
+  :func:`ssgd_optax._cli.initialize_distributed` in a multi-process job).
 
   Raises:
     ValueError: a bad value or an impossible combination.
   """
+  _cli.check_fields(config)
+  config.validate()
   c = config
-
-  def choice(flag, value, choices):
-    if value not in choices:
-      raise ValueError(f'{flag} must be one of {", ".join(choices)}; got '
-                       f'{value!r}.')
-
-  choice('--dataset', c.dataset, data_lib.DATASETS)
-  choice('--model', c.model, models_lib.MODELS)
-  choice('--optimizer', c.optimizer, OPTIMIZERS)
-  choice('--schedule', c.schedule, SCHEDULES)
-  for flag, v, lo in (('--batch-size', c.batch_size, 1),
-                      ('--epochs', c.epochs, 1), ('--seed', c.seed, 0),
-                      ('--devices', c.devices, 1),
-                      ('--checkpoint-every', c.checkpoint_every, 1)):
-    if not _is_int(v) or v < lo:
-      raise ValueError(f'{flag} must be an int >= {lo}; got {v!r}.')
-  if c.scope is not None:
-    if c.optimizer != 'ssgd':
-      raise ValueError(f'--scope applies to --optimizer ssgd only; got '
-                       f'--optimizer {c.optimizer}.')
-    choice('--scope', c.scope, ssgd_optax.SCOPES)
-  if c.momentum is not None:
-    if c.optimizer not in ('ssgd', 'sgd_momentum'):
-      raise ValueError(f'--momentum applies to --optimizer ssgd or '
-                       f'sgd_momentum only; got --optimizer {c.optimizer}.')
-    if not 0 <= c.momentum < 1:
-      raise ValueError(f'--momentum must be in [0, 1); got {c.momentum!r}.')
-  if c.learning_rate is not None and not (
-      math.isfinite(c.learning_rate) and c.learning_rate > 0):
-    raise ValueError(f'--learning-rate must be a finite number > 0; got '
-                     f'{c.learning_rate!r}.')
-  if not (math.isfinite(c.warmup_epochs) and c.warmup_epochs >= 0):
-    raise ValueError(f'--warmup-epochs must be >= 0; got {c.warmup_epochs!r}.')
-  if c.warmup_epochs and c.schedule != 'warmup_cosine':
-    raise ValueError('--warmup-epochs needs --schedule warmup_cosine; got '
-                     f'--schedule {c.schedule}.')
-  if c.schedule == 'warmup_cosine' and not 0 < c.warmup_epochs < c.epochs:
-    raise ValueError(f'--schedule warmup_cosine needs 0 < --warmup-epochs < '
-                     f'--epochs ({c.epochs}); got {c.warmup_epochs!r}.')
-  n_train = _TRAIN_SIZES[c.dataset]
-  if c.batch_size > n_train:
-    raise ValueError(f'--batch-size {c.batch_size} exceeds the {n_train} '
-                     f'training images of {c.dataset}.')
-  if c.batch_size % c.devices:
-    raise ValueError(f'--batch-size {c.batch_size} must be divisible by '
-                     f'--devices {c.devices} (each device gets an equal '
-                     'shard).')
   available = jax.device_count()
+  if c.devices is None:
+    c = dataclasses.replace(c, devices=available if jax.process_count() > 1
+                            else 1)
+    if c.batch_size % c.devices:
+      raise ValueError(f'--batch-size {c.batch_size} must be divisible by the '
+                       f'{c.devices} devices of the job.')
   if c.devices > available:
     raise ValueError(
         f'--devices {c.devices} exceeds the {available} available '
         f'{jax.default_backend()} device(s). On CPU, create virtual devices '
         f'before JAX starts: XLA_FLAGS=--xla_force_host_platform_device_count='
         f'{c.devices} python examples/train.py ...')
-  if c.dataset in ('mnist_subset', 'digits'):
-    if c.data_dir is not None:
-      raise ValueError(f'--data-dir is for the file-based data sets (mnist, '
-                       f'fashion_mnist, cifar10); {c.dataset} is embedded.')
-  else:
-    data_dir = c.data_dir or os.environ.get('SSGD_OPTAX_DATA')
-    if not data_dir:
-      raise ValueError(f'--dataset {c.dataset} needs --data-dir (or '
-                       '$SSGD_OPTAX_DATA): a folder with its files, see '
-                       'docs/training.md.')
-    if not os.path.isdir(data_dir):
-      raise ValueError(f'--data-dir {data_dir!r} is not a directory.')
-  if c.stop_after_epochs is not None and not (
-      _is_int(c.stop_after_epochs) and 1 <= c.stop_after_epochs <= c.epochs):
-    raise ValueError(f'--stop-after-epochs must be an int in [1, --epochs '
-                     f'({c.epochs})]; got {c.stop_after_epochs!r}.')
-  if (c.resume or c.overwrite or c.stop_after_epochs) and not c.workdir:
-    raise ValueError('--resume, --overwrite and --stop-after-epochs need '
-                     '--workdir (where checkpoints live).')
-  if c.resume and c.overwrite:
-    raise ValueError('--resume and --overwrite exclude each other.')
-  if c.workdir and not c.resume and not c.overwrite and os.path.isdir(
-      os.path.join(c.workdir, 'checkpoints')) and os.listdir(
-          os.path.join(c.workdir, 'checkpoints')):
-    raise ValueError(f'--workdir {c.workdir!r} already holds checkpoints: '
-                     'pass --resume to continue that run or --overwrite to '
-                     'start afresh.')
+  if jax.process_count() > 1 and c.devices != available:
+    raise ValueError(f'--devices {c.devices}: a multi-process job uses all '
+                     f'{available} devices of its processes; leave --devices '
+                     'out.')
   return c.resolved()
 
 
@@ -293,10 +398,17 @@ def _new_metrics() -> nnx.MultiMetric:
 
 
 class _Placement:
-  """Where arrays live: one device, or a 1-D ``data`` mesh."""
+  """Where arrays live: one device, or a 1-D ``data`` mesh (of every process).
+
+  In a multi-process job each process holds the whole (same) data set but
+  feeds only its slice of every global batch, the rows its devices hold
+  (``jax.make_array_from_process_local_data``); parameters and optimizer
+  state are replicated from identical host copies.
+  """
 
   def __init__(self, devices: int):
     self.devices = devices
+    self.processes = jax.process_count()
     if devices == 1:
       self.batch = self.replicated = None
       return
@@ -310,14 +422,30 @@ class _Placement:
     if self.batch is None:
       return jnp.asarray(x)
     # A ragged last eval batch cannot be split evenly: replicate it.
-    sharding = self.batch if len(x) % self.devices == 0 else self.replicated
-    return jax.device_put(x, sharding)
+    even = len(x) % self.devices == 0
+    if self.processes == 1:
+      return jax.device_put(x, self.batch if even else self.replicated)
+    if not even:
+      return jax.make_array_from_callback(x.shape, self.replicated,
+                                          lambda index: x[index])
+    per = len(x) // self.processes
+    pid = jax.process_index()
+    return jax.make_array_from_process_local_data(
+        self.batch, x[pid * per:(pid + 1) * per], x.shape)
 
   def replicate(self, *nodes: Any) -> None:
     if self.replicated is None:
       return
     state = nnx.state(nodes)
-    nnx.update(nodes, jax.device_put(state, self.replicated))
+    if self.processes == 1:
+      nnx.update(nodes, jax.device_put(state, self.replicated))
+      return
+
+    def put(a):
+      host = np.asarray(a)
+      return jax.make_array_from_callback(host.shape, self.replicated,
+                                          lambda index: host[index])
+    nnx.update(nodes, jax.tree.map(put, state))
 
 
 def evaluate(model: nnx.Module, x: np.ndarray, y: np.ndarray, *,
@@ -338,14 +466,25 @@ def evaluate(model: nnx.Module, x: np.ndarray, y: np.ndarray, *,
 
 def _checkpoint_manager(workdir: str):
   import orbax.checkpoint as ocp
+  path = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+  kw = {'create': True}
+  if jax.process_count() > 1:
+    # Process 0 alone writes (host copies of the replicated state) and each
+    # process reads for itself, so no process waits on another's file I/O.
+    pid = jax.process_index()
+    kw = {'create': False, 'multiprocessing_options':
+          ocp.options.MultiprocessingOptions(primary_host=pid,
+                                             active_processes={pid})}
+    os.makedirs(path, exist_ok=True)
   return ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, 'checkpoints')),
-      options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+      path, options=ocp.CheckpointManagerOptions(max_to_keep=2, **kw))
 
 
 def _save(manager, epoch: int, model, optimizer, meta: dict) -> None:
   import orbax.checkpoint as ocp
   state = {'model': nnx.state(model), 'optimizer': nnx.state(optimizer)}
+  if jax.process_count() > 1:
+    state = jax.tree.map(np.asarray, state)
   manager.save(epoch, args=ocp.args.Composite(
       state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
 
@@ -412,7 +551,8 @@ def summary_line(metrics: dict) -> str:
           f'{f["test_loss"]:.4f} after {f["epochs_completed"]} epochs '
           f'({f["steps"]} steps, {f["num_params"]:,} params) in '
           f'{f["wall_time_s"]:.1f} s on {c.devices} {f["backend"]} '
-          f'device(s)')
+          f'device(s)' + (f' in {f["processes"]} processes'
+                          if f.get('processes', 1) > 1 else ''))
 
 
 def plot_learning_curves(history: list[dict], path: str, title: str = '') -> None:
@@ -440,16 +580,21 @@ def plot_learning_curves(history: list[dict], path: str, title: str = '') -> Non
 
 
 def train_and_evaluate(config: Config) -> dict:
-  """Trains and evaluates a model; writes outputs when ``config.workdir``.
+  """Trains and evaluates a model; writes outputs unless ``workdir=''``.
 
   Args:
-    config: the run's :class:`Config` (validated here).
+    config: the run's :class:`Config` (validated here). ``workdir=None``
+      writes to a fresh ``runs/train/<date-time>`` folder.
 
   Returns:
     ``{'config': ..., 'history': [per-epoch dicts], 'final': {...}}``.
   """
   start = time.perf_counter()
   c = validate_config(config)
+  if c.workdir is None:
+    c = dataclasses.replace(c, workdir=_fresh_run_dir())
+  primary = jax.process_index() == 0
+  quiet = c.quiet or not primary
   placement = _Placement(c.devices)
   ds = data_lib.load_dataset(c.dataset, data_dir=c.data_dir, seed=c.seed)
   # Normalise once on the host: every step then reads ready inputs.
@@ -457,7 +602,6 @@ def train_and_evaluate(config: Config) -> dict:
   steps_per_epoch = len(x_train) // c.batch_size
 
   model, optimizer = build(c, ds.image_shape, ds.num_classes, steps_per_epoch)
-  placement.replicate(model, optimizer)
   shapes = {'image_shape': list(ds.image_shape), 'num_classes': ds.num_classes,
             'steps_per_epoch': steps_per_epoch}
 
@@ -465,31 +609,46 @@ def train_and_evaluate(config: Config) -> dict:
   first_epoch = 0
   manager = None
   config_dict = dataclasses.asdict(c)
+  last_epoch = c.stop_after_epochs or c.epochs
   if c.workdir:
-    os.makedirs(c.workdir, exist_ok=True)
-    if c.overwrite:
-      shutil.rmtree(os.path.join(c.workdir, 'checkpoints'), ignore_errors=True)
+    if primary:
+      os.makedirs(c.workdir, exist_ok=True)
+      if c.overwrite:
+        shutil.rmtree(os.path.join(c.workdir, 'checkpoints'),
+                      ignore_errors=True)
+      if not c.resume:
+        with open(os.path.join(c.workdir, 'config.json'), 'w') as f:
+          json.dump(config_dict, f, indent=2)
     manager = _checkpoint_manager(c.workdir)
     if c.resume:
+      # Restored into host-local arrays, placed on the mesh below.
       meta = _restore(manager, model, optimizer)
-      if meta is not None:
-        saved = meta['config']
-        diff = [k for k in config_dict if k not in _RESUME_FREE
-                and saved.get(k) != config_dict[k]]
-        if diff:
-          raise ValueError(
-              'cannot resume: the checkpoint was written with different '
-              + ', '.join(f'{k} ({saved.get(k)!r} != {config_dict[k]!r})'
-                          for k in diff))
-        first_epoch = meta['epoch']
-        history = meta['history']
-        placement.replicate(model, optimizer)
-        if c.progress:
-          print(f'resumed from epoch {first_epoch} in {c.workdir}')
+      if meta is None:
+        raise ValueError(f'--resume: no checkpoint in {c.workdir!r}.')
+      free = {f.name for f in dataclasses.fields(Config)
+              if f.metadata.get('resume_may_differ')}
+      diff = [k for k in config_dict if k not in free
+              and meta['config'].get(k) != config_dict[k]]
+      if diff:
+        raise ValueError(
+            'cannot resume: the checkpoint was written with different '
+            + ', '.join(f'{k} ({meta["config"].get(k)!r} != '
+                        f'{config_dict[k]!r})' for k in diff))
+      first_epoch = meta['epoch']
+      history = meta['history']
+      if primary and first_epoch >= last_epoch:
+        print(f'the run in {c.workdir} already finished {first_epoch} of '
+              f'{c.epochs} epochs: nothing to train; evaluating the restored '
+              'model.')
+      elif not quiet:
+        print(f'resumed from epoch {first_epoch} in {c.workdir}')
+    if not primary:  # process 0 alone writes checkpoints
+      manager.close()
+      manager = None
+  placement.replicate(model, optimizer)
 
-  last_epoch = c.stop_after_epochs or c.epochs
   progress = None
-  if c.progress:
+  if not quiet and first_epoch < last_epoch:
     from tqdm import tqdm
     progress = tqdm(total=steps_per_epoch, unit='step', dynamic_ncols=True)
   metrics = _new_metrics()
@@ -547,14 +706,15 @@ def train_and_evaluate(config: Config) -> dict:
     'final': {
       'test_accuracy': final_eval['test_accuracy'],
       'test_loss': final_eval['test_loss'],
-      'epochs_completed': last_epoch,
+      'epochs_completed': max(last_epoch, first_epoch),
       'steps': int(optimizer.step[...]),
       'num_params': models_lib.count_params(model),
       'wall_time_s': time.perf_counter() - start,
       'backend': jax.default_backend(),
+      'processes': jax.process_count(),
     },
   }
-  if c.workdir:
+  if c.workdir and primary:
     with open(os.path.join(c.workdir, 'metrics.json'), 'w') as f:
       json.dump(result, f, indent=2)
     if history:
@@ -568,60 +728,28 @@ def train_and_evaluate(config: Config) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  d = Config()
-  p = argparse.ArgumentParser(
-      description='Train a Flax NNX classifier with SSGD or a baseline.',
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  p.add_argument('--dataset', default=d.dataset, choices=data_lib.DATASETS)
-  p.add_argument('--data-dir', default=None,
-                 help='folder with the files of mnist/fashion_mnist/cifar10')
-  p.add_argument('--model', default=d.model, choices=models_lib.MODELS)
-  p.add_argument('--optimizer', default=d.optimizer, choices=OPTIMIZERS)
-  p.add_argument('--scope', default=None, choices=ssgd_optax.SCOPES,
-                 help='SSGD normalisation scope (default global)')
-  p.add_argument('--momentum', type=float, default=None,
-                 help='ssgd / sgd_momentum momentum (default 0.9; 0 = none)')
-  p.add_argument('--learning-rate', type=float, default=None,
-                 help=f'default per optimizer: {DEFAULT_LEARNING_RATES}')
-  p.add_argument('--schedule', default=d.schedule, choices=SCHEDULES)
-  p.add_argument('--warmup-epochs', type=float, default=d.warmup_epochs)
-  p.add_argument('--batch-size', type=int, default=d.batch_size)
-  p.add_argument('--epochs', type=int, default=d.epochs)
-  p.add_argument('--seed', type=int, default=d.seed)
-  p.add_argument('--devices', type=int, default=d.devices,
-                 help='data-parallel devices (a 1-D mesh)')
-  p.add_argument('--workdir', default='runs/train',
-                 help="metrics.json, learning_curves.png, checkpoints/ ('' = "
-                      'write nothing)')
-  p.add_argument('--resume', action='store_true',
-                 help='continue from the latest checkpoint in --workdir')
-  p.add_argument('--overwrite', action='store_true',
-                 help='delete the checkpoints already in --workdir')
-  p.add_argument('--checkpoint-every', type=int, default=d.checkpoint_every,
-                 help='epochs between checkpoints')
-  p.add_argument('--stop-after-epochs', type=int, default=None,
-                 help='stop after this many epochs, as if preempted (the '
-                      'schedule still spans --epochs); then --resume')
-  p.add_argument('--no-progress', action='store_true',
-                 help='no progress bar and no per-epoch lines')
-  return p
+  """The flags of :class:`Config` (written once, in its fields)."""
+  return _cli.build_parser(Config, __doc__)
 
 
 def parse_args(argv: Sequence[str] | None) -> Config:
-  """Parses and validates the flags; exits with a message on bad input."""
+  """Parses and validates the flags; exits with status 2 on bad input.
+
+  With ``--resume`` the configuration is read from the run's ``config.json``
+  and only the flags given explicitly are compared with it, before any data
+  is read. In a multi-process job this joins ``jax.distributed`` (which must
+  precede the device checks).
+  """
   parser = build_parser()
-  args = parser.parse_args(argv)
-  config = Config(
-      dataset=args.dataset, data_dir=args.data_dir, model=args.model,
-      optimizer=args.optimizer, scope=args.scope, momentum=args.momentum,
-      learning_rate=args.learning_rate, schedule=args.schedule,
-      warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
-      epochs=args.epochs, seed=args.seed, devices=args.devices,
-      workdir=args.workdir or None, resume=args.resume,
-      overwrite=args.overwrite, checkpoint_every=args.checkpoint_every,
-      stop_after_epochs=args.stop_after_epochs,
-      progress=not args.no_progress)
+
+  def prepare(config, explicit):
+    if config.resume and config.workdir != '':
+      return merge_resume(config, explicit)
+    return config
+
+  config = _cli.parse(Config, argv, parser=parser, prepare=prepare)
   try:
+    _cli.initialize_distributed(config)
     validate_config(config)
   except ValueError as e:
     parser.error(str(e))
@@ -631,10 +759,13 @@ def parse_args(argv: Sequence[str] | None) -> Config:
 def main(argv: Sequence[str] | None = None) -> dict:
   """Command-line entry point; returns the metrics dict."""
   config = parse_args(argv)
-  result = train_and_evaluate(config)
-  print(summary_line(result))
-  if config.workdir:
-    print(f'metrics, plot and checkpoints in {config.workdir}')
+  with _cli.distributed_errors(config):
+    result = train_and_evaluate(config)
+  if jax.process_index() == 0:
+    print(summary_line(result))
+    workdir = result['config']['workdir']
+    if workdir:
+      print(f'metrics, plot and checkpoints in {workdir}')
   return result
 
 

@@ -9,17 +9,41 @@ from scripts import load as _load
 
 
 
-def test_leakage_demo_end_to_end(tmp_path):
+def test_leakage_demo_end_to_end(tmp_path, capsys):
   demo = _load('examples/leakage_demo.py')
   png = tmp_path / 'grid.png'
   out = demo.main(['--defences', 'none,ssgd_per_layer', '--size', '8', '--steps', '30',
-                   '--png', str(png)])
+                   '--png', str(png), '--quiet'])
   assert set(out) == {'none', 'ssgd_per_layer'}
   for s in out.values():
     assert np.all(np.isfinite(s.psnr)) and s.label_accuracy == 1.0
   assert png.stat().st_size > 0
-  with pytest.raises(ValueError, match='unknown defence'):
+  # Each row names the attack it ran (issue 17, item 9).
+  rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+  assert 'attack' in rows['defence']
+  assert 'IG (per-layer cosine)' in rows['none']
+  assert 'adaptive DLG (per_layer)' in rows['ssgd_per_layer']
+  with pytest.raises(SystemExit) as info:
     demo.main(['--defences', 'magic', '--size', '8', '--steps', '2'])
+  assert info.value.code == 2
+  assert "unknown defence 'magic'" in capsys.readouterr().err
+
+
+def test_leakage_demo_png_labels_are_not_clipped(tmp_path):
+  matplotlib = pytest.importorskip('matplotlib')
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+  demo = _load('examples/leakage_demo.py')
+  png = tmp_path / 'grid.png'
+  demo.main(['--defences', 'ssgd_per_layer', '--size', '8', '--steps', '2', '--png', str(png),
+             '--quiet'])
+  image = plt.imread(str(png))
+  # bbox_inches='tight' grows the canvas to hold the longest row label
+  # ("ssgd_per_layer / adaptive DLG (per_layer)"): the PNG is wider than the
+  # 1-column grid's figure (3.7 in at 100 dpi) would be.
+  assert image.shape[1] > 370 or image.shape[1] >= image.shape[0]
+  # The leftmost column is background (white), not the cut-off edge of text.
+  assert np.all(image[:, 0, :3] > 0.9)
 
 
 def test_leakage_benchmark_quick(tmp_path):

@@ -105,3 +105,102 @@ def test_killing_one_process_makes_the_other_fail_clearly(victim):
             or 'stopped sending heartbeats' in err), err[-3000:]
   finally:
     _kill_all(procs)
+
+
+# ------------------------------------------ examples/train.py as a 2-process job
+
+ROOT = WORKER.parents[1]
+# The README's main example on the smallest setting (digits, MLP, one epoch).
+TRAIN_FLAGS = ['--dataset', 'digits', '--model', 'mlp', '--batch-size', '64', '--epochs', '1',
+               '--quiet']
+
+
+def _spawn_example(script, process_id, port, *flags):
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS='--xla_force_host_platform_device_count=4')
+  return subprocess.Popen(
+      [sys.executable, str(ROOT / script), '--coordinator', f'127.0.0.1:{port}',
+       '--num-processes', '2', '--process-id', str(process_id), *flags],
+      env=env, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _load_train():
+  spec = importlib.util.spec_from_file_location('mp_examples_train', ROOT / 'examples' / 'train.py')
+  module = importlib.util.module_from_spec(spec)
+  sys.modules['mp_examples_train'] = module
+  try:
+    spec.loader.exec_module(module)
+  finally:
+    sys.modules.pop('mp_examples_train', None)
+  return module
+
+
+def test_train_example_two_processes_equal_one_process_with_eight_devices(tmp_path):
+  if jax.device_count() < 8:
+    pytest.skip('needs 8 devices (tests/conftest.py sets XLA_FLAGS)')
+  port = _free_port()
+  multi = tmp_path / 'multi'
+  procs = [_spawn_example('examples/train.py', i, port, *TRAIN_FLAGS, '--workdir', str(multi))
+           for i in range(2)]
+  try:
+    logs = [p.communicate(timeout=HANG_GUARD_S) for p in procs]
+  finally:
+    _kill_all(procs)
+  for p, (_, err) in zip(procs, logs):
+    assert p.returncode == 0, err[-3000:]
+  # Process 0 alone prints the summary and writes the outputs, once.
+  assert 'on 8 cpu device(s) in 2 processes' in logs[0][0]
+  assert 'test accuracy' not in logs[1][0]
+  assert sorted(p.name for p in (multi / 'checkpoints').iterdir()) == ['1']
+  assert (multi / 'metrics.json').exists()
+
+  train = _load_train()
+  single = tmp_path / 'single'
+  one = train.main(TRAIN_FLAGS + ['--devices', '8', '--workdir', str(single)])
+  m_multi, _, meta_multi = train.load_checkpoint(str(multi))
+  m_one, _, meta_one = train.load_checkpoint(str(single))
+  assert meta_multi['epoch'] == meta_one['epoch'] == 1
+  assert meta_multi['config']['devices'] == meta_one['config']['devices'] == 8
+  flat = lambda m: worker_flat(jax.tree.map(np.asarray, train.nnx.state(m, train.nnx.Param)))
+  got, want = flat(m_multi), flat(m_one)
+  assert set(got) == set(want)
+  start = flat(train.build(train.validate_config(train.parse_args(TRAIN_FLAGS + ['--workdir',
+                                                                                 ''])),
+                           (8, 8, 1), 10, 22)[0])
+  for key in want:
+    # gloo may sum in another order than the in-process all-reduce.
+    np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-6, err_msg=key)
+  # Training moved the parameters (so equality is not trivial).
+  assert any(np.max(np.abs(want[k] - start[k])) > 1e-3 for k in want)
+  assert one['history'][0]['step'] == 22
+
+
+def worker_flat(tree):
+  return {jax.tree_util.keystr(p): np.asarray(x)
+          for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+# Two process start-ups and a wait for the survivor: excluded by default.
+@pytest.mark.slow
+@pytest.mark.parametrize('victim', [0, 1], ids=['coordinator_killed', 'worker_killed'])
+def test_train_example_fails_clearly_when_a_process_dies(tmp_path, victim):
+  port = _free_port()
+  flags = ['--dataset', 'digits', '--model', 'mlp', '--batch-size', '64', '--epochs', '10',
+           '--heartbeat-timeout', '5', '--workdir', str(tmp_path / 'run')]
+  procs = [_spawn_example('examples/train.py', i, port, *flags) for i in range(2)]
+  try:
+    line = ''  # process 0 prints a line per epoch: the job is up
+    while 'epoch 1/10: train loss' not in line:
+      line = procs[0].stdout.readline()
+      assert line, procs[0].communicate(timeout=HANG_GUARD_S)[1][-3000:]
+    procs[victim].send_signal(signal.SIGKILL)
+    survivor = procs[1 - victim]
+    try:
+      _, err = survivor.communicate(timeout=HANG_GUARD_S)
+    except subprocess.TimeoutExpired:
+      pytest.fail(f'process {1 - victim} still running {HANG_GUARD_S} s after its peer died')
+    assert survivor.returncode != 0
+    assert ('another process died' in err or 'another task died' in err
+            or 'stopped sending heartbeats' in err), err[-3000:]
+  finally:
+    _kill_all(procs)

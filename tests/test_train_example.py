@@ -43,6 +43,7 @@ def test_main_writes_metrics_plot_checkpoints_and_summary(train, tmp_path,
   # Per-epoch lines and the tqdm bar (which writes to stderr).
   assert 'epoch 3/3: train loss' in captured.out + captured.err
   assert 'step' in captured.err
+  assert 'already finished' not in captured.out
   assert result['final']['test_accuracy'] > 0.85
   metrics = json.loads((workdir / 'metrics.json').read_text())
   assert [h['epoch'] for h in metrics['history']] == [1, 2, 3]
@@ -105,13 +106,68 @@ def test_resume_reaches_the_uninterrupted_result(train, tmp_path):
                jax.tree.map(np.asarray, nnx.state(o_cut)))
 
 
-def test_resume_rejects_a_different_run(train, tmp_path):
-  workdir = str(tmp_path / 'run')
-  train.main(TINY + ['--epochs', '2', '--workdir', workdir,
-                     '--stop-after-epochs', '1'])
-  with pytest.raises(ValueError, match=r'cannot resume.*learning_rate'):
-    train.main(TINY + ['--epochs', '2', '--workdir', workdir, '--resume',
-                       '--learning-rate', '0.5'])
+def test_resume_reads_the_configuration_and_refuses_conflicts_before_work(
+    train, tmp_path, capsys, monkeypatch):
+  # The README's pair of commands: a run with explicit flags, then
+  # `--workdir runs/a --resume` with none of them.
+  workdir = str(tmp_path / 'a')
+  first = train.main(TINY + ['--optimizer', 'ssgd', '--scope', 'per_layer',
+                             '--momentum', '0.5', '--epochs', '2',
+                             '--workdir', workdir, '--stop-after-epochs', '1'])
+  assert [h['epoch'] for h in first['history']] == [1]
+  capsys.readouterr()
+
+  def no_work(*args, **kwargs):
+    raise AssertionError('work started despite conflicting flags')
+  with monkeypatch.context() as m:
+    m.setattr(train.data_lib, 'load_dataset', no_work)
+    m.setattr(train, 'train_and_evaluate', no_work)
+    for flags, name in ((['--learning-rate', '0.5'], '--learning-rate 0.5'),
+                        (['--scope', 'global'], "--scope 'global'"),
+                        (['--epochs', '3'], '--epochs 3')):
+      with pytest.raises(SystemExit) as info:
+        train.main(['--workdir', workdir, '--resume'] + flags)
+      assert info.value.code == 2
+      err = capsys.readouterr().err
+      assert 'cannot resume' in err and name in err, err
+    # Flags equal to the checkpoint's are no conflict.
+    config = train.parse_args(['--workdir', workdir, '--resume', '--scope',
+                               'per_layer', '--quiet'])
+    assert (config.scope, config.momentum, config.epochs) == ('per_layer',
+                                                              0.5, 2)
+  resumed = train.main(['--workdir', workdir, '--resume', '--quiet'])
+  assert resumed['config']['scope'] == 'per_layer'
+  assert resumed['config']['dataset'] == 'digits'
+  assert [h['epoch'] for h in resumed['history']] == [1, 2]
+  # Resuming the finished run says so and trains nothing.
+  capsys.readouterr()
+  again = train.main(['--workdir', workdir, '--resume', '--quiet'])
+  assert 'already finished 2 of 2 epochs' in capsys.readouterr().out
+  assert again['final']['steps'] == resumed['final']['steps']
+
+
+def test_the_main_command_twice_gets_two_run_folders(train, tmp_path,
+                                                     monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  runs = [train.main(TINY + ['--epochs', '1'])['config']['workdir']
+          for _ in range(2)]
+  assert runs[0] != runs[1]
+  for run in runs:
+    assert run.startswith(train.RUNS_DIR)
+    assert (tmp_path / run / 'checkpoints' / '1').is_dir()
+  # --resume without --workdir continues the newest run (finished here).
+  config = train.parse_args(['--resume', '--quiet'])
+  assert config.workdir == runs[1]
+
+
+def test_resume_without_a_run_is_refused(train, tmp_path, capsys,
+                                         monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  for flags in (['--resume'], ['--resume', '--workdir', 'nowhere']):
+    with pytest.raises(SystemExit) as info:
+      train.main(flags)
+    assert info.value.code == 2
+    assert '--resume' in capsys.readouterr().err
 
 
 def test_data_parallel_matches_one_device(train):
@@ -143,6 +199,16 @@ def test_data_parallel_matches_one_device(train):
                                    '--stop-after-epochs need --workdir'),
   (['--stop-after-epochs', '5', '--epochs', '2'], '--stop-after-epochs must be'),
   (['--optimizer', 'lamb'], 'invalid choice'),
+  (['--seed', '-1'], '--seed must be an int >= 0'),
+  (['--coordinator', '127.0.0.1:1234'], '--coordinator, --num-processes and '
+                                        '--process-id go together'),
+  (['--coordinator', 'nohost', '--num-processes', '2', '--process-id', '0'],
+   '--coordinator must be HOST:PORT'),
+  (['--coordinator', '127.0.0.1:1', '--num-processes', '2', '--process-id',
+    '2'], r'--process-id must be in \[0, --num-processes - 1 = 1\]'),
+  (['--distributed', 'auto', '--coordinator', '127.0.0.1:1',
+    '--num-processes', '2', '--process-id', '0'], '--distributed auto reads'),
+  (['--num-processes', '0'], '--num-processes must be an int >= 1'),
   (['--scope', 'per_block'], 'invalid choice'),
 ])
 def test_cli_rejects_bad_flags_before_any_work(train, flags, match, capsys,
