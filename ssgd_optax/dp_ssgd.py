@@ -47,10 +47,14 @@ per-example group      contribution
 ``n > 0``, finite      ``g / (n + gamma)``: norm 1 (``gamma = 0``) or < 1
 all zeros              exact zeros (never NaN)
 masked (padded) row    exact zeros, whatever its values (NaN included)
-huge or tiny entries   as ``unit_normalize``: norm 1, no overflow
-NaN or Inf             NaN update (``nonfinite="propagate"``, default), or
-                       the whole example contributes zero
-                       (``nonfinite="drop"``, which keeps the guarantee)
+huge or tiny entries   norm 1, no overflow, no underflow of the norm
+                       (max-abs power-of-two pre-scale when needed)
+all entries subnormal  exact zeros on every backend (XLA's CPU flushes
+                       subnormals; a GPU need not)
+NaN or Inf             the whole example contributes zero
+                       (``nonfinite="drop"``, default, which keeps the
+                       guarantee), or a NaN update (``"propagate"``, an
+                       opt-in for debugging that voids the guarantee)
 =====================  ==================================================
 
 Under several devices the noise is added once in total, see
@@ -66,6 +70,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ssgd_optax import _keys
 from ssgd_optax import _validation
 from ssgd_optax import grouping as grouping_lib
 from ssgd_optax import normalize as normalize_lib
@@ -82,7 +87,7 @@ __all__ = [
     'dp_ssgd',
 ]
 
-NONFINITE = ('propagate', 'drop')
+NONFINITE = ('drop', 'propagate')
 
 
 class DpSsgdMechanism(NamedTuple):
@@ -213,96 +218,193 @@ def _check_mechanism(scope, stability, nonfinite, noise_multiplier, expected_bat
   _validation.check_nonnegative('noise_multiplier', noise_multiplier)
   _validation.check_positive('expected_batch_size', expected_batch_size)
   _validation.check_axis_name('axis_name', axis_name)
-  _check_key(key)
+  return _keys.check_key(key)
 
 
 class _Prepared(NamedTuple):
-  leaves: list[jax.Array]      # float32 (float64 kept), masked rows zeroed
+  leaves: list[jax.Array]      # float32 (float64 kept); NOT masked
   treedef: Any
   group_of_leaf: tuple[int, ...]
   num_groups: int
-  scales: list[jax.Array]      # per group, [B]: 1 / (n + gamma), 0 at n = 0
+  scales: list[jax.Array]      # per group, [B]: 1/(n + gamma) (plain sums of
+                               # squares); 0 for dropped and zero rows
+  group_bad: list[jax.Array]   # per group, [B]: holds a NaN or Inf
+  keep: jax.Array              # [B] bool: rows whose contribution is kept
+  rescue: jax.Array            # [] bool: some kept row needs the pre-scale
+  select: jax.Array            # [] bool: a dropped row holds NaN/Inf, so a
+                               # multiplication by its zero scale is not enough
+  members: list[list[int]]
+  group_mx: list[jax.Array]
 
 
 def _rows(x: jax.Array, op) -> jax.Array:
   return op(x.reshape(x.shape[0], -1), axis=1)
 
 
+def _pow2(k: jax.Array, dtype) -> jax.Array:
+  """``2.0 ** k`` for integer ``k`` in the normal range, exact on every backend."""
+  info = jnp.finfo(dtype)
+  bits = {4: jnp.int32, 8: jnp.int64}[jnp.dtype(dtype).itemsize]
+  biased = (k.astype(bits) - info.minexp + 1) << info.nmant
+  return jax.lax.bitcast_convert_type(biased, dtype)
+
+
+def _plain_scales(group_sq, stability):
+  """``1 / (sqrt(s) + gamma)``; exact 0 where ``s = 0`` (finite gradient there)."""
+  out = []
+  for s in group_sq:
+    n = jnp.sqrt(s)
+    denom = n + jnp.asarray(stability, n.dtype)
+    out.append(jnp.where(n == 0, 0, 1 / jnp.where(n == 0, 1, denom)))
+  return out
+
+
+def _bcast(v: jax.Array, x: jax.Array) -> jax.Array:
+  return v.reshape(v.shape + (1,) * (x.ndim - 1))
+
+
+def _finish_scales(prep: _Prepared, scales, nonfinite: str):
+  out = []
+  for c, bad in zip(scales, prep.group_bad):
+    c = jnp.where(prep.keep, c, 0)
+    if nonfinite == 'propagate':
+      c = jnp.where(prep.keep & bad, jnp.nan, c)
+    out.append(c)
+  return out
+
+
+def _rescued(prep: _Prepared, stability, nonfinite: str):
+  """Pre-scaled rows ``y = g 2^-e`` (``2^e <= max|g| < 2^(e+1)``) and their scales.
+
+  ``y`` has max entry in ``[1, 4)``, so its sum of squares ``t`` lies in
+  ``[1, 16 N]``: no overflow, and the squares lost to underflow are below
+  ``N * tiny``, negligible against ``t >= 1``. The output is ``y / (sqrt(t) +
+  gamma 2^-e)`` with a divisor ``>= 1``: unlike one scale per row ``1 / (n +
+  gamma)``, which is subnormal (flushed to 0) for a norm near the float max
+  and overflows to Inf (then ``Inf * 0 = NaN``) for a subnormal one, nothing
+  here leaves the normal range. Groups whose largest entry is subnormal
+  (below ``finfo.tiny``) count as zero groups on every backend, as on those
+  that flush subnormals (XLA's CPU does; a GPU need not).
+
+  Returns:
+    ``(y_leaves, scales)``: dropped rows of ``y`` are exact zeros.
+  """
+  pres, normals = [], []
+  for m in prep.group_mx:
+    info = jnp.finfo(m.dtype)
+    m = jax.lax.stop_gradient(m)
+    normal = m >= info.tiny
+    _, exponent = jnp.frexp(jnp.where(normal, m, 1))
+    e = jnp.clip(exponent - 1, info.minexp, info.maxexp - 2)
+    pres.append(_pow2(-e, m.dtype))
+    normals.append(normal)
+  ys = [_kept(x * _bcast(pres[k].astype(x.dtype), x), prep.keep)
+        for x, k in zip(prep.leaves, prep.group_of_leaf)]
+  scales = []
+  for k, idx in enumerate(prep.members):
+    dtype = prep.group_mx[k].dtype
+    t = sum(_rows(jnp.square(ys[i].astype(dtype)), jnp.sum) for i in idx)
+    denom = jnp.sqrt(t) + jnp.asarray(stability, dtype) * pres[k]
+    scales.append(jnp.where(normals[k], 1 / jnp.where(normals[k], denom, 1), 0))
+  return ys, _finish_scales(prep, scales, nonfinite)
+
+
 def _prepare(per_example_grads: Any, scope: grouping_lib.Scope, stability: Any,
              mask: jax.Array | None, nonfinite: str) -> _Prepared:
-  """Validates, casts to float32, masks, and computes per-(row, group) scales.
+  """Validates, casts to float32 and computes the per-(row, group) statistics.
 
-  The common case costs one fused pass over the data (sum of squares and
-  max |g| per row) plus the rescale. The numerics are those of
-  :func:`ssgd_optax.unit_normalize` (float32 accumulation, exact zeros,
-  NaN for non-finite groups); when some row's sum of squares under- or
-  overflows, its power-of-two rescue is applied to the whole batch in one
-  extra pass. All-zero rows (padding, dropped rows) are exact already.
+  The common case costs one fused pass over the data (sum of squares ``s``
+  and max ``|g|`` per row and group). The sum of squares is used directly
+  only where it is accurate: ``s >= N tiny / eps`` for a group of ``N``
+  entries bounds the mass of squares lost to underflow (or to a backend's
+  flush of subnormals) by ``eps s`` (without it, 1000 entries of ``1e-19``,
+  whose squares flush to 0, and one of ``1.2e-19`` gave a row of norm 26),
+  and ``s`` finite rules out overflow. Any other non-zero row sends the
+  whole batch through :func:`_rescued` (a batch-level ``cond``: one more
+  pass, only then). Non-finite rows are found from ``s`` and ``max |g|``
+  (no extra pass) and dropped (``nonfinite="drop"``) or made NaN.
   """
   _check_common(scope, stability, nonfinite)
   # pylint: disable-next=protected-access
-  per_example_lib._batch_size(per_example_grads, 'per_example_grads')
+  batch = per_example_lib._batch_size(per_example_grads, 'per_example_grads')
   for path, leaf in jax.tree_util.tree_leaves_with_path(per_example_grads):
     if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
       raise TypeError(
           'per-example gradients must be real floating-point arrays; leaf '
           f'{jax.tree_util.keystr(path)!r} has dtype {jnp.result_type(leaf)}.')
+  if mask is not None:
+    mask = jnp.asarray(mask)
+    if mask.ndim != 1 or mask.shape[0] != batch:
+      raise ValueError(f'mask has {mask.size} entries (shape {mask.shape}) but the batch has '
+                       f'{batch} examples; mask must be a [B] vector.')
   grouping = grouping_lib.resolve_groups(_example_structure(per_example_grads), scope)
   leaves, treedef = jax.tree.flatten(per_example_grads)
   leaves = [jnp.asarray(x) for x in leaves]
   leaves = [x.astype(jnp.promote_types(x.dtype, jnp.float32)) for x in leaves]
-  keep = None if mask is None else jnp.asarray(mask)
-  if nonfinite == 'drop':
-    finite = jnp.stack([_rows(jnp.isfinite(x), jnp.all) for x in leaves]).all(axis=0)
-    keep = finite if keep is None else jnp.logical_and(keep.astype(bool), finite)
-  if keep is not None:
-    leaves = jax.tree.leaves(per_example_lib.mask_rows(leaves, keep))
-  sq = [_rows(jnp.square(x), jnp.sum) for x in leaves]
-  mx = [_rows(jnp.abs(x), lambda v, axis: jnp.max(v, axis=axis, initial=0)) for x in leaves]
-  group_sq, group_mx = [], []
-  for k in range(grouping.num_groups):
-    members = [i for i, g in enumerate(grouping.group_of_leaf) if g == k]
-    dtype = jnp.result_type(*[sq[i] for i in members])
-    group_sq.append(sum(sq[i].astype(dtype) for i in members))
-    group_mx.append(jnp.max(jnp.stack([mx[i] for i in members]), axis=0))
   members = [[i for i, g in enumerate(grouping.group_of_leaf) if g == k]
              for k in range(grouping.num_groups)]
-  needs = [jnp.any(((s < jnp.finfo(s.dtype).tiny) & (m > 0)) | jnp.isinf(s))
-           for s, m in zip(group_sq, group_mx)]
-
-  def plain(_):
-    out = []
-    for s in group_sq:
-      n = jnp.sqrt(s)
-      denom = n + jnp.asarray(stability, n.dtype)
-      out.append(jnp.where(n == 0, 0, 1 / jnp.where(n == 0, 1, denom)))
-    return out
-
-  def rescued(_):
-    # unit_normalize's rescue, batched: recompute each row's sum of squares on
-    # g * 2^-e with 2^e ~ max|g| (exact, no over/underflow), then
-    # 1 / (n + gamma) = pre / (sqrt(t) + gamma * pre).
-    out = []
-    for k, m in enumerate(group_mx):
-      limit = -jnp.finfo(m.dtype).minexp - 1
-      e = jnp.clip(jnp.floor(jnp.log2(jnp.where(m == 0, 1, m))), -limit, limit)
-      pre = jnp.where(jnp.isinf(m), jnp.nan, jnp.exp2(-e)).astype(m.dtype)
-      t = sum(_rows(jnp.square(_scaled(leaves[i], pre.astype(leaves[i].dtype))), jnp.sum)
-              .astype(m.dtype) for i in members[k])
-      root = jnp.sqrt(t)
-      denom = root + jnp.asarray(stability, m.dtype) * pre
-      out.append(jnp.where(root == 0, 0, pre / jnp.where(root == 0, 1, denom)))
-    return out
-
-  # A batch-level cond: only one branch runs (a per-row cond under vmap, as
-  # vmapping unit_normalize would give, computes both for every row; that
-  # made steps 9x slower once some example's gradient underflowed).
-  scales = jax.lax.cond(jnp.any(jnp.stack(needs)), rescued, plain, None)
-  return _Prepared(leaves, treedef, grouping.group_of_leaf, grouping.num_groups, scales)
+  sq = [_rows(jnp.square(x), jnp.sum) for x in leaves]
+  mx = [_rows(jnp.abs(x), lambda v, axis: jnp.max(v, axis=axis, initial=0)) for x in leaves]
+  group_sq, group_mx, plain_ok, group_bad = [], [], [], []
+  for idx in members:
+    dtype = jnp.result_type(*[sq[i] for i in idx])
+    s = sum(sq[i].astype(dtype) for i in idx)
+    m = jnp.max(jnp.stack([mx[i].astype(dtype) for i in idx]), axis=0)
+    size = sum(math.prod(leaves[i].shape[1:]) for i in idx)
+    info = jnp.finfo(dtype)
+    lowest = float(info.tiny) * max(size, 1) / float(info.eps)
+    group_sq.append(s)
+    group_mx.append(m)
+    group_bad.append(~jnp.isfinite(m) | jnp.isnan(s))
+    plain_ok.append((m == 0) | ((s >= lowest) & jnp.isfinite(s)))
+  row_finite = ~jnp.any(jnp.stack(group_bad), axis=0)
+  keep = jnp.ones((batch,), bool) if nonfinite == 'propagate' else row_finite
+  if mask is not None:
+    keep = keep & mask.astype(bool)
+  rescue = jnp.any(~jnp.all(jnp.stack(plain_ok), axis=0) & keep & row_finite)
+  select = jnp.any(~keep & ~row_finite)
+  prep = _Prepared(leaves, treedef, grouping.group_of_leaf, grouping.num_groups, [], group_bad,
+                   keep, rescue, select, members, group_mx)
+  return prep._replace(scales=_finish_scales(prep, _plain_scales(group_sq, stability),
+                                             nonfinite))
 
 
 def _scaled(x: jax.Array, scale: jax.Array) -> jax.Array:
   return x * scale.reshape(scale.shape + (1,) * (x.ndim - 1))
+
+
+def _kept(x: jax.Array, keep: jax.Array) -> jax.Array:
+  return jnp.where(keep.reshape(keep.shape + (1,) * (x.ndim - 1)), x, jnp.zeros((), x.dtype))
+
+
+def _explicit_sharding(x: jax.Array) -> Any:
+  """``x``'s sharding when it lives on a mesh with ``Explicit`` axes, else None."""
+  sharding = getattr(jax.typeof(x), 'sharding', None)
+  mesh = getattr(sharding, 'mesh', None)
+  if mesh is None or getattr(mesh, 'empty', True):
+    return None
+  if not any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types):
+    return None
+  return sharding
+
+
+def _weighted_row_sum(scale: jax.Array, x: jax.Array) -> jax.Array:
+  """``sum_i scale_i x_i`` as one contraction (the scaled rows are never stored).
+
+  HIGHEST precision: a GPU's default TF32 would round the normalised rows to
+  10 mantissa bits and break the unit-norm bound by up to ``2^-11``. On a
+  mesh with ``Explicit`` axes the batch axis is contracted away, so the
+  output sharding is the input's without its first entry (JAX refuses to
+  guess it: "Contracting dimensions are sharded").
+  """
+  sharding = _explicit_sharding(x)
+  kwargs = {}
+  if sharding is not None:
+    spec = tuple(sharding.spec) + (None,) * (x.ndim - len(sharding.spec))
+    kwargs['out_sharding'] = jax.sharding.NamedSharding(
+        sharding.mesh, jax.sharding.PartitionSpec(*spec[1:]))
+  return jnp.tensordot(scale.astype(x.dtype), x, axes=1,
+                       precision=jax.lax.Precision.HIGHEST, **kwargs)
 
 
 def normalize_per_example(per_example_grads: Any,
@@ -310,22 +412,25 @@ def normalize_per_example(per_example_grads: Any,
                           *,
                           stability: Any = 0.0,
                           mask: jax.Array | None = None,
-                          nonfinite: str = 'propagate') -> Any:
+                          nonfinite: str = 'drop') -> Any:
   r"""Unit-normalises every example's gradient within each group.
 
   For every row ``i`` and group ``k``:
   ``u_{i,k} = m_i \, g_{i,k} / (\lVert g_{i,k} \rVert + \gamma)`` with the
   numerics of :func:`ssgd_optax.unit_normalize` (float32 accumulation, exact
-  zeros for zero rows, overflow/underflow rescue, NaN propagation); masked
-  rows give exact zeros whatever they hold.
+  zeros for zero rows, overflow/underflow rescue); masked rows and (by
+  default) rows holding a NaN or Inf give exact zeros whatever they hold.
 
   Args:
     per_example_grads: a tree whose leaves share a leading batch axis.
     scope: the normalisation scope (see :func:`ssgd_optax.unit_normalize`).
     stability: ``gamma >= 0`` (AUTO-S); 0 gives exact unit norm.
     mask: ``None`` or a ``[B]`` 0/1 mask of real (1) and padded (0) rows.
-    nonfinite: ``"propagate"`` (a NaN/Inf example makes its groups NaN) or
-      ``"drop"`` (such an example becomes zeros).
+    nonfinite: ``"drop"`` (default): an example with a NaN or Inf anywhere
+      becomes zeros, so every row has norm at most ``sqrt(G)`` and the DP
+      sensitivity bound holds. ``"propagate"``: its groups become NaN; **this
+      voids the differential-privacy guarantee** (a NaN release reveals that
+      the example was in the batch). Use it only to debug a model.
 
   Returns:
     The normalised per-example tree, in float32 (float64 leaves stay float64).
@@ -333,9 +438,10 @@ def normalize_per_example(per_example_grads: Any,
   Example:
 
   >>> import jax.numpy as jnp
-  >>> g = {'w': jnp.array([[3., 4.], [0., 0.]])}
+  >>> g = {'w': jnp.array([[3., 4.], [0., 0.], [jnp.inf, 1.]])}
   >>> normalize_per_example(g)['w']
   Array([[0.6, 0.8],
+         [0. , 0. ],
          [0. , 0. ]], dtype=float32)
   """
   if not jax.tree.leaves(per_example_grads):
@@ -343,21 +449,19 @@ def normalize_per_example(per_example_grads: Any,
     return per_example_grads
   prep = _prepare(per_example_grads, scope, stability, mask, nonfinite)
 
-  out = [_scaled(x, prep.scales[k]) for x, k in zip(prep.leaves, prep.group_of_leaf)]
+  def plain():
+    return [_kept(_scaled(x, prep.scales[k]), prep.keep)
+            for x, k in zip(prep.leaves, prep.group_of_leaf)]
+
+  def rescued():
+    ys, scales = _rescued(prep, stability, nonfinite)
+    return [_scaled(y, scales[k]) for y, k in zip(ys, prep.group_of_leaf)]
+
+  # A batch-level cond: only one branch runs (a per-row cond under vmap
+  # computes both for every row, which made steps 9x slower once some
+  # example's gradient underflowed).
+  out = jax.lax.cond(prep.rescue, rescued, plain)
   return jax.tree.unflatten(prep.treedef, out)
-
-
-def _check_key(key: Any) -> None:
-  if isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-    if key.shape:
-      raise ValueError(f'key must be a single PRNG key; got key array of shape {key.shape}.')
-    return
-  if isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,):
-    return
-  raise TypeError(
-      'key must be a JAX PRNG key (jax.random.key(seed), or a raw uint32 '
-      f'jax.random.PRNGKey); got {type(key).__name__} {key!r}. There is no '
-      'default: a fixed or hidden seed would repeat the noise.')
 
 
 def _axis_size_and_index(axis_name):
@@ -372,7 +476,7 @@ def noisy_normalized_mean(per_example_grads: Any,
                           scope: grouping_lib.Scope = 'global',
                           stability: Any = 0.0,
                           mask: jax.Array | None = None,
-                          nonfinite: str = 'propagate',
+                          nonfinite: str = 'drop',
                           axis_name: normalize_lib.AxisName = None) -> Any:
   r"""A batch's per-example gradients to the shared DP-SSGD update.
 
@@ -391,11 +495,16 @@ def noisy_normalized_mean(per_example_grads: Any,
     expected_batch_size: ``Bbar > 0``, the expected Poisson batch size
       ``q * N`` (the divisor is not the realised batch size, which would
       leak it).
-    scope, stability, mask, nonfinite: see :func:`normalize_per_example`.
+    scope, stability, mask: see :func:`normalize_per_example`.
+    nonfinite: ``"drop"`` (default; keeps the guarantee) or ``"propagate"``
+      (a NaN/Inf example makes the update NaN: **voids the guarantee**), see
+      :func:`normalize_per_example`.
     axis_name: ``None``, or the data-parallel axis name inside
       ``shard_map``/``pmap``: each device holds its own examples, the sums are
       ``psum``-ed and each device adds its own noise share, see
-      :func:`dp_unit_normalize`.
+      :func:`dp_unit_normalize`. Under plain ``jax.jit`` with the batch
+      sharded (on an ``Auto`` or ``Explicit`` mesh such as
+      :func:`ssgd_optax.parallel.data_mesh`) leave it ``None``.
 
   Returns:
     A tree with the structure of one example's gradient, in each leaf's
@@ -409,18 +518,30 @@ def noisy_normalized_mean(per_example_grads: Any,
   ...                       expected_batch_size=2)['w']
   Array([0.3, 0.9], dtype=float32)
   """
-  _check_mechanism(scope, stability, nonfinite, noise_multiplier, expected_batch_size,
-                   axis_name, key)
+  key = _check_mechanism(scope, stability, nonfinite, noise_multiplier, expected_batch_size,
+                         axis_name, key)
   if not jax.tree.leaves(per_example_grads):
     return per_example_grads
   prep = _prepare(per_example_grads, scope, stability, mask, nonfinite)
   # The accountant's object: the noise std below is its `stddev`.
   mechanism = dp_ssgd_mechanism(_example_structure(per_example_grads), noise_multiplier, scope)
 
-  # sum_i s_i g_i as one contraction: the normalised rows are never stored.
-  leaves = [jnp.tensordot(prep.scales[k], x, axes=1)
-            for x, k in zip(prep.leaves, prep.group_of_leaf)]
-  summed = jax.tree.unflatten(prep.treedef, leaves)
+  def contract(leaves, scales):
+    return [_weighted_row_sum(scales[k], x) for x, k in zip(leaves, prep.group_of_leaf)]
+
+  def plain():
+    return contract(prep.leaves, prep.scales)
+
+  def plain_select():
+    # A dropped row scaled by 0 contributes 0 unless it holds Inf or NaN
+    # (0 * Inf = NaN): only then select, which costs a pass over the data.
+    return contract([_kept(x, prep.keep) for x in prep.leaves], prep.scales)
+
+  def rescued():
+    return contract(*_rescued(prep, stability, nonfinite))
+
+  branch = jnp.where(prep.rescue, 2, jnp.where(prep.select, 1, 0))
+  leaves = jax.lax.switch(branch, [plain, plain_select, rescued])
   stddev = mechanism.stddev
   if axis_name is not None:
     # Each device adds an independent share of variance stddev^2 / D before
@@ -428,16 +549,19 @@ def noisy_normalized_mean(per_example_grads: Any,
     size, index = _axis_size_and_index(axis_name)
     key = jax.random.fold_in(key, index)
     stddev = stddev / jnp.sqrt(jnp.asarray(size, jnp.float32))
-  leaves, treedef = jax.tree.flatten(summed)
   keys = jax.random.split(key, len(leaves))
-  noisy = [s + jnp.asarray(stddev, s.dtype) * jax.random.normal(k, s.shape, s.dtype)
-           for s, k in zip(leaves, keys)]
+  noisy = []
+  for s, k in zip(leaves, keys):
+    sharding = _explicit_sharding(s)
+    kwargs = {} if sharding is None else {'out_sharding': sharding}
+    noisy.append(s + jnp.asarray(stddev, s.dtype) * jax.random.normal(k, s.shape, s.dtype,
+                                                                      **kwargs))
   if axis_name is not None:
     noisy = jax.lax.psum(noisy, axis_name)
   dtypes = [jnp.result_type(x) for x in jax.tree.leaves(per_example_grads)]
   out = [(n / jnp.asarray(expected_batch_size, n.dtype)).astype(d)
          for n, d in zip(noisy, dtypes)]
-  return jax.tree.unflatten(treedef, out)
+  return jax.tree.unflatten(prep.treedef, out)
 
 
 class DpUnitNormalizeState(NamedTuple):
@@ -451,7 +575,7 @@ def dp_unit_normalize(noise_multiplier: Any,
                       key: jax.Array,
                       scope: grouping_lib.Scope = 'global',
                       stability: Any = 0.0,
-                      nonfinite: str = 'propagate',
+                      nonfinite: str = 'drop',
                       axis_name: normalize_lib.AxisName = None
                       ) -> optax.GradientTransformationExtraArgs:
   r"""Per-example unit normalisation + Gaussian noise, as an optax transform.
@@ -474,8 +598,10 @@ def dp_unit_normalize(noise_multiplier: Any,
   :func:`dp_ssgd_mechanism` / :func:`calibrate_noise_multiplier`.
 
   **Keys.** The key lives in the state and is split on every step, so no
-  two steps share noise. Calling ``init`` twice with the same factory gives
-  the same noise sequence: build the transform with a fresh key per run.
+  two steps share noise. ``init`` stores a copy of ``key`` (the state may be
+  donated to ``jit``; see :mod:`ssgd_optax._keys`). Calling ``init`` twice
+  with the same factory gives the same noise sequence: build the transform
+  with a fresh key per run.
 
   **Devices.** Under ``jax.jit`` with sharded per-example gradients
   (``axis_name=None``), the sum and the noise are global arrays: the noise
@@ -498,7 +624,9 @@ def dp_unit_normalize(noise_multiplier: Any,
     key: the PRNG key of the noise (``jax.random.key(seed)``); required.
     scope: ``"global"``, ``"per_leaf"``, ``"per_layer"`` or a callable.
     stability: ``gamma >= 0``, the AUTO-S constant in ``g / (||g|| + gamma)``.
-    nonfinite: ``"propagate"`` or ``"drop"``, see :func:`normalize_per_example`.
+    nonfinite: ``"drop"`` (default: a NaN/Inf example contributes zero, the
+      guarantee holds) or ``"propagate"`` (the update becomes NaN, which
+      **voids the guarantee**), see :func:`normalize_per_example`.
     axis_name: the data-parallel axis name(s) inside ``shard_map``/``pmap``.
 
   Returns:
@@ -514,16 +642,17 @@ def dp_unit_normalize(noise_multiplier: Any,
   >>> u['w']
   Array([0.6, 0.8], dtype=float32)
   """
-  _check_mechanism(scope, stability, nonfinite, noise_multiplier, expected_batch_size,
-                   axis_name, key)
+  key = _check_mechanism(scope, stability, nonfinite, noise_multiplier, expected_batch_size,
+                         axis_name, key)
 
   def init_fn(params):
     del params
-    return DpUnitNormalizeState(key)
+    # A buffer of its own: the caller may donate the state to jit.
+    return DpUnitNormalizeState(_keys.copy_key(key))
 
   def update_fn(updates, state, params=None, *, mask=None, **extra_args):
     del params, extra_args
-    next_key, noise_key = jax.random.split(state.key)
+    next_key, noise_key = _keys.split_step(state.key)
     out = noisy_normalized_mean(
         updates, noise_key, noise_multiplier=noise_multiplier,
         expected_batch_size=expected_batch_size, scope=scope, stability=stability,
@@ -542,7 +671,7 @@ def dp_ssgd(learning_rate: optax.ScalarOrSchedule,
             stability: Any = 0.0,
             momentum: Any = None,
             nesterov: bool = False,
-            nonfinite: str = 'propagate',
+            nonfinite: str = 'drop',
             axis_name: normalize_lib.AxisName = None) -> optax.GradientTransformationExtraArgs:
   r"""Differentially private SSGD: normalise each example, add noise, SGD.
 
@@ -569,7 +698,8 @@ def dp_ssgd(learning_rate: optax.ScalarOrSchedule,
     stability: ``gamma >= 0`` (AUTO-S); 0 is exact unit normalisation.
     momentum: ``None`` or a decay rate ``>= 0``.
     nesterov: Nesterov momentum (requires ``momentum``).
-    nonfinite: ``"propagate"`` or ``"drop"``.
+    nonfinite: ``"drop"`` (default, keeps the guarantee) or ``"propagate"``
+      (a NaN/Inf example makes the update NaN; **voids the guarantee**).
     axis_name: data-parallel axis inside ``shard_map``/``pmap``.
 
   Returns:

@@ -18,6 +18,12 @@ Design points:
   come back as exact zeros (selected with ``jnp.where``, so a padded row whose
   loss is NaN or Inf cannot poison the result), and a zero gradient
   contributes exactly zero after :func:`ssgd_optax.dp_ssgd.normalize_per_example`.
+* **Non-finite examples.** An example whose loss or gradient is NaN or Inf
+  (an Inf pixel, say) comes back as a non-finite row and never touches the
+  other rows (each row is its own ``grad``). The DP transforms drop such a
+  row by default (:func:`ssgd_optax.dp_ssgd.normalize_per_example`,
+  ``nonfinite="drop"``); summing the raw rows yourself would let one example
+  turn the whole update into NaN.
 * **Multiple devices.** The functions are pure; under ``jax.jit`` with the
   batch sharded over a mesh (``NamedSharding(mesh, P('data'))``) each device
   computes the gradients of its own rows, and inside ``jax.shard_map`` each

@@ -339,7 +339,8 @@ def test_empty_tree_and_none_leaves():
      'noise_multiplier'),
     (lambda: dp.dp_ssgd(0.1, 1.0, expected_batch_size=0, key=jax.random.key(0)), ValueError,
      'expected_batch_size'),
-    (lambda: dp.dp_ssgd(0.1, 1.0, expected_batch_size=2, key=None), TypeError, 'PRNG key'),
+    (lambda: dp.dp_ssgd(0.1, 1.0, expected_batch_size=2, key=None), ValueError,
+     'key is required'),
     (lambda: dp.dp_ssgd(0.1, 1.0, expected_batch_size=2, key=0), TypeError, 'PRNG key'),
     (lambda: dp.dp_ssgd(0.1, 1.0, expected_batch_size=2, key=jax.random.split(
         jax.random.key(0))), ValueError, 'single PRNG key'),
@@ -399,3 +400,88 @@ def test_benchmark_quick():
   text = bench.main(['--quick'])
   for name in ('dp_ssgd', 'dp_sgd_clip', 'backprop_clip', 'ratio to dp_ssgd', 'CPU cores'):
     assert name in text
+
+
+# --- Issue 11 defects 6 and 8, issue 13 (GPU collapse): regression tests. ---
+
+
+@pytest.mark.devices(8)
+def test_jit_on_the_projects_explicit_mesh_matches_one_device():
+  from ssgd_optax import parallel  # pylint: disable=import-outside-toplevel
+  mesh = parallel.data_mesh(8)
+  assert jax.sharding.AxisType.Explicit in mesh.axis_types
+  tree = _per_example_tree(b=16)
+  # Row 3 forces the rescue path, row 5 (NaN) the select path.
+  tree['dense']['bias'] = tree['dense']['bias'].at[3].set(1e-25).at[5, 0].set(jnp.nan)
+  params = jax.tree.map(lambda x: x[0], tree)
+  tx = dp.dp_unit_normalize(0.7, expected_batch_size=16, key=jax.random.key(0),
+                            scope='per_layer')
+  want, _ = jax.jit(tx.update)(tree, tx.init(params))
+  sharded = jax.device_put(tree, jax.NamedSharding(mesh, P('data')))
+  got, _ = jax.jit(tx.update)(sharded, tx.init(params))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), got, want)
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(got))
+  mean = jax.jit(lambda g: dp.noisy_normalized_mean(
+      g, jax.random.key(1), noise_multiplier=0.0, expected_batch_size=16))(sharded)
+  want_mean = dp.noisy_normalized_mean(tree, jax.random.key(1), noise_multiplier=0.0,
+                                       expected_batch_size=16)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+               mean, want_mean)
+
+
+@pytest.mark.parametrize('make', [
+    lambda key: dp.dp_unit_normalize(1.0, expected_batch_size=2, key=key),
+    lambda key: dp.dp_ssgd(0.1, 1.0, expected_batch_size=2, key=key, momentum=0.9),
+])
+def test_donating_the_state_does_not_break_a_second_init(make):
+  params, grads = {'w': jnp.zeros(3)}, {'w': jnp.ones((2, 3))}
+
+  def keys(state):
+    return [np.asarray(jax.random.key_data(x)) for x in jax.tree.leaves(state)
+            if jnp.issubdtype(x.dtype, jax.dtypes.prng_key)]
+
+  for key in (jax.random.key(3), jax.random.PRNGKey(3)):
+    tx = make(key)
+    first = tx.init(params)
+    want = keys(first)
+    jax.jit(tx.update, donate_argnums=1)(grads, first, params)
+    again = tx.init(params)
+    np.testing.assert_array_equal(keys(again), want)
+    u, _ = jax.jit(tx.update)(grads, again, params)
+    assert np.isfinite(np.asarray(u['w'])).all()
+
+  # The check fails on a transform that stores the caller's buffer itself.
+  key = jax.random.key(3)
+  broken = optax.GradientTransformation(lambda p: dp.DpUnitNormalizeState(key),
+                                        lambda u, s, p=None: (u, s))
+  jax.jit(broken.update, donate_argnums=1)(params, broken.init(params))
+  with pytest.raises(RuntimeError, match='deleted'):
+    keys(broken.init(params))
+
+
+@pytest.mark.parametrize('scope', SCOPES)
+def test_tiny_gradients_whose_squares_underflow_are_finite_and_unit_norm(scope):
+  # A confident model's per-example gradients: every square is 0 in float32.
+  tree = jax.tree.map(lambda x: x * 1e-25, _per_example_tree(b=3))
+  tree = jax.tree.map(lambda x: x.at[1].multiply(1e-12), tree)   # 1e-37: still normal
+  u = jax.jit(lambda t: dp.normalize_per_example(t, scope))(tree)
+  norms = _group_norms_per_row(u, scope)
+  np.testing.assert_allclose(norms, 1.0, rtol=1e-5)
+  mean = jax.jit(lambda t: dp.noisy_normalized_mean(
+      t, jax.random.key(0), noise_multiplier=0.5, expected_batch_size=3, scope=scope))(tree)
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(mean))
+
+
+@pytest.mark.parametrize('fill', [np.inf, -np.inf, np.nan, 3e38])
+def test_padded_rows_with_inf_or_nan_give_the_unpadded_release(fill):
+  tree = _per_example_tree(b=4)
+  padded = jax.tree.map(
+      lambda x: jnp.concatenate([x, jnp.full((2,) + x.shape[1:], fill, x.dtype)]), tree)
+  mask = jnp.array([1, 1, 1, 1, 0, 0])
+  params = jax.tree.map(lambda x: x[0], tree)
+  tx = dp.dp_ssgd(0.5, 1.0, expected_batch_size=5, key=jax.random.key(2), scope='per_layer',
+                  momentum=0.5)
+  want, _ = jax.jit(tx.update)(tree, tx.init(params), params)
+  got, _ = jax.jit(tx.update)(padded, tx.init(params), params, mask=mask)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), got, want)
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(got))
