@@ -1,5 +1,7 @@
 # Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
-"""The Flower adapter runs the simulation's client logic (in-process loopback)."""
+"""The Flower adapter: loopback, Flower's simulation engine, deployment processes."""
+
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +13,8 @@ pytest.importorskip('flwr')
 
 from ssgd_optax import federated  # noqa: E402
 from ssgd_optax.federated import flower  # noqa: E402
+from ssgd_optax.selective import dp_selective_sharing  # noqa: E402
+from ssgd_optax.selective import dp_selective_sharing_privacy  # noqa: E402
 from ssgd_optax.selective import selective_sharing  # noqa: E402
 
 D, C, N = 5, 3, 3
@@ -30,43 +34,426 @@ def _setup(upload):
   return params, x, y, sim
 
 
+def _reference(sim, x, y, key, rounds):
+  state = sim.init(key)
+  step = jax.jit(sim.round)
+  for _ in range(rounds):
+    state, _ = step(state, jnp.asarray(x), jnp.asarray(y))
+  return state
+
+
+def _run(sim, params, data_fn, *, grid_cls=flower.LoopbackGrid, rounds=1, drop=(), **kw):
+  """Runs the apps on a loopback grid; returns (summary, per-round states)."""
+  out, seen = {}, []
+  server_app = flower.make_server_app(sim, params, rounds=rounds, key=jax.random.key(0),
+                                      on_round=lambda r, s: seen.append(s),
+                                      on_end=lambda s: out.setdefault('summary', s), **kw)
+  client_app = flower.make_client_app(sim, data_fn, params)
+  grid = grid_cls(client_app, N, drop=drop)
+  server_app(grid, flower.Context(run_id=1, node_id=0, node_config={},
+                                  state=flower.RecordDict(), run_config={}))
+  return out.get('summary'), seen
+
+
 def test_flower_round_robin_reproduces_the_simulation():
   upload = selective_sharing(0.3, strategy='threshold_random', key=jax.random.key(5))
   params, x, y, sim = _setup(upload)
   key = jax.random.key(7)
-  seen = []
+  seen, summaries = [], []
   server_app = flower.make_server_app(sim, params, rounds=2, key=key, theta_d=0.5,
-                                      on_round=lambda r, s: seen.append(s))
+                                      on_round=lambda r, s: seen.append(s),
+                                      on_end=summaries.append)
   client_app = flower.make_client_app(sim, lambda i: (x[i], y[i]), params)
   flower.run_loopback(server_app, client_app, N)
-  state = sim.init(key)
-  step = jax.jit(sim.round)
-  for _ in range(2):
-    state, _ = step(state, jnp.asarray(x), jnp.asarray(y))
+  state = _reference(sim, x, y, key, 2)
   assert len(seen) == 2
   np.testing.assert_allclose(seen[-1].params, state.server.params, rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(seen[-1].stats, state.server.stats)
   assert int(seen[-1].round) == 2
+  (summary,) = summaries
+  assert summary.dropouts_per_round == [0, 0]
+  assert [r.accepted for r in summary.rounds] == [(0, 1, 2)] * 2
 
 
-def test_flower_dropped_node_leaves_server_untouched():
+class _LateGrid(flower.LoopbackGrid):
+  """Nodes register after a few polls, as on Flower's simulation engine."""
+
+  def __init__(self, *a, **kw):
+    super().__init__(*a, **kw)
+    self.polls = 0
+
+  def get_node_ids(self):
+    self.polls += 1
+    return [] if self.polls <= 3 else super().get_node_ids()
+
+
+def test_server_waits_for_nodes_that_register_late():
   params, x, y, sim = _setup(selective_sharing(0.5))
-  out = {}
-  for drop in ((), (2,)):
-    got = []
-    server_app = flower.make_server_app(sim, params, rounds=1, key=jax.random.key(0),
-                                        order='synchronous', on_round=lambda r, s: got.append(s))
-    client_app = flower.make_client_app(sim, lambda i: (x[i], y[i]), params)
-    flower.run_loopback(server_app, client_app, N, drop=drop)
-    out[drop] = got[-1]
-  assert bool(jnp.isfinite(out[(2,)].params).all())
+  summary, seen = _run(sim, params, lambda i: (x[i], y[i]), grid_cls=_LateGrid,
+                       node_timeout=30.0)
+  assert summary.rounds[0].accepted == (0, 1, 2)
+  assert float(jnp.abs(seen[-1].params).sum()) > 0
+
+
+def test_a_server_that_does_not_wait_fails_loudly_not_silently(monkeypatch):
+  # The bug this guards against: the node list read once before the nodes
+  # registered, nothing sent, parameters silently zero. With the waiting
+  # removed (a broken stand-in), the run must still stop with an error.
+  params, x, y, sim = _setup(selective_sharing(0.5))
+  monkeypatch.setattr(flower, '_wait_for_nodes',
+                      lambda grid, n, timeout: sorted(grid.get_node_ids()))
+  with pytest.raises(flower.FederatedRunError, match='no upload'):
+    _run(sim, params, lambda i: (x[i], y[i]), grid_cls=_LateGrid)
+
+
+def test_nodes_that_never_appear_raise_with_the_count_seen():
+  params, x, y, sim = _setup(None)
+
+  class TwoNodes(flower.LoopbackGrid):
+    def get_node_ids(self):
+      return [1, 2]
+
+  with pytest.raises(flower.FederatedRunError, match='num_nodes=3.*saw 2'):
+    _run(sim, params, lambda i: (x[i], y[i]), grid_cls=TwoNodes, node_timeout=0.3)
+
+
+def test_a_client_that_raises_stops_the_run_with_node_and_round(caplog):
+  params, x, y, sim = _setup(selective_sharing(0.5))
+
+  def data_fn(i):
+    if i == 1:
+      raise OSError('shard 1 is missing')
+    return x[i], y[i]
+
+  with pytest.raises(flower.FederatedRunError, match='round 0.*participant 1 .node 2.*missing'):
+    _run(sim, params, data_fn)
+  with caplog.at_level(logging.WARNING, logger='ssgd_optax.federated.flower'):
+    summary, _ = _run(sim, params, data_fn, rounds=2, client_errors='dropout')
+  assert summary.dropouts_per_round == [1, 1]
+  assert [r.dropped for r in summary.rounds] == [(1,), (1,)]
+  assert 'round 1: participant 1 (node 2) dropped out' in caplog.text
+
+
+def test_dropouts_are_counted_and_leave_the_server_untouched():
+  params, x, y, sim = _setup(selective_sharing(0.5))
+  full, _ = _run(sim, params, lambda i: (x[i], y[i]), order='synchronous')
+  part, _ = _run(sim, params, lambda i: (x[i], y[i]), order='synchronous', drop=(2,))
+  assert part.rounds[0].dropped == (1,) and part.rounds[0].accepted == (0, 2)
+  assert bool(jnp.isfinite(part.server.params).all())
   # Node 2 is participant 1: its share of the stats is missing, nothing else.
-  assert float(out[(2,)].stats.sum()) < float(out[()].stats.sum())
+  assert float(part.server.stats.sum()) < float(full.server.stats.sum())
 
 
-def test_flower_validation():
-  params, _, _, sim = _setup(None)
+def test_too_few_participants_or_no_upload_stop_the_run():
+  params, x, y, sim = _setup(selective_sharing(0.5))
+  with pytest.raises(flower.FederatedRunError, match='no upload'):
+    _run(sim, params, lambda i: (x[i], y[i]), drop=(1, 2, 3))
+  with pytest.raises(flower.FederatedRunError, match='min_participants=3'):
+    _run(sim, params, lambda i: (x[i], y[i]), drop=(3,), min_participants=3)
+
+
+class _StalledGrid(flower.LoopbackGrid):
+  """Node 3 never answers; node 1 also sends a stray reply."""
+
+  def push_messages(self, messages):
+    messages = list(messages)
+    ids = list(super().push_messages(messages))
+    for mid, m in zip(ids, messages):
+      if m.metadata.dst_node_id == 3:
+        self._replies.pop(mid)
+      if m.metadata.dst_node_id == 1:
+        stray = self._replies[mid]
+        # The same reply again, as if node 1 answered twice: not asked.
+        self._replies['stray'] = stray
+    return ids
+
+  def pull_messages(self, message_ids):
+    out = list(super().pull_messages(message_ids))
+    if 'stray' in self._replies:
+      out.append(self._replies.pop('stray'))
+    return out
+
+
+def test_a_stalled_node_times_out_and_a_stray_reply_is_ignored(caplog):
+  params, x, y, sim = _setup(selective_sharing(0.5))
+  with caplog.at_level(logging.WARNING, logger='ssgd_optax.federated.flower'):
+    summary, _ = _run(sim, params, lambda i: (x[i], y[i]), grid_cls=_StalledGrid,
+                      reply_timeout=0.2)
+  (rep,) = summary.rounds
+  assert rep.dropped == (2,) and rep.accepted == (0, 1) and rep.unexpected == 1
+  assert 'participant 2 (node 3) dropped out: no reply' in caplog.text
+
+
+def test_a_non_finite_upload_is_rejected_and_reported():
+  params, x, y, sim = _setup(None)
+  bad = x.copy()
+  bad[0, 0, 0] = np.nan
+  summary, _ = _run(sim, params, lambda i: (bad[i], y[i]))
+  assert summary.rounds[0].rejected == (0,)
+  assert bool(jnp.isfinite(summary.server.params).all())
+
+
+def test_privacy_is_composed_over_the_rounds_each_participant_uploads_in():
+  upload = dp_selective_sharing(0.3, epsilon=0.5, clip=1.0, key=jax.random.key(1))
+  params, x, y, sim = _setup(upload)
+
+  class LeavesAfterRound0(flower.LoopbackGrid):
+    calls = 0
+
+    def get_node_ids(self):
+      self.calls += 1
+      # Call 1: waiting, 2: round 0, later: node 3 has left.
+      return [1, 2, 3] if self.calls <= 2 else [1, 2]
+
+  summary, _ = _run(sim, params, lambda i: (x[i], y[i]), grid_cls=LeavesAfterRound0,
+                    rounds=3, dp_epsilon=0.5, dp_fraction=0.3)
+  assert summary.dropouts_per_round == [0, 1, 1]
+  p = sim.num_params
+  assert summary.privacy[0] == dp_selective_sharing_privacy(0.5, 3, num_params=p, fraction=0.3)
+  assert summary.privacy[2].rounds == 1
+  assert summary.privacy[2].total_epsilon == pytest.approx(0.5)
+
+
+def test_flower_validation(monkeypatch):
+  params, x, y, sim = _setup(None)
+  make = lambda **kw: flower.make_server_app(sim, params, key=jax.random.key(0),
+                                             **{'rounds': 1, **kw})
   with pytest.raises(ValueError, match='order'):
-    flower.make_server_app(sim, params, rounds=1, key=jax.random.key(0), order='async')
+    make(order='async')
+  with pytest.raises(ValueError, match='rounds'):
+    make(rounds=0)
+  with pytest.raises(ValueError, match='num_nodes'):
+    make(num_nodes=4)
+  with pytest.raises(ValueError, match='min_participants'):
+    make(min_participants=4)
+  with pytest.raises(ValueError, match='client_errors'):
+    make(client_errors='ignore')
+  with pytest.raises(ValueError, match='epsilon'):
+    make(dp_epsilon=-1.0)
+  with pytest.raises(ValueError, match='threshold'):
+    make(order='secure', threshold=1)   # t > N/2 is required
+  with pytest.raises(ValueError, match='signing_key and registry'):
+    flower.make_client_app(sim, lambda i: (x[i], y[i]), params, registry={})
   with pytest.raises(TypeError, match='DSSGD'):
     flower.make_client_app(object(), lambda i: None, params)
+  # Wrong shapes from the data function: the error names them.
+  with pytest.raises(flower.FederatedRunError, match=r'data_fn\(0\).*x float32\[8, 6\]'):
+    _run(sim, params, lambda i: (np.zeros((8, D + 1), np.float32), y[i]))
+  with pytest.raises(flower.FederatedRunError, match='same number M'):
+    _run(sim, params, lambda i: (x[i], y[i][:3]))
+  # A participant index out of range (the message built by hand).
+  client_app = flower.make_client_app(sim, lambda i: (x[i], y[i]), params)
+  grid = flower.LoopbackGrid(client_app, N)
+  msg = flower.Message(flower.RecordDict({
+      'arrays': flower._record(**{'global': np.zeros(sim.num_params, np.float32),
+                                  'mask': np.ones(sim.num_params, bool),
+                                  'key': np.asarray(jax.random.key_data(jax.random.key(0)))}),
+      'config': flower.ConfigRecord({'participant': 7})}), dst_node_id=1, message_type='train')
+  (reply,) = grid.send_and_receive([msg])
+  assert reply.has_error() and 'participant index 7 is out of range [0, 3)' in reply.error.reason
+  monkeypatch.setattr(flower._flwr, '__version__', '1.20.0')
+  with pytest.raises(ImportError, match='flwr >= 1.42.*1.20.0'):
+    flower.make_client_app(sim, lambda i: (x[i], y[i]), params)
+
+
+@pytest.mark.slow
+def test_simulation_engine_reproduces_the_simulation():
+  # Flower's own runtime (Ray backend): ~90 s on 2 loaded cores.
+  from flwr.simulation import run_simulation
+  upload = selective_sharing(0.3, strategy='threshold_random', key=jax.random.key(5))
+  params, x, y, sim = _setup(upload)
+  key = jax.random.key(7)
+  summaries = []
+  server_app = flower.make_server_app(sim, params, rounds=2, key=key, theta_d=0.5,
+                                      on_end=summaries.append)
+  client_app = flower.make_client_app(sim, lambda i: (x[i], y[i]), params)
+  run_simulation(server_app=server_app, client_app=client_app, num_supernodes=N,
+                 backend_config={'client_resources': {'num_cpus': 1}})
+  (summary,) = summaries
+  state = _reference(sim, x, y, key, 2)
+  assert summary.dropouts_per_round == [0, 0]
+  np.testing.assert_allclose(summary.server.params, state.server.params, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(summary.server.stats, state.server.stats)
+
+
+@pytest.mark.slow
+def test_simulation_engine_client_failure_is_loud():
+  from flwr.simulation import run_simulation
+  params, x, y, sim = _setup(selective_sharing(0.5))
+
+  def data_fn(i):
+    if i == 2:
+      raise OSError('shard 2 is missing')
+    return x[i], y[i]
+
+  server_app = flower.make_server_app(sim, params, rounds=1, key=jax.random.key(0))
+  client_app = flower.make_client_app(sim, data_fn, params)
+  with pytest.raises(flower.FederatedRunError, match='(?s)participant 2.*shard 2 is missing'):
+    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=N,
+                   backend_config={'client_resources': {'num_cpus': 1}})
+
+
+def _deploy_module():
+  import importlib.util
+  import os
+  import sys
+  root = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'examples')
+  spec = importlib.util.spec_from_file_location('ssgd_flower_deploy',
+                                                os.path.join(root, 'flower_deploy.py'))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  sys.path.insert(0, os.path.join(root, 'flower_app'))
+  from ssgd_flower_app import task  # pylint: disable=import-outside-toplevel
+  sys.path.pop(0)
+  import tomllib
+  with open(os.path.join(root, 'flower_app', 'pyproject.toml'), 'rb') as f:
+    config = tomllib.load(f)['tool']['flwr']['app']['config']
+  return mod, task, config
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('simulation', [False, True], ids=['supernodes', 'flwr_run_simulation'])
+def test_deployment_mode_reproduces_the_simulation(tmp_path, simulation):
+  # `flwr run` against flower-superlink + 3 flower-supernode processes (~4 min
+  # on 2 loaded cores: every message starts a ClientApp process that imports
+  # JAX), or against `flower-superlink --simulation` (Ray, ~2 min).
+  deploy, task, config = _deploy_module()
+  path = str(tmp_path / 'summary.jsonl')
+  with deploy.LocalDeployment(3, workdir=str(tmp_path), simulation=simulation) as dep:
+    proc = dep.run(f"rounds=2 summary-path='{path}'", timeout=1800)
+  res = deploy.read_summary(path)
+  assert 'summary' in res, (res, proc.stdout[-2000:], proc.stderr[-2000:])
+  s = res['summary']
+  assert s['dropouts_per_round'] == [0, 0] and s['accepted'] == [[0, 1, 2]] * 2
+  want = task.in_process(task.build(dict(config, rounds=2)), 2)
+  np.testing.assert_allclose(np.asarray(s['params']), np.asarray(want), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_deployment_killed_supernode_is_a_counted_dropout_not_a_hang(tmp_path):
+  import time
+  deploy, _, _ = _deploy_module()
+  path = str(tmp_path / 'summary.jsonl')
+  import subprocess
+  with deploy.LocalDeployment(3, workdir=str(tmp_path)) as dep:
+    args = [deploy._exe('flwr'), 'run', deploy.APP, 'local-deployment', '--stream',
+            '--run-config', f"rounds=3 reply-timeout=120.0 summary-path='{path}'"]
+    run = subprocess.Popen(args, env=dep.env, cwd=dep.dir, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+      while not deploy.read_summary(path)['rounds'] and run.poll() is None:
+        time.sleep(1)
+      dep.kill_supernode(0)   # during round 1
+      run.wait(timeout=1800)  # a hang fails here instead of blocking CI
+    finally:
+      if run.poll() is None:
+        run.kill()
+  res = deploy.read_summary(path)
+  assert 'summary' in res, res
+  s = res['summary']
+  assert s['dropouts_per_round'][0] == 0 and s['dropouts_per_round'][1:] == [1, 1], s
+  (gone,) = s['dropped'][1]
+  assert s['dropped'][2] == [gone] and all(gone not in a for a in s['accepted'][1:])
+
+
+class _RecordingGrid(flower.LoopbackGrid):
+  """Keeps every message the server sent and every reply it received."""
+
+  def __init__(self, *a, drop_step=None, **kw):
+    super().__init__(*a, **kw)
+    self.sent, self.received, self.drop_step = [], [], drop_step
+
+  def push_messages(self, messages):
+    messages = list(messages)
+    self.sent.extend(messages)
+    keep = []
+    for m in messages:
+      cfg = m.content.config_records.get('config')
+      # Node 3 goes silent at drop_step (after its keys are shared).
+      if (self.drop_step and m.metadata.dst_node_id == 3 and cfg is not None
+          and cfg.get('step') == self.drop_step):
+        continue
+      keep.append(m)
+    return super().push_messages(keep) + [m.object_id for m in messages if m not in keep]
+
+  def pull_messages(self, message_ids):
+    out = list(super().pull_messages(message_ids))
+    self.received.extend(out)
+    return out
+
+
+def _secure_run(params, x, y, sim, grid_kw):
+  from ssgd_optax.federated import secure_aggregation as sa
+  signing, registry = sa.generate_identities(N)
+  seen = []
+  server_app = flower.make_server_app(sim, params, rounds=1, key=jax.random.key(3),
+                                      order='secure', threshold=2, reply_timeout=0.5,
+                                      on_end=seen.append)
+  client_app = flower.make_client_app(sim, lambda i: (x[i], y[i]), params,
+                                      signing_key=lambda i: signing[i], registry=registry)
+  grid = _RecordingGrid(client_app, N, **grid_kw)
+  server_app(grid, flower.Context(run_id=1, node_id=0, node_config={},
+                                  state=flower.RecordDict(), run_config={}))
+  return grid, seen[0]
+
+
+def _plain_uploads(sim, params, x, y, grid):
+  """Each participant's upload, recomputed from what the server sent in 'masked'."""
+  state0 = sim.init(jax.random.key(0)).clients
+  out = {}
+  for m in grid.sent:
+    cfg = m.content.config_records.get('config')
+    if cfg is None or cfg.get('step') != 'masked':
+      continue
+    i = int(cfg['participant'])
+    a = m.content.array_records['arrays']
+    _, _, up = sim.client_update(
+        sim.ravel(params), jax.tree.map(lambda l: l[i], state0.upload_state),
+        jnp.asarray(a['global'].numpy()), jnp.asarray(a['mask'].numpy()), jnp.asarray(x[i]),
+        jnp.asarray(y[i]), jax.random.wrap_key_data(jnp.asarray(a['key'].numpy())))
+    out[i] = np.asarray(up)
+  return out
+
+
+def _server_saw_plaintext(grid, uploads, n):
+  from ssgd_optax.federated import secure_aggregation as sa
+  needles = []
+  for u in uploads.values():
+    needles += [sa.quantize(u, num_participants=n).tobytes(), np.asarray(u).tobytes(),
+                np.asarray(u, np.float64).tobytes()]
+  for reply in grid.received:
+    blobs = [bytes(v) if isinstance(v, bytes) else str(v).encode()
+             for rec in reply.content.config_records.values() for v in rec.values()]
+    blobs += [a.numpy().tobytes() for rec in reply.content.array_records.values()
+              for a in rec.values()]
+    if any(nd in b for b in blobs for nd in needles):
+      return True
+  return False
+
+
+def test_secure_order_server_sees_only_masked_uploads_and_the_exact_sum():
+  from ssgd_optax.federated import secure_aggregation as sa
+  params, x, y, sim = _setup(selective_sharing(0.5))
+  for drop_step, survivors in ((None, (0, 1, 2)), ('masked', (0, 1))):
+    grid, summary = _secure_run(params, x, y, sim, {'drop_step': drop_step})
+    uploads = _plain_uploads(sim, params, x, y, grid)
+    assert sorted(uploads) == [0, 1, 2]
+    assert not _server_saw_plaintext(grid, uploads, N)
+    (rep,) = summary.rounds
+    assert rep.accepted == survivors
+    assert rep.dropped == tuple(sorted(set(range(N)) - set(survivors)))
+    q = sum(sa.quantize(uploads[i], num_participants=N).astype(np.uint64) for i in survivors)
+    want = sa.dequantize((q % 2 ** 32).astype(np.uint32))
+    start = np.asarray(sim.ravel(params), np.float64)
+    np.testing.assert_array_equal(np.asarray(summary.server.params),
+                                  (start + want).astype(np.float32))
+
+
+def test_the_plaintext_check_catches_an_unmasked_upload(monkeypatch):
+  # A broken stand-in: masks of zero (PRG output zeroed) leave y = q(x),
+  # which the check above must flag.
+  from ssgd_optax.federated import secure_aggregation as sa
+  monkeypatch.setattr(sa, 'prg', lambda seed, size, bits=32: np.zeros(size, np.uint32))
+  params, x, y, sim = _setup(selective_sharing(0.5))
+  grid, _ = _secure_run(params, x, y, sim, {})
+  assert _server_saw_plaintext(grid, _plain_uploads(sim, params, x, y, grid), N)

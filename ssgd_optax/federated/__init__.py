@@ -11,7 +11,10 @@
   with X25519 key agreement, Shamir-shared seeds for dropout recovery and
   authenticated messages (needs the ``federated`` extra: ``cryptography``).
 * :mod:`~ssgd_optax.federated.flower`: the same client logic as a Flower
-  ``ClientApp``/``ServerApp`` (needs the ``flower`` extra: ``flwr``).
+  ``ClientApp``/``ServerApp`` for Flower's simulation engine and deployment
+  runtime: waits for the nodes, loud failures with per-round dropout counts,
+  secure aggregation as Flower messages (``order="secure"``), privacy report
+  (needs the ``flower`` extra: ``flwr >= 1.42``; ``examples/flower_app``).
 
 The two last modules are imported on first access.
 """

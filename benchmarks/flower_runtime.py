@@ -1,0 +1,85 @@
+# Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
+"""Wall time of one DSSGD run in-process, on Flower's simulation engine, deployed.
+
+The set-up of ``examples/flower_app`` (``task.build``: MLP on the embedded
+MNIST subset, round robin, largest-magnitude selective sharing) with the same
+keys everywhere, so the final test accuracy must agree:
+
+    python benchmarks/flower_runtime.py --mode in_process
+    python benchmarks/flower_runtime.py --mode simulation
+    python benchmarks/flower_runtime.py --mode deployment
+
+(defaults: 30 participants, 10 rounds; ``--participants``/``--rounds``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+import tomllib
+
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'examples')
+sys.path.insert(0, os.path.join(ROOT, 'flower_app'))
+
+from ssgd_flower_app import task as task_lib  # noqa: E402
+
+
+def config(participants: int, rounds: int) -> dict:
+  with open(os.path.join(ROOT, 'flower_app', 'pyproject.toml'), 'rb') as f:
+    c = tomllib.load(f)['tool']['flwr']['app']['config']
+  return dict(c, **{'num-participants': participants, 'rounds': rounds,
+                    'dataset': 'mnist_subset'})
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  p.add_argument('--mode', choices=('in_process', 'simulation', 'deployment'), required=True)
+  p.add_argument('--participants', type=int, default=30)
+  p.add_argument('--rounds', type=int, default=10)
+  a = p.parse_args()
+  logging.basicConfig(level=logging.WARNING)
+  logging.getLogger('ssgd_optax.federated.flower').setLevel(logging.INFO)
+  c = config(a.participants, a.rounds)
+  start = time.perf_counter()
+  if a.mode == 'in_process':
+    t = task_lib.build(c)
+    params = task_lib.in_process(t, a.rounds)
+    acc = task_lib.accuracy(t.sim.unravel(params), t.x_test, t.y_test)
+  elif a.mode == 'simulation':
+    from flwr.simulation import run_simulation
+    from ssgd_optax.federated import flower
+    t = task_lib.build(c)
+    out = []
+    server = flower.make_server_app(t.sim, t.params, rounds=a.rounds, key=t.key,
+                                    theta_d=float(c['theta-d']), on_end=out.append)
+    client = flower.make_client_app(t.sim, lambda i: (t.xs[i], t.ys[i]), t.params)
+    run_simulation(server_app=server, client_app=client, num_supernodes=a.participants,
+                   backend_config={'client_resources': {'num_cpus': 1}})
+    acc = task_lib.accuracy(t.sim.unravel(out[0].server.params), t.x_test, t.y_test)
+  else:
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('flower_deploy',
+                                                  os.path.join(ROOT, 'flower_deploy.py'))
+    deploy = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(deploy)
+    path = os.path.join(tempfile.mkdtemp(), 'summary.jsonl')
+    with deploy.LocalDeployment(a.participants) as dep:
+      dep.run(f"num-participants={a.participants} rounds={a.rounds} dataset='mnist_subset' "
+              f"summary-path='{path}'", timeout=6 * 3600)
+    res = deploy.read_summary(path)
+    if 'summary' not in res:
+      raise RuntimeError(f'the deployed run failed: {res.get("error")}')
+    acc = res['summary']['accuracy']
+  print(json.dumps({'mode': a.mode, 'participants': a.participants, 'rounds': a.rounds,
+                    'accuracy': acc, 'wall_s': round(time.perf_counter() - start, 1),
+                    'cpus': os.cpu_count()}))
+
+
+if __name__ == '__main__':
+  main()

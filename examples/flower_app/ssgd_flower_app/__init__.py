@@ -1,0 +1,1 @@
+"""DSSGD on Flower: see examples/flower_app/README.md."""

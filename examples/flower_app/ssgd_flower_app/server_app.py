@@ -1,0 +1,57 @@
+# Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
+"""The ServerApp: the DSSGD parameter server, with a JSON summary."""
+
+import json
+import logging
+import time
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from ssgd_flower_app import task as task_lib
+from ssgd_optax.federated import flower
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+  logging.basicConfig(level=logging.INFO)
+  c = context.run_config
+  t = task_lib.build(c)
+  path = str(c['summary-path'])
+  start = time.perf_counter()
+
+  def write(obj):
+    if path:
+      with open(path, 'a', encoding='utf-8') as f:
+        f.write(json.dumps(obj) + '\n')
+
+  def on_round(r, srv):
+    write({'round': r, 'seconds': time.perf_counter() - start})
+
+  def on_end(s: flower.RunSummary):
+    acc = task_lib.accuracy(t.sim.unravel(s.server.params), t.x_test, t.y_test)
+    logging.getLogger(__name__).info('final test accuracy %.4f', acc)
+    write({'summary': {
+        'accuracy': acc, 'seconds': time.perf_counter() - start,
+        'params': [float(v) for v in s.server.params],
+        'node_ids': list(s.node_ids),
+        'dropouts_per_round': s.dropouts_per_round,
+        'dropped': [list(r.dropped) for r in s.rounds],
+        'accepted': [list(r.accepted) for r in s.rounds],
+        'privacy': None if s.privacy is None else
+                   {str(i): p.total_epsilon for i, p in s.privacy.items()}}})
+
+  eps = float(c['dp-epsilon'])
+  server = flower.make_server_app(
+      t.sim, t.params, rounds=int(c['rounds']), key=t.key, theta_d=float(c['theta-d']),
+      order=str(c['order']), min_participants=int(c['min-participants']),
+      node_timeout=float(c['node-timeout']),
+      reply_timeout=float(c['reply-timeout']), dp_epsilon=eps if eps > 0 else None,
+      dp_fraction=float(c['theta-u']), on_round=on_round, on_end=on_end)
+  try:
+    server(grid, context)
+  except flower.FederatedRunError as e:
+    write({'error': str(e)})
+    raise

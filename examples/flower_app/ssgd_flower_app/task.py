@@ -1,0 +1,108 @@
+# Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
+"""Data, model and DSSGD set-up shared by the server and client apps.
+
+The set-up is that of ``examples/federated.py`` (``run_dssgd``, round-robin
+order, largest-magnitude selective sharing): the same keys give the same
+model in-process (``in_process``) and on Flower.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, NamedTuple
+
+os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from ssgd_optax import federated  # noqa: E402
+from ssgd_optax.selective import dp_selective_sharing, selective_sharing  # noqa: E402
+
+
+class Task(NamedTuple):
+  sim: federated.DSSGD
+  params: Any
+  xs: np.ndarray          # (N, M, D) shards
+  ys: np.ndarray
+  x_test: np.ndarray
+  y_test: np.ndarray
+  key: jax.Array          # the simulation key
+  config: dict
+
+
+def _data(name: str, seed: int):
+  if name == 'synthetic':
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(20, 4))
+    x = rng.normal(size=(600, 20)).astype(np.float32)
+    y = np.argmax(x @ w + 0.5 * rng.normal(size=(600, 4)), -1).astype(np.int32)
+    return x[:480], y[:480], x[480:], y[480:], 4
+  from ssgd_optax import data as data_lib
+  ds = data_lib.load_dataset(name, seed=seed)
+  flat = lambda a: ds.normalize(a).reshape(len(a), -1).astype(np.float32)
+  return flat(ds.x_train), ds.y_train, flat(ds.x_test), ds.y_test, ds.num_classes
+
+
+def mlp_apply(params, x):
+  for layer in params[:-1]:
+    x = jax.nn.relu(x @ layer['w'] + layer['b'])
+  return x @ params[-1]['w'] + params[-1]['b']
+
+
+def loss_fn(params, x, y):
+  return optax.softmax_cross_entropy_with_integer_labels(mlp_apply(params, x), y).mean()
+
+
+def accuracy(params, x, y) -> float:
+  return float(jnp.mean(jnp.argmax(mlp_apply(params, x), -1) == y))
+
+
+def build(run_config: dict) -> Task:
+  """The DSSGD set-up of ``run_config`` (the ``[tool.flwr.app.config]`` keys)."""
+  c = dict(run_config)
+  n, seed = int(c['num-participants']), int(c['seed'])
+  xtr, ytr, xte, yte, classes = _data(str(c['dataset']), seed)
+  k_model, k_sim = jax.random.split(jax.random.key(seed))
+  sizes = (xtr.shape[1], int(c['hidden']), classes)
+  params = []
+  for k, (din, dout) in zip(jax.random.split(k_model, 2), zip(sizes[:-1], sizes[1:])):
+    params.append({'w': jax.random.normal(k, (din, dout)) / np.sqrt(din), 'b': jnp.zeros(dout)})
+  xs, ys = federated.shard(xtr, ytr, n, seed=seed)
+  eps = float(c['dp-epsilon'])
+  if eps > 0:
+    upload = dp_selective_sharing(float(c['theta-u']), epsilon=eps, clip=float(c['dp-clip']),
+                                  key=jax.random.key(seed + 1))
+  else:
+    upload = selective_sharing(float(c['theta-u']))
+  sim = federated.make_dssgd(loss_fn, params, num_participants=n,
+                             learning_rate=float(c['learning-rate']),
+                             batch_size=int(c['batch-size']), upload=upload,
+                             theta_d=float(c['theta-d']), order='round_robin')
+  return Task(sim, params, np.asarray(xs), np.asarray(ys), xte, yte, k_sim, c)
+
+
+def demo_identities(run_config: dict):
+  """Ed25519 identity keys derived from the seed, and their registry.
+
+  DEMO ONLY: anyone who knows the seed knows every key. A real deployment
+  gives each participant its own key and distributes the registry out of
+  band (see ``secure_aggregation.generate_identities``).
+  """
+  import hashlib
+  from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+  n, seed = int(run_config['num-participants']), int(run_config['seed'])
+  keys = [Ed25519PrivateKey.from_private_bytes(
+      hashlib.sha256(f'ssgd-flower-demo|{seed}|{i}'.encode()).digest()) for i in range(n)]
+  return keys, {i: k.public_key().public_bytes_raw() for i, k in enumerate(keys)}
+
+
+def in_process(task: Task, rounds: int) -> jax.Array:
+  """The same run in one process (the scanned simulation); the final server params."""
+  state = task.sim.init(task.key)
+  step = jax.jit(task.sim.round)
+  for _ in range(rounds):
+    state, _ = step(state, jnp.asarray(task.xs), jnp.asarray(task.ys))
+  return state.server.params
