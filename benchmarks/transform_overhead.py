@@ -14,6 +14,8 @@ medians to ``optax.sgd``.
 
     python benchmarks/transform_overhead.py            # full run
     python benchmarks/transform_overhead.py --quick    # seconds, smoke test
+    python benchmarks/transform_overhead.py --rounds 10 --skip-cnn --compare-rev HEAD
+                                # the working tree against the last commit
 """
 
 from __future__ import annotations
@@ -62,8 +64,29 @@ def make_tree(shapes, dtype, seed=0):
   return tree
 
 
-def optimizers(lr=0.1):
-  return {
+def load_normalize_at(rev: str):
+  """``ssgd_optax/normalize.py`` as committed at git revision ``rev``, as a
+  module, so that an old implementation can be timed beside the current one."""
+  import importlib.util
+  import pathlib
+  import subprocess
+  root = pathlib.Path(__file__).resolve().parent.parent
+  try:
+    source = subprocess.run(['git', 'show', f'{rev}:ssgd_optax/normalize.py'], cwd=root,
+                            check=True, capture_output=True, text=True).stdout
+  except (OSError, subprocess.CalledProcessError) as e:
+    raise SystemExit(f'--compare-rev {rev!r}: cannot read ssgd_optax/normalize.py at that '
+                     f'revision from git ({e}).') from None
+  spec = importlib.util.spec_from_loader(f'_normalize_at_{rev}', loader=None)
+  module = importlib.util.module_from_spec(spec)
+  exec(compile(source, f'{rev}:ssgd_optax/normalize.py', 'exec'), module.__dict__)
+  return module
+
+
+def optimizers(lr=0.1, compare=None):
+  """The timed variants; ``compare`` (a module from :func:`load_normalize_at`)
+  adds its ``ssgd`` for every scope, labelled with ``compare.__name__``."""
+  out = {
       'optax.sgd': optax.sgd(lr),
       'ssgd global': ssgd_optax.ssgd(lr, scope='global'),
       'ssgd per_leaf': ssgd_optax.ssgd(lr, scope='per_leaf'),
@@ -71,6 +94,11 @@ def optimizers(lr=0.1):
       'normalize_by_update_norm + sgd': optax.chain(optax.normalize_by_update_norm(),
                                                     optax.sgd(lr)),
   }
+  if compare is not None:
+    rev = compare.__name__.removeprefix('_normalize_at_')
+    for scope in ('global', 'per_leaf', 'per_layer'):
+      out[f'ssgd {scope} @ {rev}'] = compare.ssgd(lr, scope=scope)
+  return out
 
 
 def _block(tree):
@@ -93,13 +121,13 @@ def time_side_by_side(steps: dict, rounds: int, inner: int, seed: int = 0) -> di
   return {name: statistics.median(s) for name, s in samples.items()}
 
 
-def update_benchmark(dtype, rounds, inner, width, max_leaves=None):
+def update_benchmark(dtype, rounds, inner, width, max_leaves=None, compare=None):
   shapes = resnet50_shapes(width)[:max_leaves]
   params = make_tree(shapes, dtype, 0)
   grads = make_tree(shapes, dtype, 1)
   n_params = sum(int(np.prod(s)) for s in shapes)
   steps = {}
-  for name, tx in optimizers().items():
+  for name, tx in optimizers(compare=compare).items():
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(params, state, grads, tx=tx):
       updates, state = tx.update(grads, state, params)
@@ -204,6 +232,10 @@ def main(argv=None):
   parser.add_argument('--inner', type=int, default=3, help='calls per timed sample')
   parser.add_argument('--cnn-batch', type=int, default=128)
   parser.add_argument('--out', type=str, default=None, help='also write the Markdown here')
+  parser.add_argument('--compare-rev', type=str, default=None, metavar='REV',
+                      help='also time ssgd_optax/normalize.py as committed at this git '
+                           'revision (e.g. HEAD), side by side in the same rounds')
+  parser.add_argument('--skip-cnn', action='store_true', help='leave out the full train step')
   args = parser.parse_args(argv)
   if args.rounds < 1 or args.inner < 1 or args.cnn_batch < 1:
     parser.error('--rounds, --inner and --cnn-batch must be >= 1')
@@ -211,21 +243,24 @@ def main(argv=None):
   if args.quick:
     width, rounds, inner, batch, leaves = 0.05, 2, 1, 8, 24
 
+  compare = load_normalize_at(args.compare_rev) if args.compare_rev else None
   out = [f'jax {jax.__version__}, optax {optax.__version__}, backend {jax.default_backend()}, '
          f'{jax.device_count()} device(s), {platform.processor() or platform.machine()}; '
          f'{rounds} interleaved rounds x {inner} calls, medians.']
   for dtype in (jnp.float32, jnp.bfloat16):
-    medians, n_params, n_leaves = update_benchmark(dtype, rounds, inner, width, leaves)
+    medians, n_params, n_leaves = update_benchmark(dtype, rounds, inner, width, leaves,
+                                                   compare)
     out.append(f'\n### update + apply_updates, {jnp.dtype(dtype).name}, '
                f'{n_params / 1e6:.1f}M parameters in {n_leaves} leaves\n')
     out.append(table(medians))
   out.append('\n### the floor: reduction bandwidth vs update bandwidth\n')
   for dtype in (jnp.float32, jnp.bfloat16):
     out.append(bound_benchmark(dtype, rounds, inner, width, leaves))
-  medians = cnn_benchmark(rounds, inner, batch)
-  out.append(f'\n### full train step, small CNN (2 conv + 2 dense, ~0.8M parameters), '
-             f'batch {batch}, float32\n')
-  out.append(table(medians))
+  if not args.skip_cnn:
+    medians = cnn_benchmark(rounds, inner, batch)
+    out.append(f'\n### full train step, small CNN (2 conv + 2 dense, ~0.8M parameters), '
+               f'batch {batch}, float32\n')
+    out.append(table(medians))
   text = '\n'.join(out)
   print(text)
   if args.out:

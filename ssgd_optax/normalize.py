@@ -12,10 +12,11 @@ group                  output
 ``n >= eps``, finite   ``g / n``: unit norm (to float rounding)
 ``0 < n < eps``        ``g / eps``: norm ``n / eps < 1``
 all zeros              exact zeros (never NaN), gradient through it finite
-huge or tiny entries   unit norm: a sum of squares that overflows or
-                       underflows is recomputed on ``g * 2^-e``, with
-                       ``2^e ~ max|g|`` (subnormal inputs may be flushed
-                       to zero by XLA, giving exact zeros)
+huge or tiny entries   unit norm: squares are summed in three ranges
+                       scaled by exact powers of two, in the same pass
+                       (:mod:`ssgd_optax._numerics`), so none over- or
+                       underflows (subnormal inputs may be flushed to zero
+                       by XLA, giving exact zeros)
 any NaN or +-Inf       NaN in the whole group, so ``optax.apply_if_finite``
                        and the user notice
 =====================  ====================================================
@@ -30,12 +31,17 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ssgd_optax import _numerics
 from ssgd_optax import _validation
 from ssgd_optax import grouping as grouping_lib
 
 __all__ = ['unit_normalize', 'ssgd', 'group_norms', 'AxisName']
 
 AxisName = Optional[Hashable | tuple[Hashable, ...]]
+
+# How the norms are computed (see ssgd_optax._numerics.group_scales); the tests
+# and benchmarks set it to compare the CPU and accelerator forms on one host.
+_METHOD = 'auto'
 
 
 def _accumulation_dtype(path: Any, leaf: jax.Array) -> jnp.dtype:
@@ -48,12 +54,6 @@ def _accumulation_dtype(path: Any, leaf: jax.Array) -> jnp.dtype:
         'or exclude them with optax.masked.')
   # float64 only exists under jax_enable_x64; then it is kept.
   return jnp.promote_types(dtype, jnp.float32)
-
-
-def _safe_sqrt(s: jax.Array) -> jax.Array:
-  """sqrt with 0 at 0 and a finite gradient there; NaN/Inf propagate."""
-  zero = s == 0
-  return jnp.where(zero, 0, jnp.sqrt(jnp.where(zero, 1, s)))
 
 
 def _leaf_axes(leaves: list[jax.Array], axis_name: AxisName) -> list[tuple[Any, ...]]:
@@ -79,39 +79,24 @@ def _leaf_axes(leaves: list[jax.Array], axis_name: AxisName) -> list[tuple[Any, 
 
 
 class _GroupScales(NamedTuple):
-  """Per group ``k``: the norm is ``root[k] / pre[k]``; ``pre`` is 1 unless
-  the sum of squares over- or underflowed, then a power of two near
-  ``1 / max|g_k|`` applied to the leaves before squaring."""
+  """Per group ``k``: the norm is ``root[k] / pre[k]`` with ``pre[k]`` a power
+  of two (see :func:`ssgd_optax._numerics.scales`)."""
   pre: list[jax.Array]
   root: list[jax.Array]
 
 
 def _group_scales(grouping: grouping_lib.Grouping,
                   axis_name: AxisName) -> _GroupScales:
-  """Overflow- and underflow-safe group norms, in float32 (or float64)."""
+  """Overflow- and underflow-safe group norms, in float32 (or float64), one pass."""
   leaves = [jnp.asarray(x) for x in grouping.leaves]
   acc = [_accumulation_dtype(p, x) for p, x in zip(grouping.paths, leaves)]
   members: list[list[int]] = [[] for _ in range(grouping.num_groups)]
   for i, k in enumerate(grouping.group_of_leaf):
     members[k].append(i)
-  group_acc = [jnp.result_type(*[acc[i] for i in m]) for m in members]
   if not members:
     return _GroupScales([], [])
-
+  group_acc = [jnp.result_type(*[acc[i] for i in m]) for m in members]
   leaf_axes = _leaf_axes(leaves, axis_name)
-
-  def reduce_over_axis(values, collective):
-    """Reduces each leaf's scalar over the axes that leaf is sharded over."""
-    out = list(values)
-    by_axes: dict[tuple[Any, ...], list[int]] = {}
-    for i, axes in enumerate(leaf_axes):
-      if axes:
-        by_axes.setdefault(axes, []).append(i)
-    for axes, idx in by_axes.items():
-      reduced = collective([out[i] for i in idx], axes)
-      for i, r in zip(idx, reduced):
-        out[i] = r
-    return out
 
   # The barrier keeps XLA from fusing these reductions with the consumers of
   # the same leaves (the final rescale): on CPU such fusions ran 1.5x-7x
@@ -119,46 +104,23 @@ def _group_scales(grouping: grouping_lib.Grouping,
   # One barrier per leaf: a barrier over several values would also merge
   # their shard_map varying-axes types.
   reduce_in = [jax.lax.optimization_barrier(x) for x in leaves]
-  leaf_sq = reduce_over_axis(
-      [jnp.sum(jnp.square(x.astype(a))) for x, a in zip(reduce_in, acc)], jax.lax.psum)
-  group_sq = [sum(leaf_sq[i].astype(group_acc[k]) for i in m)
-              for k, m in enumerate(members)]
-  # 0 (maybe underflow), subnormal (precision lost) or inf (maybe overflow):
-  # redo the sum on g * 2^-e with 2^e ~ max|g|. The common path pays one
-  # scalar test; a lax.cond keeps the rescue off it.
-  needs = [(s < jnp.finfo(s.dtype).tiny) | jnp.isinf(s) for s in group_sq]
+  # One collective per distinct set of axes, for all the leaves sharded over it.
+  by_axes: dict[tuple[Any, ...], list[int]] = {}
+  for i, axes in enumerate(leaf_axes):
+    if axes:
+      by_axes.setdefault(axes, []).append(i)
 
-  def plain(operands):
-    _, sq = operands
-    return [jnp.ones_like(s) for s in sq], [_safe_sqrt(s) for s in sq]
+  def reduce(sums):
+    sums = list(sums)
+    for axes, idx in by_axes.items():
+      reduced = jax.lax.psum([tuple(sums[i]) for i in idx], axes)
+      for i, r in zip(idx, reduced):
+        sums[i] = _numerics.Sums(*r)
+    return sums
 
-  def rescaled(operands):
-    xs, sq = operands
-    leaf_max = reduce_over_axis(
-        [jnp.max(jnp.abs(x.astype(a)), initial=0) for x, a in zip(xs, acc)],
-        jax.lax.pmax)
-    pres, roots = [], []
-    group_pre = []
-    for k, m in enumerate(members):
-      dtype = group_acc[k]
-      gmax = jax.lax.stop_gradient(
-          jnp.max(jnp.stack([leaf_max[i].astype(dtype) for i in m])))
-      # A power of two keeps g * pre exact; clipping keeps pre a normal number.
-      limit = -jnp.finfo(dtype).minexp - 1
-      exponent = jnp.clip(jnp.floor(jnp.log2(jnp.where(gmax == 0, 1, gmax))), -limit, limit)
-      pre = jnp.where(jnp.isinf(gmax), jnp.nan, jnp.exp2(-exponent)).astype(dtype)
-      group_pre.append(pre)
-    scaled_sq = reduce_over_axis(
-        [jnp.sum(jnp.square(x.astype(group_acc[k]) * group_pre[k]))
-         for x, k in zip(xs, grouping.group_of_leaf)], jax.lax.psum)
-    for k, m in enumerate(members):
-      t = sum(scaled_sq[i] for i in m)
-      pres.append(jnp.where(needs[k], group_pre[k], 1))
-      roots.append(jnp.where(needs[k], _safe_sqrt(t), _safe_sqrt(sq[k])))
-    return pres, roots
-
-  any_needs = jnp.any(jnp.stack(needs))
-  pre, root = jax.lax.cond(any_needs, rescaled, plain, (leaves, group_sq))
+  pre, root = _numerics.group_scales(
+      reduce_in, [group_acc[k] for k in grouping.group_of_leaf], groups=members,
+      reduce=reduce, method=_METHOD)
   return _GroupScales(pre, root)
 
 

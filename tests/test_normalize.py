@@ -2,6 +2,7 @@
 """Tests of unit_normalize, ssgd and group_norms: numerics, validation, interop."""
 
 import functools
+import re
 
 import flax.linen as linen
 import hypothesis
@@ -15,7 +16,9 @@ import pytest
 from flax import nnx
 
 import ssgd_optax
+from ssgd_optax import _numerics
 from ssgd_optax import grouping
+from ssgd_optax import normalize
 
 SCOPES = ('global', 'per_leaf', 'per_layer')
 
@@ -536,6 +539,7 @@ def test_init_accepts_shape_dtype_structs():
   assert jax.tree.structure(state) == jax.tree.structure(opt.init(_tree()))
 
 
+@pytest.mark.devices(4)
 @pytest.mark.parametrize('scope', SCOPES)
 def test_shard_map_replicated_leaf_is_counted_once(scope):
   """A row-parallel layer: kernel sharded over 'model', bias replicated."""
@@ -558,6 +562,7 @@ def test_shard_map_replicated_leaf_is_counted_once(scope):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), norms, want_norms)
 
 
+@pytest.mark.devices(4)
 @pytest.mark.parametrize('scale', [1.0, 1e-30, 1e30])
 @pytest.mark.parametrize('scope', ssgd_optax.SCOPES)
 def test_shard_map_per_device_gradients_with_check_vma(scope, scale):
@@ -583,3 +588,171 @@ def test_shard_map_per_device_gradients_with_check_vma(scope, scale):
                        for x in jax.tree.leaves(out)))
     expected = {'global': 1.0, 'per_leaf': np.sqrt(2.0), 'per_layer': 1.0}[scope]
     np.testing.assert_allclose(norm, expected, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------
+# The two forms of the norm (ssgd_optax._numerics.group_scales): "fused" (one
+# branch-free pass, used on GPU/TPU) and "rescue" (plain sum + lax.cond, used
+# on CPU). Both are checked here on the CPU.
+
+
+@pytest.fixture(params=['fused', 'rescue'])
+def method(request, monkeypatch):
+  monkeypatch.setattr(normalize, '_METHOD', request.param)
+  return request.param
+
+
+def _edge_trees():
+  x = jnp.linspace(0.5, 1.0, 7, dtype=jnp.float32)
+  yield 'mixed magnitudes', {'a': {'w': x * 1e30, 'b': x * 1e-30}, 'c': {'w': x}}
+  for m in (3e38, 1e25, 1e-25, 1e-37, 1e-44):
+    yield f'x{m:g}', {'a': {'w': x * jnp.float32(m), 'b': x[:2] * jnp.float32(m)},
+                       'c': {'w': x[::-1] * jnp.float32(m)}}
+  yield 'zeros', {'a': {'w': jnp.zeros(3), 'b': jnp.zeros(2)}, 'c': {'w': x}}
+  yield 'fp16 overflow', {'a': {'w': jnp.full((1000,), 60000.0, jnp.float16)},
+                          'c': {'w': jnp.full((3,), 0.5, jnp.bfloat16)}}
+
+
+@pytest.mark.parametrize('scope', SCOPES)
+def test_both_forms_match_float64_reference(scope, method):
+  for name, tree in _edge_trees():
+    want, want_norms = _reference(tree, scope)
+    got = jax.jit(lambda t: _apply(ssgd_optax.unit_normalize(scope), t))(tree)
+    # Subnormal inputs may be flushed to zero: then the output is exact zeros.
+    for g, w, t in zip(jax.tree.leaves(got), jax.tree.leaves(want), jax.tree.leaves(tree)):
+      g = np.asarray(g, np.float64)
+      rtol = 1e-5 if t.dtype == jnp.float32 else 1e-2
+      if name == 'x1e-44' and not np.any(g):
+        continue
+      np.testing.assert_allclose(g, w, rtol=rtol, atol=1e-7, err_msg=f'{name} {method}')
+    norms = ssgd_optax.group_norms(tree, scope)
+    for n, w in zip(jax.tree.leaves(norms), jax.tree.leaves(want_norms)):
+      if name == 'x1e-44' or w > float(jnp.finfo(jnp.float32).max):
+        continue
+      np.testing.assert_allclose(float(n), w, rtol=1e-5, err_msg=f'{name} {method}')
+
+
+@pytest.mark.parametrize('bad', [jnp.nan, jnp.inf, -jnp.inf])
+def test_both_forms_poison_the_group_with_nan(bad, method):
+  tree = {'a': {'w': jnp.array([1e30, bad]), 'b': jnp.array([1e-30])},
+          'c': {'w': jnp.array([3.0, 4.0])}}
+  out = jax.jit(lambda t: _apply(ssgd_optax.unit_normalize('per_layer'), t))(tree)
+  assert bool(jnp.all(jnp.isnan(out['a']['w']))) and bool(jnp.all(jnp.isnan(out['a']['b'])))
+  np.testing.assert_allclose(out['c']['w'], [0.6, 0.8], rtol=1e-6)
+  assert bool(jnp.isnan(ssgd_optax.group_norms(tree, 'per_layer')['a']['w']))
+
+
+def test_both_forms_have_finite_gradients_at_zero_and_tiny(method):
+  def f(tree):
+    out = _apply(ssgd_optax.unit_normalize('per_layer', eps=1e-3), tree)
+    return sum(jnp.sum(jnp.sin(3 * v)) for v in jax.tree.leaves(out))
+
+  for t in ({'a': {'w': jnp.zeros(3)}, 'b': {'w': jnp.full(2, 1e-30)}},
+            {'a': {'w': jnp.full(3, 1e30)}, 'b': {'w': jnp.zeros(2)}}):
+    g = jax.jit(jax.grad(f))(t)
+    assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(g)), method
+  # And the gradient is the plain formula's, on the common path and scaled up.
+  def plain(tree):
+    n = optax.tree.norm(tree)
+    return sum(jnp.sum(jnp.sin(3 * v / n)) for v in jax.tree.leaves(tree))
+
+  f = lambda t: sum(jnp.sum(jnp.sin(3 * v)) for v in
+                    jax.tree.leaves(_apply(ssgd_optax.unit_normalize(), t)))
+  for scale in (1.0, 1e30, 1e-30):
+    t = jax.tree.map(lambda x: x * scale, _tree())
+    want = jax.grad(plain)(_tree())
+    got = jax.grad(f)(t)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a * scale, b, rtol=1e-4, atol=1e-6),
+                 got, want)
+
+
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(
+    exponents=st.lists(st.integers(-140, 127), min_size=1, max_size=6),
+    seed=st.integers(0, 2**16))
+def test_range_sums_give_the_float64_norm(exponents, seed):
+  """The three range sums recover the norm of entries spanning float32's range."""
+  rng = np.random.default_rng(seed)
+  x = np.concatenate([rng.uniform(0.5, 1.0, 5) * 2.0 ** e for e in exponents]).astype(np.float32)
+  want = np.linalg.norm(x.astype(np.float64))
+  got = float(_numerics.norm(_numerics.sums_of_squares(jnp.asarray(x))))
+  if want > float(jnp.finfo(jnp.float32).max):
+    assert got == float('inf')
+  elif max(exponents) < -126:  # all subnormal: flushed to zero or exact
+    assert got == 0 or got == pytest.approx(want, rel=1e-3)
+  else:
+    assert got == pytest.approx(want, rel=1e-5)
+
+
+def test_per_example_norm_rows_are_independent():
+  x = jnp.stack([jnp.full((2, 3), 1e30), jnp.zeros((2, 3)), jnp.full((2, 3), 1e-30),
+                 jnp.array([[jnp.nan, 0, 0], [0, 0, 0]])])
+  n = _numerics.per_example_norm(x)
+  np.testing.assert_allclose(n[:3], [np.sqrt(6) * 1e30, 0, np.sqrt(6) * 1e-30], rtol=1e-6)
+  assert bool(jnp.isnan(n[3]))
+  with pytest.raises(ValueError, match='method must be one of'):
+    _numerics.group_scales([x], [jnp.float32], method='fast')
+
+
+# ----------------------------------------------------------------------------
+# The compiled HLO of the common path, so that a regression shows on CPU.
+
+
+def _hlo_counts(f, *args):
+  """Counts in the lowered StableHLO (backend-independent) and in the module
+  XLA's CPU backend compiles."""
+  lowered = jax.jit(f).lower(*args)
+  stable = lowered.as_text()
+  compiled = lowered.compile().as_text()
+  return {
+      'branches': stable.count('stablehlo.case') + stable.count('stablehlo.if'),
+      # Reductions of float arrays (not the scalar `or` of the overflow test).
+      'reduce': len(re.findall(r'stablehlo\.reduce\(.*: \(tensor<[0-9x]+x(?:f|bf)\d+>', stable)),
+      'conditional': compiled.count(' conditional('),
+      'fusion': compiled[compiled.index('ENTRY'):].count(' fusion('),
+  }
+
+
+def _big_tree(dtype=jnp.float32, layers=3):
+  return {f'l{i}': {'w': jnp.ones((3, 3, 16, 32), dtype), 'b': jnp.ones((32,), dtype)}
+          for i in range(layers)}
+
+
+@pytest.mark.parametrize('scope', SCOPES)
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_hlo_fused_form_is_branch_free_with_three_reductions_per_leaf(scope, dtype, monkeypatch):
+  monkeypatch.setattr(normalize, '_METHOD', 'fused')
+  tree = _big_tree(dtype)
+  tx = ssgd_optax.unit_normalize(scope)
+  counts = _hlo_counts(lambda t: _apply(tx, t), tree)
+  n = len(jax.tree.leaves(tree))
+  assert counts['branches'] == 0 and counts['conditional'] == 0, counts
+  assert counts['reduce'] == 3 * n, counts  # x 2^-S, x, x 2^S: one pass, no max pass
+  # The negative control: the CPU form has its rescue conditional.
+  monkeypatch.setattr(normalize, '_METHOD', 'rescue')
+  assert _hlo_counts(lambda t: _apply(tx, t), tree)['conditional'] == 1
+
+
+@pytest.mark.parametrize('scope', SCOPES)
+def test_hlo_cpu_form_one_conditional_and_one_reduction_per_leaf(scope):
+  """On CPU ("auto" = "rescue"): one sum of squares per leaf on the common
+  path, and one conditional for all groups, however many groups."""
+  tree = _big_tree(layers=4)
+  n = len(jax.tree.leaves(tree))
+  tx = ssgd_optax.unit_normalize(scope)
+  counts = _hlo_counts(lambda t: _apply(tx, t), tree)
+  assert counts['conditional'] == 1, counts
+  # Per leaf: 1 plain reduction + 2 scaled ones in the rescue branch; the
+  # accelerator branch of platform_dependent is pruned when lowering for CPU.
+  assert counts['reduce'] == 3 * n, counts
+  # Fusions: a reduction and the rescale per leaf, two scalar fusions per
+  # group (sqrt, reciprocal) and the overflow test; a per-leaf cast, square or
+  # max materialised in its own pass would add one per leaf.
+  groups = grouping.resolve_groups(tree, scope).num_groups
+  assert counts['fusion'] <= 2 * n + 2 * groups + 4, counts
+  # Negative control: a separate max|g| pass per leaf (the old rescue's
+  # inputs, computed on the common path) breaks the reduction count.
+  def with_max_pass(t):
+    out = _apply(tx, t)
+    return out, [jnp.max(jnp.abs(x)) for x in jax.tree.leaves(t)]
+  assert _hlo_counts(with_max_pass, tree)['reduce'] > 3 * n

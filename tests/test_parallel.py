@@ -1,6 +1,8 @@
 # Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
 """Tests of ssgd_optax.parallel on 8 virtual CPU devices (tests/conftest.py).
 
+Multi-device tests skip with their reason on fewer devices.
+
 Privacy mode (normalise, then share) and optimisation mode (share, then
 normalise) under pmap and shard_map against single-device references; the
 all-reduce count of compiled steps; model-parallel norms under shard_map; jit
@@ -25,10 +27,10 @@ SCOPES = ('global', 'per_leaf', 'per_layer')
 N = 8
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _eight_devices():
-  if jax.device_count() < N:
-    pytest.skip(f'needs {N} devices (tests/conftest.py sets XLA_FLAGS)')
+# Tests that map over devices say how many they need (tests/conftest.py skips
+# them, with the reason, on fewer: SSGD_TEST_DEVICES=1 or one accelerator);
+# the vmap, validation and parsing tests run on any device count.
+needs_n = pytest.mark.devices(N)
 
 
 def _close(actual, desired, rtol=2e-5, atol=1e-6):
@@ -52,6 +54,7 @@ def test_aggregate_under_vmap(reduction):
   assert u['b'] is None
 
 
+@needs_n
 def test_aggregate_pmap_shard_map_and_tuple_axes():
   x = jnp.arange(16.).reshape(8, 2)
   tx = parallel.aggregate('i')
@@ -87,6 +90,7 @@ def test_aggregate_outside_mapped_context_names_axis(jit):
     tx.update({}, tx.init({}))
 
 
+@needs_n
 def test_aggregate_wrong_axis_inside_pmap():
   tx = parallel.aggregate('data')
   with pytest.raises(NameError, match="'data'.*jax.pmap"):
@@ -188,6 +192,7 @@ def _run_shard_map(tx, batches, mesh=None):
   return params
 
 
+@needs_n
 @pytest.mark.parametrize('scope', SCOPES)
 @pytest.mark.parametrize('mode', ['privacy', 'optimization'])
 @pytest.mark.parametrize('backend', ['pmap', 'shard_map'])
@@ -204,6 +209,7 @@ def test_train_step_matches_reference(backend, mode, scope):
              zip(jax.tree.leaves(got), jax.tree.leaves(other))) > 1e-3
 
 
+@needs_n
 def test_shard_map_step_on_explicit_and_auto_meshes_with_host_batch():
   batches = _batches(1)
   want = _reference('privacy', 'global', 1)
@@ -216,6 +222,7 @@ def test_shard_map_step_on_explicit_and_auto_meshes_with_host_batch():
     _close(params, want)
 
 
+@needs_n
 def test_default_shard_map_autodiff_already_sums_replicated_gradients():
   """Why shard_map_train_step sets check_vma=False (a canary for JAX changes)."""
   mesh = parallel.data_mesh(N)
@@ -230,6 +237,7 @@ def test_default_shard_map_autodiff_already_sums_replicated_gradients():
   np.testing.assert_allclose(grad_of(True), np.full(8, 28.))  # already psum-med
 
 
+@needs_n
 def test_has_aux_metrics_are_averaged():
   def loss_aux(p, b):
     loss = _loss(p, b)
@@ -248,6 +256,7 @@ def test_has_aux_metrics_are_averaged():
     bad(_params(), tx.init(_params()), b)
 
 
+@needs_n
 def test_step_validation():
   tx = _tx('privacy', 'global', 'data')
   mesh = parallel.data_mesh(N)
@@ -282,6 +291,7 @@ def _shard_map_text(tx):
                     parallel.shard_batch(_batches(1)[0], mesh)).compile().as_text()
 
 
+@needs_n
 @pytest.mark.parametrize('backend', ['pmap', 'shard_map'])
 def test_ssgd_adds_no_all_reduce(backend):
   axis = 'batch' if backend == 'pmap' else 'data'
@@ -332,6 +342,7 @@ _MODEL_SPEC = {'a': {'kernel': P(None, 'model'), 'bias': P('model')},
                'b': {'kernel': P(None, 'model'), 'bias': P('model')}}
 
 
+@needs_n
 @pytest.mark.parametrize('scope, scale', [(s, 1.0) for s in SCOPES] + [
     ('per_layer', 1e30), ('per_layer', 1e-30)])  # the overflow/underflow rescue (pmax)
 def test_model_parallel_norms_equal_unsharded(scope, scale):
@@ -352,6 +363,7 @@ def test_model_parallel_norms_equal_unsharded(scope, scale):
   assert u['b']['kernel'].sharding.spec == P(None, 'model')
 
 
+@needs_n
 @pytest.mark.parametrize('scope', SCOPES)
 def test_data_and_model_parallel_privacy_mode(scope):
   """2-D mesh: each data shard normalises its model-sharded gradient (norm over
@@ -379,6 +391,7 @@ def test_data_and_model_parallel_privacy_mode(scope):
 # jit with NamedSharding.
 
 
+@needs_n
 @pytest.mark.parametrize('axis_type', ['Explicit', 'Auto'])
 @pytest.mark.parametrize('scope', ['global', 'per_layer'])
 def test_jit_named_sharding_keeps_shardings(scope, axis_type):
@@ -428,6 +441,7 @@ def _same_sharding(x, sharding):
 # Layout helpers.
 
 
+@needs_n
 def test_replicate_unreplicate_round_trip():
   tree = {'w': jnp.arange(6.).reshape(2, 3), 's': 2.0, 'n': None}
   rep = parallel.replicate(tree)
@@ -443,6 +457,7 @@ def test_replicate_unreplicate_round_trip():
     parallel.unreplicate(jnp.float32(1.0))
 
 
+@needs_n
 def test_split_for_pmap():
   x = np.arange(32.).reshape(16, 2)
   s = parallel.split_for_pmap({'x': x, 'y': np.arange(16)})
@@ -455,6 +470,7 @@ def test_split_for_pmap():
     parallel.split_for_pmap({'x': np.ones((16, 2)), 'y': np.ones(8)})
 
 
+@needs_n
 def test_data_mesh_and_shard_batch():
   mesh = parallel.data_mesh(4, 'dp')
   assert dict(mesh.shape) == {'dp': 4}
@@ -480,6 +496,7 @@ def test_data_mesh_and_shard_batch():
 
 
 
+@pytest.mark.devices(2)
 @pytest.mark.parametrize('backend', ['pmap', 'shard_map'])
 def test_example_data_parallel(backend, capsys):
   example = _load('examples/data_parallel.py')
@@ -489,6 +506,7 @@ def test_example_data_parallel(backend, capsys):
   assert 'test accuracy' in capsys.readouterr().out
 
 
+@pytest.mark.devices(2)
 def test_benchmark_quick(tmp_path):
   bench = _load('benchmarks/parallel.py')
   out = tmp_path / 'parallel.md'
@@ -496,3 +514,30 @@ def test_benchmark_quick(tmp_path):
   text = out.read_text()
   assert '| devices |' in text and 'all-reduce' in text
 
+
+
+@pytest.mark.slow
+def test_accelerator_script_quick_on_cpu(tmp_path):
+  """benchmarks/accelerator.sh --quick runs every step on the CPU (CI smoke
+  test; a few minutes on 2 cores, hence slow)."""
+  import os
+  import subprocess
+  import sys
+  from scripts import ROOT
+  out = tmp_path / 'results'
+  env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'JAX_PLATFORMS')}
+  env.update(JAX_PLATFORMS='cpu', PYTHON=sys.executable)
+  proc = subprocess.run(['bash', str(ROOT / 'benchmarks/accelerator.sh'), '--quick', '--out',
+                         str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
+                        check=False)
+  summary = (out / 'README.md').read_text()
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  for step in ('train', 'transform_overhead', 'dp', 'attack_speed', 'tests'):
+    assert f'| {step} | ok |' in summary, summary
+  assert 'quick (smoke test' in summary and 'passed' in summary
+  for table in ('transform_overhead.md', 'dp.md', 'attack_speed.md', 'train/metrics.json'):
+    assert (out / table).is_file(), table
+  # A wrong flag is refused before any work.
+  bad = subprocess.run(['bash', str(ROOT / 'benchmarks/accelerator.sh'), '--fast'], cwd=ROOT,
+                       env=env, capture_output=True, text=True, check=False)
+  assert bad.returncode == 2 and "unknown argument '--fast'" in bad.stderr
