@@ -24,14 +24,25 @@ Data: half MNIST digits from the embedded subset (padded to 32x32, grey to
 RGB), half 32x32 colour crops of scikit-image's sample images (labels i mod
 10), or CIFAR-10 with ``--cifar10 DIR``.
 
+Batch-size scaling (``--scaling``): the honest-server attacks (IG global and
+per-layer cosine, adaptive DLG, labels recovered from the update) and the
+malicious-server imprint attack (:func:`ssgd_optax.attacks.imprint_model`,
+alone and through secure aggregation of several participants) at batch 1 to
+256 against none, SSGD (every scope), selective sharing and DP-SSGD: the
+fraction of inputs recovered above 20 dB and the mean PSNR, and a plot.
+Paper scale (``--full``): 32x32, 4800 IG steps, 16 images, batch 1.
+
     python benchmarks/leakage.py --quick                  # seconds, smoke test
     python benchmarks/leakage.py --out benchmarks/results/leakage.md --png-dir benchmarks/results
+    python benchmarks/leakage.py --scaling --size 16 --out benchmarks/results/leakage_batch.md --png-dir benchmarks/results
+    python benchmarks/leakage.py --full --out benchmarks/results/leakage_full.md   # hours on 2 CPU cores
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import logging
 import os
 import shlex
@@ -52,6 +63,16 @@ SKIMAGE_SOURCES = ('astronaut', 'chelsea', 'coffee', 'rocket', 'hubble_deep_fiel
                    'immunohistochemistry', 'colorwheel', 'cat')
 
 
+@functools.lru_cache(maxsize=None)
+def _rescaled_source(name: str, size: int) -> np.ndarray:
+  # Rescaling a sample image is the slow part; hundreds of crops reuse it.
+  import skimage.data
+  import skimage.transform
+  img = getattr(skimage.data, name)()[..., :3]
+  return skimage.transform.rescale(img, 4 * size / min(img.shape[:2]), channel_axis=-1,
+                                   anti_aliasing=True)
+
+
 def colour_crops(n: int, size: int, seed: int = 0) -> np.ndarray:
   """``n`` colour crops ``[n, size, size, 3]`` in [0, 1] from scikit-image samples."""
   import skimage.data
@@ -59,9 +80,7 @@ def colour_crops(n: int, size: int, seed: int = 0) -> np.ndarray:
   rng = np.random.default_rng(seed)
   out = []
   for i in range(n):
-    img = getattr(skimage.data, SKIMAGE_SOURCES[i % len(SKIMAGE_SOURCES)])()[..., :3]
-    img = skimage.transform.rescale(img, 4 * size / min(img.shape[:2]), channel_axis=-1,
-                                    anti_aliasing=True)
+    img = _rescaled_source(SKIMAGE_SOURCES[i % len(SKIMAGE_SOURCES)], size)
     r = rng.integers(0, img.shape[0] - size + 1)
     c = rng.integers(0, img.shape[1] - size + 1)
     out.append(img[r:r + size, c:c + size])
@@ -205,18 +224,26 @@ def run_attack(name, attack, apply_fn, params, x, y, batch, defence, seed, bound
 
 
 def register_dp_ssgd_defences(epsilons: list[float], q: float, steps: int,
-                              accountant: str = 'pld') -> list[str]:
-  """Registers ``dp_ssgd_eps{e}`` (DP-SSGD at the sigma reaching ``e``); returns notes."""
+                              accountant: str = 'pld',
+                              given: dict[float, float] | None = None) -> list[str]:
+  """Registers ``dp_ssgd_eps{e}`` (DP-SSGD at the sigma reaching ``e``); returns notes.
+
+  ``given`` maps epsilons to noise multipliers calibrated before (PLD
+  calibration takes minutes on a loaded machine)."""
   from ssgd_optax import dp_ssgd
   notes = []
   for e in epsilons:
-    sigma = dp_ssgd.calibrate_noise_multiplier(e, sampling_rate=q, steps=steps, delta=1e-5,
-                                               accountant=accountant)
+    if given and e in given:
+      sigma = given[e]
+    else:
+      sigma = dp_ssgd.calibrate_noise_multiplier(e, sampling_rate=q, steps=steps, delta=1e-5,
+                                                 accountant=accountant)
     name = f'dp_ssgd_eps{e:g}'
     attacks.register_defence(name, lambda key, b, s=sigma: attacks.Defence(
         dp_ssgd.dp_unit_normalize(s, expected_batch_size=b, key=key), per_example=True),
                              overwrite=True)
-    notes.append(f'{name}: sigma = {sigma:.3f} (one release per step)')
+    notes.append(f'{name}: sigma = {sigma:.3f} (one release per step'
+                 f'{"; given with --dp-sigmas" if given and e in given else ""})')
   return notes
 
 
@@ -257,6 +284,203 @@ def backprop_clipping_rows(x, y, a, epsilons, batch_sizes, atts):
         lines.append(line)
         print(line, flush=True)
   return lines, notes
+
+
+def reference_images(n: int, size: int, seed: int = 0) -> np.ndarray:
+  """Public data the malicious server sets its bins with: ``n`` images disjoint
+  from :func:`load_images`' (MNIST-subset *training* digits, crops at other
+  positions)."""
+  from ssgd_optax import data
+  ds = data.load_dataset('mnist_subset', seed=seed)
+  k = n // 2
+  idx = np.random.default_rng(seed + 1).permutation(len(ds.x_train))[:k]
+  digits = np.asarray(jax.image.resize(ds.x_train[idx], (k, size, size, 1), 'linear'))
+  digits = np.repeat(np.clip(digits, 0, 1), 3, axis=-1)
+  return np.concatenate([digits, colour_crops(n - k, size, seed + 1000)]).astype(np.float32)
+
+
+def run_imprint(model, x, y, batch, defence, seed, participants=1, bounds=(0., 1.)):
+  """The imprint attack on every block of ``participants * batch`` inputs."""
+  psnrs, accs, times = [], [], []
+  dkey, _ = jax.random.split(jax.random.key(seed))
+  d = _defence(defence, dkey, batch)
+  state = d.transform.init(model.params)
+  scope = _adapt_scope(defence) if defence.startswith('ssgd_') else None
+  # The attacker knows the defence (as adaptive DLG does): per-leaf SSGD
+  # needs the rescale, one factor per participant through secure aggregation.
+  rescale = ('statistic' if participants == 1 else 'statistic_each') if scope == 'per_leaf' \
+      else 'none'
+  block = batch * participants
+  for b in range(0, len(x) - block + 1, block):
+    obs = []
+    for q in range(participants):
+      lo = b + q * batch
+      o, state = attacks.observe(model.apply_fn, model.params, jnp.asarray(x[lo:lo + batch]),
+                                 jnp.asarray(y[lo:lo + batch]), d, bounds=bounds,
+                                 defence_state=state, return_state=True,
+                                 threat_model='malicious_server')
+      obs.append(o)
+    t = time.perf_counter()
+    o = obs[0] if participants == 1 else attacks.secure_aggregate(obs)
+    res = attacks.imprint_attack(model.apply_fn, o, rescale=rescale)
+    res.inputs.block_until_ready()
+    times.append(time.perf_counter() - t)
+    s = attacks.score(jnp.asarray(x[b:b + block]), res.inputs, true_labels=y[b:b + block],
+                      rec_labels=res.labels, bounds=bounds)
+    psnrs += s.psnr.tolist()
+    accs.append(s.label_accuracy)
+  return dict(psnr=psnrs, acc=accs, time=times)
+
+
+def _srow(attack: str, defence: str, batch: int, r: dict, expected: str = '') -> str:
+  p = np.asarray(r['psnr'], np.float64)
+  return (f'| {attack} | {defence} | {batch} | {len(p)} | {np.mean(p > 20):.2f} | {expected} | '
+          f'{np.mean(p):.1f} | {np.nanmean(r["acc"]):.2f} | {np.median(r["time"]):.2f} |')
+
+
+def scaling_table(a, honest: dict[str, Callable]) -> tuple[list[str], list[dict]]:
+  """Rows of the batch-size scaling table and the data of its plot."""
+  batch_sizes = [int(b) for b in a.scaling_batch_sizes.split(',')]
+  defences = [d for d in a.scaling_defences.split(',') if d]
+  unknown = [d for d in defences if d not in attacks.available_defences()]
+  if unknown:
+    raise ValueError(f'unknown defences {unknown}; available: {attacks.available_defences()}')
+  P = a.imprint_participants
+  need = max(max(batch_sizes) * P, max(batch_sizes), a.scaling_images)
+  x, y = load_images(need, a.size, a.cifar10, a.seed)
+  f, params = attack_models.as_functional(make_model('lenet', a.size, a.seed))
+  bins = a.imprint_bins
+  if max(batch_sizes) * P > bins:
+    raise ValueError(f'--imprint-bins {bins} < the largest aggregate batch '
+                     f'{max(batch_sizes) * P}; the imprint module would be over capacity.')
+  imprinted = attacks.imprint_model(f, params, x.shape[1:], bins=bins,
+                                    reference=reference_images(a.imprint_reference, a.size, a.seed),
+                                    gain=a.imprint_gain, key=jax.random.key(a.seed))
+  lines = [
+      f'Setting: untrained sigmoid LeNet, {a.size}x{a.size}x3 images (half MNIST-subset digits, '
+      f'half scikit-image crops), batch sizes {batch_sizes}. Honest server: '
+      f'{", ".join(honest)} on max(B, {a.scaling_images}) images per batch size (one batch '
+      f'from B = {a.scaling_images} on), IG {a.steps_ig} signed-Adam steps (tv {a.tv}), '
+      f'adaptive DLG {a.steps_dlg} L-BFGS steps, 1 restart, labels recovered from the update '
+      f'(count strategy). Malicious server: imprint module of {bins} bins (mean brightness, '
+      f'thresholds at quantiles of {a.imprint_reference} public images, gain '
+      f'{a.imprint_gain:g}) in front of the same LeNet, on max(B, {a.imprint_images}) images; '
+      f'"SecAgg x{P}": the server sees only the sum of {P} participants\' updates, each of '
+      f'batch B ({P}B inputs). Per-leaf SSGD rows of the imprint attack use the statistic '
+      f'rescale. "expected": expected_recovered(bins, inputs) / inputs for uniform bins.', '',
+      '| attack | defence | B | inputs | recovered > 20 dB | expected | mean PSNR (dB) | '
+      'label acc. | s / batch |',
+      '|---|---|---:|---:|---:|---:|---:|---:|---:|']
+  print('\n'.join(lines), flush=True)
+  data = []
+  for batch in batch_sizes:
+    for d in defences:
+      for an, att in honest.items():
+        n = max(batch, a.scaling_images)
+        n -= n % batch
+        r = run_attack(an, att, f, params, x[:n], y[:n], batch, d, a.seed)
+        lines.append(_srow(an, d, batch, r))
+        print(lines[-1], flush=True)
+        data.append(dict(attack=an, defence=d, batch=batch, psnr=float(np.mean(r['psnr'])),
+                         frac=float(np.mean(np.asarray(r['psnr']) > 20))))
+      for q in (() if a.scaling_no_imprint else (1, P)):
+        an = 'imprint' if q == 1 else f'imprint SecAgg x{q}'
+        n = max(batch * q, a.imprint_images)
+        n -= n % (batch * q)
+        r = run_imprint(imprinted, x[:n], y[:n], batch, d, a.seed, participants=q)
+        e = attacks.expected_recovered(bins, batch * q) / (batch * q)
+        lines.append(_srow(an, d, batch, r, f'{e:.2f}'))
+        print(lines[-1], flush=True)
+        data.append(dict(attack=an, defence=d, batch=batch, psnr=float(np.mean(r['psnr'])),
+                         frac=float(np.mean(np.asarray(r['psnr']) > 20))))
+  return lines, data
+
+
+def save_scaling_plot(path: str, data: list[dict], title: str) -> None:
+  """Mean PSNR and fraction above 20 dB against batch size: one panel per attack,
+  one line per defence."""
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  atts = sorted(dict.fromkeys(r['attack'] for r in data),
+                key=lambda n: ('imprint' in n, 'SecAgg' in n))
+  defs = list(dict.fromkeys(r['defence'] for r in data))
+  colours = dict(zip(defs, plt.get_cmap('tab10').colors))
+  styles = dict(zip(defs, ['-', '--', '-.', ':', '-', '--', '-.', ':', '-', '--']))
+  fig, axes = plt.subplots(2, len(atts), figsize=(3.1 * len(atts), 5.6), sharex=True,
+                           squeeze=False)
+  for j, an in enumerate(atts):
+    for d in defs:
+      rows = sorted((r for r in data if r['attack'] == an and r['defence'] == d),
+                    key=lambda r: r['batch'])
+      if not rows:
+        continue
+      b = [r['batch'] for r in rows]
+      kw = dict(color=colours[d], linestyle=styles[d], marker='o', markersize=3, label=d)
+      axes[0, j].plot(b, [r['psnr'] for r in rows], **kw)
+      axes[1, j].plot(b, [r['frac'] for r in rows], **kw)
+    axes[0, j].set_title(an, fontsize=9)
+    axes[0, j].axhline(20, color='grey', lw=0.6, ls=':')
+    axes[0, j].set_ylim(0, 105)
+    axes[1, j].set_ylim(-0.03, 1.03)
+    axes[1, j].set_xscale('log', base=2)
+    axes[1, j].set_xlabel('batch size B')
+  axes[0, 0].set_ylabel('mean PSNR (dB)')
+  axes[1, 0].set_ylabel('fraction > 20 dB')
+  handles, labels = axes[0, 0].get_legend_handles_labels()
+  fig.legend(handles, labels, loc='lower center', ncol=min(len(defs), 3), fontsize=8,
+             frameon=False)
+  fig.suptitle(title, fontsize=9)
+  fig.tight_layout(rect=(0, 0.09, 1, 0.97))
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def merge_scaling(paths: list[str], out: str | None, png_dir: str | None) -> str:
+  """Joins scaling tables run in parallel (one per group of defences) into one
+  table and one plot."""
+  heads, rows, tails, seen = [], [], [], set()
+  for path in paths:
+    with open(path) as fh:
+      text = fh.read()
+    for line in text.splitlines():
+      if (line.startswith('| ') and not line.startswith('| attack |')
+          and len(line.strip('|').split('|')) == 9):
+        key = tuple(c.strip() for c in line.strip('|').split('|')[:3])
+        if key not in seen:  # the first table that has a row keeps it
+          seen.add(key)
+          rows.append(line)
+      elif line.startswith(('Started', 'Total time')):
+        (heads if line.startswith('Started') else tails).append(f'{os.path.basename(path)}: {line}')
+      elif line.startswith('python benchmarks/leakage.py'):
+        heads.append(f'{os.path.basename(path)}: `{line}`')
+      elif line.startswith('Setting:') and not any(h.startswith('Setting:') for h in heads):
+        heads.insert(0, line)
+  cells = [[c.strip() for c in r.strip('|').split('|')] for r in rows]
+  order = {a: i for i, a in enumerate(dict.fromkeys(c[0] for c in cells))}
+  dorder = {d: i for i, d in enumerate(dict.fromkeys(c[1] for c in cells))}
+  idx = sorted(range(len(cells)), key=lambda i: (int(cells[i][2]), dorder[cells[i][1]],
+                                                 order[cells[i][0]]))
+  table = ['| attack | defence | B | inputs | recovered > 20 dB | expected | mean PSNR (dB) | '
+           'label acc. | s / batch |', '|---|---|---:|---:|---:|---:|---:|---:|---:|']
+  table += [rows[i] for i in idx]
+  text = '\n'.join(heads[:1] + [''] + [f'* {h}' for h in heads[1:] + tails] + [''] + table)
+  if out:
+    with open(out, 'w') as fh:
+      fh.write(text + '\n')
+  if png_dir:
+    data = [dict(attack=cells[i][0], defence=cells[i][1], batch=int(cells[i][2]),
+                 frac=float(cells[i][4]), psnr=float(cells[i][6])) for i in idx]
+    save_scaling_plot(os.path.join(png_dir, 'leakage_batch.png'), data,
+                      'Leakage vs batch size (16x16x3, untrained sigmoid LeNet)')
+  return text
+
+
+def _load() -> str:
+  try:
+    return 'load average {:.1f} / {:.1f} / {:.1f} (1/5/15 min)'.format(*os.getloadavg())
+  except OSError:  # pragma: no cover
+    return 'load average unavailable'
 
 
 def save_grid(path: str, originals: np.ndarray, rows: dict[str, np.ndarray], n: int = 8) -> None:
@@ -313,14 +537,43 @@ def main(argv: list[str] | None = None) -> str:
   p.add_argument('--dp-sampling-rate', type=float, default=250 / 4000)
   p.add_argument('--dp-steps', type=int, default=240)
   p.add_argument('--dp-accountant', choices=('pld', 'rdp'), default='pld')
+  p.add_argument('--dp-sigmas', default='',
+                 help="e.g. '8=0.908': noise multipliers of dp_ssgd_eps{e} calibrated before "
+                      '(skips the calibration)')
   p.add_argument('--dp-attacks', default='IG global,IG per-layer,adaptive DLG',
                  help='optimisation attacks run against the DP defences')
   p.add_argument('--bp-input-bound', type=float, default=10.0)
   p.add_argument('--bp-grad-bound', type=float, default=0.1)
+  p.add_argument('--scaling', action='store_true',
+                 help='only the batch-size scaling table (honest and malicious server) and its plot')
+  p.add_argument('--scaling-batch-sizes', default='1,4,16,64,256')
+  p.add_argument('--scaling-defences',
+                 default='none,ssgd_global,ssgd_per_leaf,ssgd_per_layer,dssgd_10,dp_ssgd_eps8')
+  p.add_argument('--scaling-attacks', default='IG global,IG per-layer,adaptive DLG')
+  p.add_argument('--scaling-images', type=int, default=8,
+                 help='honest-server attacks: images per batch size (at least one batch)')
+  p.add_argument('--imprint-images', type=int, default=64,
+                 help='imprint attack: images per batch size (at least one batch)')
+  p.add_argument('--scaling-no-imprint', action='store_true',
+                 help='honest-server rows only (to run the imprint rows in another process)')
+  p.add_argument('--imprint-bins', type=int, default=1024)
+  p.add_argument('--imprint-gain', type=float, default=1.0)
+  p.add_argument('--imprint-reference', type=int, default=512,
+                 help='public images the server sets its thresholds with')
+  p.add_argument('--imprint-participants', type=int, default=4,
+                 help='participants summed by secure aggregation')
+  p.add_argument('--scaling-merge', default=None,
+                 help='comma list of scaling tables (--scaling --out) to join into --out and a plot')
+  p.add_argument('--full', action='store_true',
+                 help='paper scale: 32x32, --full-steps IG steps, --full-images images, batch 1')
+  p.add_argument('--full-steps', type=int, default=4800)
+  p.add_argument('--full-images', type=int, default=16)
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--out', default=None)
   p.add_argument('--png-dir', default=None)
   a = p.parse_args(argv)
+  if a.scaling_merge:
+    return merge_scaling(a.scaling_merge.split(','), a.out, a.png_dir)
   # dp_accounting's RDP bracket search warns on every non-converging order.
   logging.getLogger('absl').setLevel(logging.ERROR)
   if a.quick:
@@ -331,14 +584,54 @@ def main(argv: list[str] | None = None) -> str:
     a.models = 'lenet:untrained,relu_cnn:trained'
     a.batch_sizes = '1'
     a.dp_epsilons, a.dp_attacks, a.dp_accountant = '8', 'IG global', 'rdp'
+    a.scaling_batch_sizes, a.scaling_images, a.imprint_images = '1,2', 2, 4
+    a.imprint_bins, a.imprint_reference, a.imprint_participants = 16, 16, 2
+    a.scaling_defences, a.scaling_attacks = 'ssgd_per_leaf,dp_ssgd_eps8', 'IG global'
+  if a.full:
+    # Inverting Gradients' Table 1 setting (untrained LeNet, batch 1, 4800
+    # signed-Adam steps, TV 1e-2) with every scope-matched cosine.
+    a.size, a.steps_ig, a.images, a.batch_sizes = 32, a.full_steps, a.full_images, '1'
+    a.models, a.attacks, a.no_closed_form = 'lenet:untrained', 'IG global,IG per-layer,IG per-leaf', True
+    if a.defences == 'all':
+      a.defences = 'none,ssgd_global,ssgd_per_layer,ssgd_per_leaf,dp_ssgd_eps8'
+    a.layer_defences, a.leaf_defences = 'none,ssgd_global,ssgd_per_layer,dp_ssgd_eps8', 'ssgd_per_leaf'
+    # The DP rows (DP-SSGD and backprop clipping at epsilon 8) only with a DP defence.
+    a.dp_epsilons = '8' if 'dp_' in a.defences else ''
+    a.dp_attacks = 'IG global,IG per-layer'
   batch_sizes = [int(b) for b in a.batch_sizes.split(',')]
   epsilons = [float(e) for e in a.dp_epsilons.split(',') if e.strip()]
+  given = {float(k): float(v) for k, v in (kv.split('=') for kv in a.dp_sigmas.split(',') if kv)}
   dp_rows = register_dp_ssgd_defences(epsilons, a.dp_sampling_rate, a.dp_steps,
-                                      a.dp_accountant)
+                                      a.dp_accountant, given)
   defences = list(attacks.available_defences()) if a.defences == 'all' else a.defences.split(',')
   dp_attacks = a.dp_attacks.split(',')
-  x, y = load_images(a.images, a.size, a.cifar10, a.seed)
   all_attacks = optimisation_attacks(a.steps_ig, a.steps_dlg, a.tv)
+  if a.scaling:
+    t_start, load0 = time.time(), _load()
+    started = datetime.datetime.now(datetime.timezone.utc)
+    honest = {k: all_attacks[k] for k in a.scaling_attacks.split(',') if k}
+    lines, data = scaling_table(a, honest)
+    lines = [f'Started {started:%Y-%m-%d %H:%M} UTC, '
+             f'{load0} on {os.cpu_count()} CPU cores (shared machine).', ''] + lines
+    if dp_rows:
+      lines += ['', f'DP rows: delta = 1e-5, {a.dp_accountant.upper()} accountant, {a.dp_steps} '
+                f'steps at q = {a.dp_sampling_rate:.4g}: ' + '; '.join(dp_rows) + '.']
+    lines += ['', f'Total time {time.time() - t_start:.0f} s; {_load()} at the end; '
+              f'{datetime.date.today()}; jax {jax.__version__}.']
+    text = '\n'.join(lines)
+    print(lines[-1])
+    if a.out:
+      with open(a.out, 'w') as fh:
+        fh.write('```\npython benchmarks/leakage.py ' + shlex.join(argv or sys.argv[1:]) +
+                 '\n```\n\n' + text + '\n')
+    if a.png_dir:
+      path = os.path.join(a.png_dir, 'leakage_batch.png')
+      save_scaling_plot(path, data, f'Leakage vs batch size ({a.size}x{a.size}x3, untrained '
+                        f'LeNet; IG {a.steps_ig} steps, DLG {a.steps_dlg}; imprint '
+                        f'{a.imprint_bins} bins)')
+      print('wrote', path)
+    return text
+  x, y = load_images(a.images, a.size, a.cifar10, a.seed)
   opt_attacks = dict(all_attacks)
   if a.attacks != 'all':
     opt_attacks = {k: v for k, v in all_attacks.items() if k in a.attacks.split(',')}
@@ -431,7 +724,7 @@ def main(argv: list[str] | None = None) -> str:
               f'{a.dp_steps} steps at q = {a.dp_sampling_rate:.4g}):', '']
     lines += [f'* {r}' for r in dp_rows]
   lines += ['', f'Total time {time.time() - t_start:.0f} s; {datetime.date.today()}; '
-            f'{os.cpu_count()} CPU cores; jax {jax.__version__}.']
+            f'{os.cpu_count()} CPU cores, {_load()} at the end; jax {jax.__version__}.']
   text = '\n'.join(lines)
   print(lines[-3], lines[-1], sep='\n')
   if a.out:

@@ -11,7 +11,9 @@ the batch size and optionally the labels, and sees the **shared update**
     scores = attacks.score(x, result.inputs, true_labels=y, rec_labels=result.labels)
 
 Attacks: :func:`dlg`, :func:`idlg`, :func:`adaptive_dlg`,
-:func:`inverting_gradients`, :func:`analytic_attack`, :func:`rgap`; label
+:func:`inverting_gradients`, :func:`analytic_attack`, :func:`rgap`; the
+malicious-server imprint attack :func:`imprint_model` / :func:`imprint_attack`
+(with :func:`expected_recovered`, :func:`secure_aggregate`); label
 recovery :func:`recover_labels`; architecture analysis :func:`rank_analysis`
 and :func:`copa_index`; metrics :func:`score` (MSE, PSNR, SSIM, labels);
 defences registry :func:`make_defence`.
@@ -31,6 +33,14 @@ from ssgd_optax.attacks.defences import unregister_defence
 from ssgd_optax.attacks.deep_leakage import adaptive_dlg
 from ssgd_optax.attacks.deep_leakage import dlg
 from ssgd_optax.attacks.deep_leakage import idlg
+from ssgd_optax.attacks.imprint import expected_recovered
+from ssgd_optax.attacks.imprint import imprint_attack
+from ssgd_optax.attacks.imprint import imprint_model
+from ssgd_optax.attacks.imprint import imprint_readout
+from ssgd_optax.attacks.imprint import imprint_thresholds
+from ssgd_optax.attacks.imprint import ImprintedModel
+from ssgd_optax.attacks.imprint import measurement_vector
+from ssgd_optax.attacks.imprint import secure_aggregate
 from ssgd_optax.attacks.inverting import inverting_gradients
 from ssgd_optax.attacks.labels import find_last_layer
 from ssgd_optax.attacks.labels import idlg_label
@@ -58,13 +68,16 @@ from ssgd_optax.attacks.threat import Defence
 from ssgd_optax.attacks.threat import Observation
 from ssgd_optax.attacks.threat import observe
 from ssgd_optax.attacks.threat import shared_update
+from ssgd_optax.attacks.threat import THREAT_MODELS
 
 __all__ = [
-    'AttackResult', 'ConvSpec', 'Defence', 'LayerRank', 'LayeredCNN', 'Observation',
+    'AttackResult', 'ConvSpec', 'Defence', 'ImprintedModel', 'LayerRank', 'LayeredCNN', 'Observation',
     'Scores', 'adaptive_dlg', 'analytic_attack', 'available_defences', 'batch_gradient',
-    'copa_index', 'cosine_distance', 'dlg', 'find_last_layer', 'gaussian_noise',
-    'gradient_distance', 'idlg', 'idlg_label', 'invert_dense', 'inverting_gradients',
-    'l2_distance', 'label_accuracy', 'make_defence', 'match_batch', 'mse', 'observe',
-    'prune', 'psnr', 'rank_analysis', 'recover_labels', 'register_defence', 'rgap', 'score',
-    'shared_update', 'ssim', 'total_variation', 'unregister_defence',
+    'copa_index', 'cosine_distance', 'dlg', 'expected_recovered', 'find_last_layer',
+    'gaussian_noise', 'gradient_distance', 'idlg', 'idlg_label', 'imprint_attack',
+    'imprint_model', 'imprint_readout', 'imprint_thresholds', 'invert_dense',
+    'inverting_gradients', 'l2_distance', 'label_accuracy', 'make_defence', 'match_batch',
+    'measurement_vector', 'mse', 'observe', 'prune', 'psnr', 'rank_analysis',
+    'recover_labels', 'register_defence', 'rgap', 'score', 'secure_aggregate',
+    'shared_update', 'ssim', 'THREAT_MODELS', 'total_variation', 'unregister_defence',
 ]

@@ -7,6 +7,9 @@ input shape and range, the number of examples and, optionally, their labels;
 and it receives the **shared update**: the client's batch gradient *after*
 the client's defence (an optax transformation such as
 :func:`ssgd_optax.unit_normalize`). Nothing else leaves the client.
+A *malicious* server (``Observation.threat_model == "malicious_server"``)
+also chooses the parameters and the model it sends, e.g. to insert an
+imprint module (:mod:`.imprint`).
 
 * :class:`Observation` is that knowledge, minus the apply function (attacks
   take ``apply_fn`` as their first argument).
@@ -36,7 +39,12 @@ __all__ = [
     'shared_update',
     'observe',
     'check_update_matches',
+    'THREAT_MODELS',
 ]
+
+# What the server may do: only look at what it receives, or also choose the
+# parameters (and architecture) it sends, as in the imprint attack.
+THREAT_MODELS = ('honest_but_curious', 'malicious_server')
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
@@ -69,6 +77,10 @@ class Observation(NamedTuple):
     labels: ``int32[B]`` if the labels are known to the attacker, else
       ``None``.
     num_classes: number of classes (the width of the model's output).
+    threat_model: ``"honest_but_curious"`` (the server sent the parameters
+      of the model being trained) or ``"malicious_server"`` (the server chose
+      ``params``, and the model behind ``apply_fn``, to make the update leak,
+      e.g. :func:`ssgd_optax.attacks.imprint_model`).
   """
   update: Any
   params: Any
@@ -77,6 +89,7 @@ class Observation(NamedTuple):
   bounds: tuple[float, float] = (0.0, 1.0)
   labels: Optional[jax.Array] = None
   num_classes: Optional[int] = None
+  threat_model: str = 'honest_but_curious'
 
 
 class AttackResult(NamedTuple):
@@ -222,7 +235,8 @@ def shared_update(apply_fn: ApplyFn, params: Any, x: jax.Array,
 def observe(apply_fn: ApplyFn, params: Any, x: jax.Array, labels: jax.Array,
             defence: Any = None, *, bounds: tuple[float, float] = (0.0, 1.0),
             reveal_labels: bool = False, defence_state: Any = None,
-            return_state: bool = False) -> Any:
+            return_state: bool = False,
+            threat_model: str = 'honest_but_curious') -> Any:
   """Plays the client: computes the shared update and packs the observation.
 
   Args:
@@ -236,6 +250,7 @@ def observe(apply_fn: ApplyFn, params: Any, x: jax.Array, labels: jax.Array,
     defence_state: see :func:`shared_update`.
     return_state: also return the defence's next state (to observe several
       batches under one defence with fresh randomness each time).
+    threat_model: one of :data:`THREAT_MODELS`, recorded in the observation.
 
   Returns:
     An :class:`Observation`, or ``(observation, next_defence_state)``.
@@ -256,6 +271,9 @@ def observe(apply_fn: ApplyFn, params: Any, x: jax.Array, labels: jax.Array,
     raise ValueError(
         f'labels must be integers of shape (B,) = ({x.shape[0]},); got {labels.dtype} '
         f'{labels.shape}.')
+  if threat_model not in THREAT_MODELS:
+    raise ValueError(f'threat_model must be one of {", ".join(map(repr, THREAT_MODELS))}; '
+                     f'got {threat_model!r}.')
   low, high = (float(b) for b in bounds)
   if not low < high:
     raise ValueError(f'bounds must be (low, high) with low < high; got {bounds!r}.')
@@ -265,7 +283,7 @@ def observe(apply_fn: ApplyFn, params: Any, x: jax.Array, labels: jax.Array,
   obs = Observation(update=update, params=params, input_shape=tuple(x.shape[1:]),
                     num_examples=int(x.shape[0]), bounds=(low, high),
                     labels=labels if reveal_labels else None,
-                    num_classes=int(logits.shape[-1]))
+                    num_classes=int(logits.shape[-1]), threat_model=threat_model)
   return (obs, state) if return_state else obs
 
 
