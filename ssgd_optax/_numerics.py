@@ -34,6 +34,7 @@ are computed only when some group needs them (:func:`group_scales`).
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Hashable, Sequence
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -78,7 +79,19 @@ def _sum_sq_jvp(scale, axis, dtype, x):
   y = x.astype(dtype)
   if scale != 1:
     y = y * jnp.asarray(scale, dtype)
+    reduced = x.size if axis is None else math.prod(x.shape[a] for a in _axes(axis, x.ndim))
+    if reduced <= 1:
+      # A trivial reduction (a scalar leaf, a one-entry shard) becomes an
+      # element-wise (x s)(x s), which XLA rewrites as (x x)(s s): s s is
+      # 2^-168 or 2^168, 0 or inf in float32, and the sum turned NaN. The
+      # barrier stops the rewrite; nothing is left to fuse here anyway.
+      y = jax.lax.optimization_barrier(y)
   return jnp.sum(y * y, axis=axis)
+
+
+def _axes(axis: Any, ndim: int) -> tuple[int, ...]:
+  axis = (axis,) if isinstance(axis, int) else tuple(axis)
+  return tuple(a % ndim for a in axis)
 
 
 @_sum_sq_jvp.defjvp

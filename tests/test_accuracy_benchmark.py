@@ -23,6 +23,7 @@ def accuracy():
   sys.modules.pop('benchmarks_accuracy', None)
 
 
+@pytest.mark.slow  # benchmark smoke test: run with -m slow
 def test_quick_mode_writes_table_plot_and_json(accuracy, tmp_path, capsys):
   out, png, raw = tmp_path / 'a.md', tmp_path / 'a.png', tmp_path / 'a.json'
   text = accuracy.main(['--quick', '--out', str(out), '--plot', str(png),

@@ -236,6 +236,7 @@ def test_bad_input(imprinted):
     attacks.secure_aggregate([honest, honest._replace(bounds=(0.0, 2.0))])
 
 
+@pytest.mark.slow  # benchmark smoke test: run with -m slow
 def test_leakage_benchmark_scaling_quick(tmp_path):
   from scripts import load
   bench = load('benchmarks/leakage.py')

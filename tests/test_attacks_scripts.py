@@ -29,6 +29,7 @@ def test_leakage_demo_end_to_end(tmp_path, capsys):
   assert "unknown defence 'magic'" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # a second full demo run; the end-to-end test covers the script
 def test_leakage_demo_png_labels_are_not_clipped(tmp_path):
   matplotlib = pytest.importorskip('matplotlib')
   matplotlib.use('Agg')
@@ -46,6 +47,7 @@ def test_leakage_demo_png_labels_are_not_clipped(tmp_path):
   assert np.all(image[:, 0, :3] > 0.9)
 
 
+@pytest.mark.slow  # benchmark smoke test: run with -m slow
 def test_leakage_benchmark_quick(tmp_path):
   bench = _load('benchmarks/leakage.py')
   out = tmp_path / 'leakage.md'

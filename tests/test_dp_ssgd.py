@@ -395,6 +395,7 @@ def test_example_rejects_bad_flags(flags, match, capsys):
   assert match in capsys.readouterr().err
 
 
+@pytest.mark.slow  # benchmark smoke test: run with -m slow
 def test_benchmark_quick():
   bench = _load('benchmarks/dp_ssgd.py')
   text = bench.main(['--quick'])

@@ -55,6 +55,7 @@ def _load_worker():
   return module
 
 
+@pytest.mark.slow  # the train-example two-process test covers this in the default run
 def test_two_processes_equal_one_process_with_eight_devices(tmp_path):
   if jax.device_count() < 8:
     pytest.skip('needs 8 devices (tests/conftest.py sets XLA_FLAGS)')

@@ -756,3 +756,18 @@ def test_hlo_cpu_form_one_conditional_and_one_reduction_per_leaf(scope):
     out = _apply(tx, t)
     return out, [jnp.max(jnp.abs(x)) for x in jax.tree.leaves(t)]
   assert _hlo_counts(with_max_pass, tree)['reduce'] > 3 * n
+
+
+@pytest.mark.parametrize('scale', [1e30, 1e-30])
+@pytest.mark.parametrize('shape', [(1,), (), (1, 1)])
+def test_a_single_entry_leaf_at_the_range_limits_is_unit_norm(shape, scale):
+  # A size-1 reduction let XLA fold (x s)^2 into x^2 s^2 with s^2 = 0 or inf:
+  # NaN for a scalar parameter (or a one-entry shard) at 1e30 or 1e-30.
+  g = {'w': jnp.full(shape, -3.0 * scale, jnp.float32), 'v': jnp.full((4,), scale, jnp.float32)}
+  for scope in ('global', 'per_leaf'):
+    tx = ssgd_optax.unit_normalize(scope)
+    u, _ = jax.jit(tx.update)(g, tx.init(g))
+    norms = [float(np.linalg.norm(np.asarray(x, np.float64))) for x in jax.tree.leaves(u)]
+    total = float(np.sqrt(sum(n * n for n in norms)))
+    assert np.isfinite(norms).all(), (scope, norms)
+    assert total == pytest.approx(1.0 if scope == 'global' else np.sqrt(2), rel=1e-5)

@@ -42,6 +42,7 @@ def test_dp_train_nonprivate_and_bad_method():
     dp_train.train_and_evaluate('opacus', ds, target_epsilon=1.0)
 
 
+@pytest.mark.slow  # benchmark smoke test: run with -m slow
 def test_dp_benchmark_quick(tmp_path):
   bench = _load('benchmarks/dp.py')
   out = tmp_path / 'dp.md'

@@ -28,6 +28,7 @@ def test_quickstart_rejects_bad_flags(flags, match, capsys):
   assert match in capsys.readouterr().err
 
 
+@pytest.mark.slow  # benchmark smoke test: run with -m slow
 def test_overhead_benchmark_quick():
   bench = _load('benchmarks/transform_overhead.py')
   text = bench.main(['--quick'])
