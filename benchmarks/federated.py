@@ -59,6 +59,7 @@ def timing(setting: ex.Setting, participants: list[int], *, reps: int, batch_siz
   """Seconds per round: vmap vs lax.scan vs Python loop, interleaved."""
   rows = []
   for n in participants:
+    print(f'[federated] timing {n} participants ...', file=sys.stderr, flush=True)
     params = ex.make_mlp(jax.random.key(0), (setting.x_train.shape[1], hidden,
                                              setting.num_classes))
     xs, ys = federated.shard(setting.x_train, setting.y_train, n)
@@ -122,6 +123,7 @@ def accuracy(setting: ex.Setting, *, participants: int, rounds: int, seeds: list
                           **common)['accuracy'])
     for order in orders:
       for tu in theta_us:
+        print(f'[federated] seed {seed}, {order}, theta_u={tu} ...', file=sys.stderr, flush=True)
         kw = dict(concurrency=concurrency, max_staleness=max_staleness) \
             if order == 'asynchronous' else {}
         r = ex.run_dssgd(setting, participants=participants, rounds=rounds, theta_u=tu,

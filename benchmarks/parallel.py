@@ -107,6 +107,7 @@ def benchmark(*, device_counts=(1, 2, 4, 8), backends=('pmap', 'shard_map'), bat
   rows = []
   for backend in backends:
     for devices in device_counts:
+      print(f'[parallel] {backend}, {devices} device(s) ...', file=sys.stderr, flush=True)
       runs, counts = {}, {}
       for name in OPTIMIZERS:
         runs[name], counts[name] = _setup(backend, devices, name, scope, params, loss_fn, batch)

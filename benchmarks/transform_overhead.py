@@ -248,6 +248,8 @@ def main(argv=None):
          f'{jax.device_count()} device(s), {platform.processor() or platform.machine()}; '
          f'{rounds} interleaved rounds x {inner} calls, medians.']
   for dtype in (jnp.float32, jnp.bfloat16):
+    print(f'[overhead] timing the update, {jnp.dtype(dtype).name} ...', file=sys.stderr,
+          flush=True)
     medians, n_params, n_leaves = update_benchmark(dtype, rounds, inner, width, leaves,
                                                    compare)
     out.append(f'\n### update + apply_updates, {jnp.dtype(dtype).name}, '
@@ -255,8 +257,11 @@ def main(argv=None):
     out.append(table(medians))
   out.append('\n### the floor: reduction bandwidth vs update bandwidth\n')
   for dtype in (jnp.float32, jnp.bfloat16):
+    print(f'[overhead] timing the reduction floor, {jnp.dtype(dtype).name} ...',
+          file=sys.stderr, flush=True)
     out.append(bound_benchmark(dtype, rounds, inner, width, leaves))
   if not args.skip_cnn:
+    print('[overhead] timing the CNN train step ...', file=sys.stderr, flush=True)
     medians = cnn_benchmark(rounds, inner, batch)
     out.append(f'\n### full train step, small CNN (2 conv + 2 dense, ~0.8M parameters), '
                f'batch {batch}, float32\n')

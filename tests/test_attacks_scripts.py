@@ -60,6 +60,7 @@ def test_leakage_benchmark_quick(tmp_path):
   assert out.read_text().startswith('```\npython benchmarks/leakage.py --quick')
 
 
+@pytest.mark.slow  # benchmark smoke test: run with -m slow
 def test_attack_speed_quick():
   bench = _load('benchmarks/attack_speed.py')
   text = bench.main(['--quick'])

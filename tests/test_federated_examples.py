@@ -48,6 +48,7 @@ def test_secure_aggregation_learns_like_the_plain_synchronous_mean():
   assert secure > 0.5, secure  # chance is 0.1
 
 
+@pytest.mark.slow  # benchmark smoke test: run with -m slow
 def test_benchmark_quick(tmp_path):
   bench = _load('benchmarks/federated.py', 'federated_benchmark')
   path = tmp_path / 'fed.md'

@@ -128,7 +128,7 @@ def test_per_layer_on_nnx_state_and_linen_params():
     assert float(optax.tree.norm(out['params'][name])) == pytest.approx(1.0, abs=1e-6)
 
 
-@hypothesis.settings(max_examples=30, deadline=None)
+@hypothesis.settings(max_examples=15, deadline=None)
 @hypothesis.given(
     shapes=st.lists(hnp.array_shapes(min_dims=0, max_dims=3, max_side=4), min_size=1, max_size=5),
     scope=st.sampled_from(SCOPES),

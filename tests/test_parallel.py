@@ -506,6 +506,7 @@ def test_example_data_parallel(backend, capsys):
   assert 'test accuracy' in capsys.readouterr().out
 
 
+@pytest.mark.slow  # benchmark smoke test: run with -m slow
 @pytest.mark.devices(2)
 def test_benchmark_quick(tmp_path):
   bench = _load('benchmarks/parallel.py')

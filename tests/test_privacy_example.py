@@ -9,6 +9,7 @@ from scripts import load as _load
 
 
 
+@pytest.mark.slow  # test_guarantees_privacy runs dp_train end to end in the default run
 def test_dp_train_example_tiny(capsys):
   dp_train = _load('examples/dp_train.py')
   rows = dp_train.main(['--methods', 'bp', 'dpsgd', '--epsilons', '2', '--epochs', '1',
