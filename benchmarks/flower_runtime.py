@@ -46,7 +46,7 @@ def main() -> None:
   logging.basicConfig(level=logging.WARNING)
   logging.getLogger('ssgd_optax.federated.flower').setLevel(logging.INFO)
   c = config(a.participants, a.rounds)
-  start = time.perf_counter()
+  start, extra = time.perf_counter(), {}
   if a.mode == 'in_process':
     t = task_lib.build(c)
     params = task_lib.in_process(t, a.rounds)
@@ -70,15 +70,18 @@ def main() -> None:
     spec.loader.exec_module(deploy)
     path = os.path.join(tempfile.mkdtemp(), 'summary.jsonl')
     with deploy.LocalDeployment(a.participants) as dep:
+      # 60 processes (SuperNode + SuperExec each) start at once: wait longer for them.
       dep.run(f"num-participants={a.participants} rounds={a.rounds} dataset='mnist_subset' "
-              f"summary-path='{path}'", timeout=6 * 3600)
+              f"node-timeout=900.0 reply-timeout=900.0 summary-path='{path}'", timeout=6 * 3600)
     res = deploy.read_summary(path)
     if 'summary' not in res:
       raise RuntimeError(f'the deployed run failed: {res.get("error")}')
     acc = res['summary']['accuracy']
+    # Seconds since the ServerApp started, at the end of each round.
+    extra['round_end_s'] = [round(r['seconds'], 1) for r in res['rounds']]
   print(json.dumps({'mode': a.mode, 'participants': a.participants, 'rounds': a.rounds,
                     'accuracy': acc, 'wall_s': round(time.perf_counter() - start, 1),
-                    'cpus': os.cpu_count()}))
+                    'cpus': os.cpu_count(), 'load_avg': os.getloadavg()} | extra))
 
 
 if __name__ == '__main__':

@@ -24,10 +24,10 @@ def loss_fn(params, x, y):
   return optax.softmax_cross_entropy_with_integer_labels(x @ params['w'] + params['b'], y).mean()
 
 
-def _setup(upload):
-  params = {'w': jnp.zeros((D, C)), 'b': jnp.zeros((C,))}
+def _setup(upload, d=D):
+  params = {'w': jnp.zeros((d, C)), 'b': jnp.zeros((C,))}
   rng = np.random.default_rng(0)
-  x = rng.normal(size=(N, 8, D)).astype(np.float32)
+  x = rng.normal(size=(N, 8, d)).astype(np.float32)
   y = rng.integers(0, C, size=(N, 8)).astype(np.int32)
   sim = federated.make_dssgd(loss_fn, params, num_participants=N, learning_rate=0.1,
                              batch_size=4, upload=upload, theta_d=0.5)
@@ -293,6 +293,61 @@ def test_simulation_engine_client_failure_is_loud():
                    backend_config={'client_resources': {'num_cpus': 1}})
 
 
+class _SilentInRound0(flower.LoopbackGrid):
+  """Node 2 (participant 1) does not answer in round 0."""
+
+  def push_messages(self, messages):
+    messages = list(messages)
+    self._drop = {2} if messages and messages[0].metadata.group_id == '0' else set()
+    return super().push_messages(messages)
+
+
+@pytest.mark.slow
+def test_simulation_engine_stalled_node_times_out_and_its_late_reply_is_ignored(
+    tmp_path, caplog):
+  # On Flower's runtime the server pulls only the ids it pushed and the link
+  # routes replies to their sender, so a reply from a node nobody asked cannot
+  # be injected; the stray that does happen is a late reply. Participant 1
+  # stalls in round 0 until the server has given up on it and closed the round.
+  from flwr.simulation import run_simulation
+  params, x, y, sim = _setup(selective_sharing(0.5))
+  stalled, release = str(tmp_path / 'stalled'), str(tmp_path / 'release')
+
+  def data_fn(i):
+    import os
+    import time
+    if i == 1 and not os.path.exists(stalled):
+      open(stalled, 'w', encoding='utf-8').close()
+      for _ in range(6000):
+        if os.path.exists(release):
+          break
+        time.sleep(0.1)
+    return x[i], y[i]
+
+  seen, summaries = [], []
+
+  def on_round(r, s):
+    seen.append(s)
+    open(release, 'w', encoding='utf-8').close()
+
+  server_app = flower.make_server_app(sim, params, rounds=2, key=jax.random.key(0),
+                                      reply_timeout=120.0, on_round=on_round,
+                                      on_end=summaries.append)
+  client_app = flower.make_client_app(sim, data_fn, params)
+  with caplog.at_level(logging.WARNING, logger='ssgd_optax.federated.flower'):
+    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=N,
+                   backend_config={'client_resources': {'num_cpus': 1}})
+  (summary,) = summaries
+  assert [r.dropped for r in summary.rounds] == [(1,), ()]
+  assert [r.accepted for r in summary.rounds] == [(0, 2), (0, 1, 2)]
+  assert [r.unexpected for r in summary.rounds] == [0, 0]
+  assert 'round 0: participant 1 (node' in caplog.text and 'no reply within' in caplog.text
+  # The late upload was never added: round 0 equals a run where participant 1 stayed silent.
+  _, ref = _run(sim, params, lambda i: (x[i], y[i]), grid_cls=_SilentInRound0, rounds=2)
+  np.testing.assert_allclose(seen[0].params, ref[0].params, rtol=1e-6, atol=1e-7)
+  np.testing.assert_array_equal(seen[0].stats, ref[0].stats)
+
+
 def _deploy_module():
   import importlib.util
   import os
@@ -415,20 +470,50 @@ def _plain_uploads(sim, params, x, y, grid):
   return out
 
 
-def _server_saw_plaintext(grid, uploads, n):
+def _received_blobs(grid):
+  """The contents of every reply the server received, as byte strings."""
+  blobs = []
+  for reply in grid.received:
+    if not reply.has_content():   # an error reply (a dropout) carries none
+      continue
+    blobs += [bytes(v) if isinstance(v, bytes) else str(v).encode()
+              for rec in reply.content.config_records.values() for v in rec.values()]
+    blobs += [a.numpy().tobytes() for rec in reply.content.array_records.values()
+              for a in rec.values()]
+  return blobs
+
+
+def _contains_plaintext(blobs, uploads, n):
   from ssgd_optax.federated import secure_aggregation as sa
   needles = []
   for u in uploads.values():
     needles += [sa.quantize(u, num_participants=n).tobytes(), np.asarray(u).tobytes(),
                 np.asarray(u, np.float64).tobytes()]
-  for reply in grid.received:
-    blobs = [bytes(v) if isinstance(v, bytes) else str(v).encode()
-             for rec in reply.content.config_records.values() for v in rec.values()]
-    blobs += [a.numpy().tobytes() for rec in reply.content.array_records.values()
-              for a in rec.values()]
-    if any(nd in b for b in blobs for nd in needles):
-      return True
-  return False
+  return any(nd in b for b in blobs for nd in needles)
+
+
+def _server_saw_plaintext(grid, uploads, n):
+  return _contains_plaintext(_received_blobs(grid), uploads, n)
+
+
+def _masked_vectors(blobs, p):
+  """Every received byte string of exactly ``p`` ring elements."""
+  return [np.frombuffer(b, np.uint32) for b in blobs if len(b) == 4 * p]
+
+
+def _max_correlation(vectors, uploads, n):
+  """The largest |Pearson correlation| (signed ring view) of any received vector with any upload."""
+  from ssgd_optax.federated import secure_aggregation as sa
+  best = 0.0
+  for v in vectors:
+    a = v.view(np.int32).astype(np.float64)
+    for u in uploads.values():
+      b = sa.quantize(u, num_participants=n).view(np.int32).astype(np.float64)
+      if a.std() == 0 or b.std() == 0:
+        best = max(best, float(np.array_equal(a, b)))
+        continue
+      best = max(best, abs(float(np.corrcoef(a, b)[0, 1])))
+  return best
 
 
 def test_secure_order_server_sees_only_masked_uploads_and_the_exact_sum():
@@ -456,4 +541,172 @@ def test_the_plaintext_check_catches_an_unmasked_upload(monkeypatch):
   monkeypatch.setattr(sa, 'prg', lambda seed, size, bits=32: np.zeros(size, np.uint32))
   params, x, y, sim = _setup(selective_sharing(0.5))
   grid, _ = _secure_run(params, x, y, sim, {})
-  assert _server_saw_plaintext(grid, _plain_uploads(sim, params, x, y, grid), N)
+  uploads = _plain_uploads(sim, params, x, y, grid)
+  assert _server_saw_plaintext(grid, uploads, N)
+  # The correlation check of the runtime test flags it too.
+  masked = _masked_vectors(_received_blobs(grid), sim.num_params)
+  assert _max_correlation(masked, uploads, N) > 0.999
+
+
+class _RecordingProxy:
+  """Wraps the Grid a real runtime hands the ServerApp; keeps what the server sent and received."""
+
+  def __init__(self, grid):
+    self._grid, self.sent, self.received = grid, [], []
+
+  def __getattr__(self, name):
+    return getattr(self._grid, name)
+
+  def push_messages(self, messages):
+    messages = list(messages)
+    self.sent.extend(messages)
+    return self._grid.push_messages(messages)
+
+  def pull_messages(self, message_ids):
+    out = list(self._grid.pull_messages(message_ids))
+    self.received.extend(out)
+    return out
+
+
+@pytest.mark.slow
+def test_simulation_engine_secure_order_masked_uploads_exact_sum_with_a_dropout():
+  # The project's secure aggregation as Flower messages between the server
+  # thread and Ray worker processes (run_simulation); participant 2 fails
+  # after sharing its keys, so the survivors must unmask its pair masks.
+  from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+  from flwr.serverapp import ServerApp
+  from flwr.simulation import run_simulation
+  from ssgd_optax.federated import secure_aggregation as sa
+  # 120 inputs x 3 classes: enough entries for the correlation check to mean something.
+  params, x, y, sim = _setup(selective_sharing(0.5), d=120)
+  p = sim.num_params
+  signing, registry = sa.generate_identities(N)
+  raw = [k.private_bytes_raw() for k in signing]   # key objects do not pickle to Ray
+
+  def data_fn(i):
+    if i == 2:
+      raise OSError('participant 2 lost its data connection')
+    return x[i], y[i]
+
+  summaries, grids = [], []
+  inner = flower.make_server_app(sim, params, rounds=1, key=jax.random.key(3), order='secure',
+                                 threshold=2, client_errors='dropout', reply_timeout=600.0,
+                                 on_end=summaries.append)
+  server_app = ServerApp()
+
+  @server_app.main()
+  def main(grid, context):
+    grids.append(_RecordingProxy(grid))
+    inner(grids[0], context)
+
+  client_app = flower.make_client_app(
+      sim, data_fn, params, registry=registry,
+      signing_key=lambda i: Ed25519PrivateKey.from_private_bytes(raw[i]))
+  run_simulation(server_app=server_app, client_app=client_app, num_supernodes=N,
+                 backend_config={'client_resources': {'num_cpus': 1}})
+  (summary,), (grid,) = summaries, grids
+  (rep,) = summary.rounds
+  assert rep.accepted == (0, 1) and rep.dropped == (2,)
+  uploads = _plain_uploads(sim, params, x, y, grid)
+  assert sorted(uploads) == [0, 1, 2] and all(np.count_nonzero(u) > p // 4
+                                               for u in uploads.values())
+  # (b) what the server process received: no copy of any upload, and the
+  # masked vectors (one per survivor) are uncorrelated with every upload.
+  assert not _server_saw_plaintext(grid, uploads, N)
+  masked = _masked_vectors(_received_blobs(grid), p)
+  assert len(masked) == 2
+  assert _max_correlation(masked, uploads, N) < 6 / np.sqrt(p)
+  # (a) the exact sum of the survivors' quantised uploads, and close to the plain float sum.
+  q = sum(sa.quantize(uploads[i], num_participants=N).astype(np.uint64) for i in (0, 1))
+  want = sa.dequantize((q % 2 ** 32).astype(np.uint32))
+  start = np.asarray(sim.ravel(params), np.float64)
+  np.testing.assert_array_equal(np.asarray(summary.server.params),
+                                (start + want).astype(np.float32))
+  np.testing.assert_allclose(np.asarray(summary.server.params) - start,
+                             uploads[0] + uploads[1], atol=N * 2.0 ** -16)
+
+
+def _read_transcript(path):
+  """``(sent, received)``: the messages of a ServerApp ``transcript-path`` file."""
+  import json
+  unhex = lambda v: bytes.fromhex(v['hex']) if isinstance(v, dict) and 'hex' in v else v
+  sent, received = [], []
+  with open(path, encoding='utf-8') as f:
+    for line in f:
+      if not line.endswith('\n'):   # still being written by the server process
+        break
+      m = json.loads(line)
+      m['config'] = {k: {n: unhex(v) for n, v in r.items()}
+                     for k, r in m.get('config', {}).items()}
+      m['arrays'] = {k: {n: np.frombuffer(bytes.fromhex(a['hex']), a['dtype']).reshape(a['shape'])
+                         for n, a in r.items()} for k, r in m.get('arrays', {}).items()}
+      (sent if m['direction'] == 'sent' else received).append(m)
+  return sent, received
+
+
+@pytest.mark.slow
+def test_deployment_secure_order_killed_supernode_masked_only_exact_sum(tmp_path):
+  # flwr run against flower-superlink + 3 flower-supernode processes, order
+  # "secure"; one SuperNode is killed once every participant has shared its
+  # keys, so it never sends its masked input and the other two must unmask
+  # its pair masks. The ServerApp's transcript is what the server process received.
+  import os
+  import subprocess
+  import time
+  from ssgd_optax.federated import secure_aggregation as sa
+  deploy, task, config = _deploy_module()
+  path, tpath = str(tmp_path / 'summary.jsonl'), str(tmp_path / 'transcript.jsonl')
+  with deploy.LocalDeployment(3, workdir=str(tmp_path)) as dep:
+    args = [deploy._exe('flwr'), 'run', deploy.APP, 'local-deployment', '--stream',
+            '--run-config', f"rounds=1 order='secure' reply-timeout=180.0 "
+            f"summary-path='{path}' transcript-path='{tpath}'"]
+    run = subprocess.Popen(args, env=dep.env, cwd=dep.dir, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+      shared = 0
+      while shared < 3 and run.poll() is None:
+        time.sleep(0.2)
+        if os.path.exists(tpath):
+          shared = sum(m['config'].get('config', {}).get('sa_step') == 'share'
+                       for m in _read_transcript(tpath)[1])
+      dep.kill_supernode(0)
+      run.wait(timeout=1800)  # a hang fails here instead of blocking CI
+    finally:
+      if run.poll() is None:
+        run.kill()
+  res = deploy.read_summary(path)
+  assert 'summary' in res, res
+  s = res['summary']
+  (gone,) = s['dropped'][0]
+  survivors = sorted(set(range(3)) - {gone})
+  assert s['accepted'] == [survivors]
+  sent, received = _read_transcript(tpath)
+  t = task.build(dict(config, rounds=1, order='secure'))
+  sim, p = t.sim, t.sim.num_params
+  state0 = sim.init(jax.random.key(0)).clients
+  uploads = {}
+  for m in sent:
+    cfg = m['config'].get('config', {})
+    if cfg.get('step') == 'masked':
+      i, a = int(cfg['participant']), m['arrays']['arrays']
+      _, _, up = sim.client_update(
+          sim.ravel(t.params), jax.tree.map(lambda l, i=i: l[i], state0.upload_state),
+          jnp.asarray(a['global']), jnp.asarray(a['mask']), jnp.asarray(t.xs[i]),
+          jnp.asarray(t.ys[i]), jax.random.wrap_key_data(jnp.asarray(a['key'])))
+      uploads[i] = np.asarray(up)
+  # The killed node was asked for its masked input too: it had shared its keys.
+  assert sorted(uploads) == [0, 1, 2]
+  blobs = []
+  for m in received:
+    blobs += [v if isinstance(v, bytes) else str(v).encode()
+              for r in m['config'].values() for v in r.values()]
+    blobs += [a.tobytes() for r in m['arrays'].values() for a in r.values()]
+  assert not _contains_plaintext(blobs, uploads, 3)
+  masked = _masked_vectors(blobs, p)
+  assert len(masked) == 2
+  assert _max_correlation(masked, uploads, 3) < 6 / np.sqrt(p)
+  q = sum(sa.quantize(uploads[i], num_participants=3).astype(np.uint64) for i in survivors)
+  want = sa.dequantize((q % 2 ** 32).astype(np.uint32))
+  start = np.asarray(sim.ravel(t.params), np.float64)
+  np.testing.assert_array_equal(np.asarray(s['params'], np.float32),
+                                (start + want).astype(np.float32))

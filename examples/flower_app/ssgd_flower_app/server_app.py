@@ -14,6 +14,45 @@ from ssgd_optax.federated import flower
 app = ServerApp()
 
 
+class Transcript:
+  """Wraps the Grid; appends every message the server process sends or receives to a file.
+
+  One JSON line per message (``bytes`` as ``{"hex": ...}``, arrays as dtype,
+  shape and hex), for audits: the tests read it to check that with
+  ``order="secure"`` the server process never received an unmasked upload.
+  """
+
+  def __init__(self, grid: Grid, path: str):
+    self._grid, self._path = grid, path
+
+  def __getattr__(self, name):
+    return getattr(self._grid, name)
+
+  def _write(self, direction: str, msgs) -> None:
+    with open(self._path, 'a', encoding='utf-8') as f:
+      for m in msgs:
+        node = m.metadata.dst_node_id if direction == 'sent' else m.metadata.src_node_id
+        rec = {'direction': direction, 'node': int(node), 'type': m.metadata.message_type}
+        if m.has_error():
+          rec['error'] = {'code': int(m.error.code), 'reason': str(m.error.reason)[:500]}
+        else:
+          rec['config'] = {k: dict(r) for k, r in m.content.config_records.items()}
+          rec['arrays'] = {k: {n: {'dtype': str(a.numpy().dtype), 'shape': list(a.shape),
+                                   'hex': a.numpy().tobytes().hex()} for n, a in r.items()}
+                           for k, r in m.content.array_records.items()}
+        f.write(json.dumps(rec, default=lambda b: {'hex': bytes(b).hex()}) + '\n')
+
+  def push_messages(self, messages):
+    messages = list(messages)
+    self._write('sent', messages)
+    return self._grid.push_messages(messages)
+
+  def pull_messages(self, message_ids):
+    out = list(self._grid.pull_messages(message_ids))
+    self._write('received', out)
+    return out
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
   logging.basicConfig(level=logging.INFO)
@@ -50,6 +89,8 @@ def main(grid: Grid, context: Context) -> None:
       node_timeout=float(c['node-timeout']),
       reply_timeout=float(c['reply-timeout']), dp_epsilon=eps if eps > 0 else None,
       dp_fraction=float(c['theta-u']), on_round=on_round, on_end=on_end)
+  if str(c.get('transcript-path', '')):
+    grid = Transcript(grid, str(c['transcript-path']))
   try:
     server(grid, context)
   except flower.FederatedRunError as e:
