@@ -6,7 +6,7 @@
 
 Every example's gradient is unit-normalised (sensitivity 1, or sqrt(G) with
 G groups), the sum gets Gaussian noise, and the update is divided by the
-expected batch size (:func:`ssgd_optax.dp_ssgd.dp_ssgd`). Batches are
+expected batch size (:func:`ssgd_optax.privacy.dp_ssgd`). Batches are
 Poisson-sampled with rate ``q = expected_batch_size / N`` and padded to a
 fixed size with a mask, so one compiled step serves every batch; the noise
 multiplier is calibrated for the target (epsilon, delta) with the PLD
@@ -33,7 +33,6 @@ from flax import nnx
 
 from ssgd_optax import _cli
 from ssgd_optax import _keys
-from ssgd_optax import dp_ssgd as dp_ssgd_lib
 from ssgd_optax import models
 from ssgd_optax import per_example
 from ssgd_optax import privacy
@@ -79,7 +78,7 @@ AggregatorFactory = Callable[[float, jax.Array, float], optax.GradientTransforma
 def dp_ssgd_aggregator(scope: str = 'global', stability: float = 0.0) -> AggregatorFactory:
   """The DP-SSGD aggregator: per-example unit norm + Gaussian noise."""
   def make(noise_multiplier, key, expected_batch_size):
-    return dp_ssgd_lib.dp_unit_normalize(noise_multiplier, expected_batch_size=expected_batch_size,
+    return privacy.dp_unit_normalize(noise_multiplier, expected_batch_size=expected_batch_size,
                                          key=key, scope=scope, stability=stability)
   return make
 

@@ -65,6 +65,42 @@ def make_model(method: str, *, seed: int, input_bound: float, grad_bound: float,
   return model
 
 
+def make_mechanism(method: str, model: nnx.Module, *, clip_norm: float,
+                   noise_multiplier: float | None = None) -> Any:
+  """The mechanism object of ``method`` (``None`` for ``nonprivate``).
+
+  The noise transform and the accountant both read it, so the number of
+  releases (``L = 4`` clipped tensors for ``bp``, 1 for ``dpsgd``) and the
+  sensitivities are never passed by hand.
+  """
+  if method == 'bp':
+    return privacy.backprop_clip_mechanism(model, noise_multiplier)
+  if method == 'dpsgd':
+    return privacy.dpsgd_mechanism(clip_norm, noise_multiplier)
+  return None
+
+
+def make_privacy(mechanism: Any, *, target_epsilon: float, delta: float, sampling_rate: float,
+                 steps: int, expected_batch_size: float, key: jax.Array,
+                 accountant: str = 'pld') -> tuple[Any, optax.GradientTransformation, Any]:
+  """Calibrates ``mechanism`` and builds its noise transform and budget tracker.
+
+  Returns:
+    ``(calibrated mechanism, noise transform, BudgetTracker)``, all three
+    built from the one mechanism object.
+  """
+  z = privacy.calibrate_noise_multiplier(target_epsilon, mechanism=mechanism,
+                                         sampling_rate=sampling_rate, steps=steps, delta=delta,
+                                         accountant=accountant)
+  mechanism = mechanism._replace(noise_multiplier=z)
+  noise = privacy.add_gaussian_noise(mechanism=mechanism, expected_batch_size=expected_batch_size,
+                                     key=key)
+  tracker = privacy.BudgetTracker(target_epsilon, delta, mechanism=mechanism,
+                                  sampling_rate=sampling_rate, accountant=accountant,
+                                  on_exhausted='stop')
+  return mechanism, noise, tracker
+
+
 def make_train_step(method: str, *, num_examples: int, sampling_rate: float,
                     max_batch_size: int, clip_norm: float):
   """A jitted step: Poisson-sample a padded batch, sum gradients, update."""
@@ -141,18 +177,14 @@ def train_and_evaluate(method: str, dataset: Any, *, target_epsilon: float | Non
   secret = _keys.os_seed() if noise_seed is None else noise_seed
   key_noise, key_sample = jax.random.split(jax.random.key(secret))
   private = method != 'nonprivate'
-  num_releases = privacy.num_releases(model) if method == 'bp' else 1
+  mechanism = make_mechanism(method, model, clip_norm=clip_norm)
   if private:
-    z = privacy.calibrate_noise_multiplier(target_epsilon, sampling_rate=q, steps=steps,
-                                           delta=delta, num_releases=num_releases,
-                                           accountant=accountant)
-    sens = privacy.sensitivities(model) if method == 'bp' else clip_norm
-    noise = privacy.add_gaussian_noise(z, sens, q * n, key=key_noise)
-    tracker = privacy.BudgetTracker(target_epsilon, delta, noise_multiplier=z,
-                                    sampling_rate=q, num_releases=num_releases,
-                                    accountant=accountant, on_exhausted='stop')
+    mechanism, noise, tracker = make_privacy(
+        mechanism, target_epsilon=target_epsilon, delta=delta, sampling_rate=q, steps=steps,
+        expected_batch_size=q * n, key=key_noise, accountant=accountant)
+    z, num_releases = mechanism.noise_multiplier, mechanism.num_releases
   else:
-    z, tracker = 0.0, None
+    z, tracker, num_releases = 0.0, None, 1
     noise = privacy.add_gaussian_noise(0.0, 1.0, q * n, key=key_noise)
   tx = optax.chain(noise, optax.adam(learning_rate))
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
@@ -171,10 +203,9 @@ def train_and_evaluate(method: str, dataset: Any, *, target_epsilon: float | Non
   jax.block_until_ready(nnx.state(model))
   seconds = time.perf_counter() - start
   acc = evaluate(model, x_test, np.asarray(dataset.y_test))
-  kw = dict(noise_multiplier=z, sampling_rate=q, steps=taken, delta=delta,
-            num_releases=num_releases)
-  eps = privacy.compute_epsilon(accountant='pld', **kw) if private else math.inf
-  eps_rdp = privacy.compute_epsilon(accountant='rdp', **kw) if private else math.inf
+  kw = dict(sampling_rate=q, steps=taken, delta=delta)
+  eps = privacy.compute_epsilon(mechanism, accountant='pld', **kw) if private else math.inf
+  eps_rdp = privacy.compute_epsilon(mechanism, accountant='rdp', **kw) if private else math.inf
   return dict(method=method, target_epsilon=target_epsilon, accuracy=acc, epsilon=eps,
               epsilon_rdp=eps_rdp, noise_multiplier=z, steps=taken, num_releases=num_releases,
               seconds=seconds, max_batch_size=max_batch)

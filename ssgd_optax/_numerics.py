@@ -42,7 +42,8 @@ import jax
 import jax.numpy as jnp
 
 __all__ = ['Sums', 'METHODS', 'accumulation_dtype', 'sums_of_squares', 'add', 'reduce_over',
-           'scales', 'safe_sqrt', 'norm', 'group_scales', 'per_example_norm']
+           'scales', 'safe_sqrt', 'norm', 'group_scales', 'per_example_norm', 'RowScales',
+           'per_row']
 
 AxisName = Optional[Hashable | tuple[Hashable, ...]]
 
@@ -273,3 +274,142 @@ def per_example_norm(x: jax.Array) -> jax.Array:
   x = jnp.asarray(x)
   [pre], [root] = group_scales([x], [accumulation_dtype(x.dtype)], per_example=True)
   return root / pre
+
+
+class RowScales(NamedTuple):
+  """Per group, ``[B]`` arrays (see :func:`per_row`).
+
+  Row ``i`` of a leaf of group ``k`` normalises to ``(x_i pre_ki) coef_ki =
+  x_i / (n_ki + gamma)``, the two factors applied in this order: their
+  product, ``1 / (n + gamma)``, is subnormal (flushed to 0 on CPU) for a norm
+  near the float max and overflows for a norm below ``1 / max``; neither
+  factor leaves the normal range.
+  """
+  pre: list[jax.Array]    # a power of two (1 in the plain branch); NaN if bad
+  coef: list[jax.Array]   # 1 / (root + gamma pre); exact 0 where root == 0
+  bad: list[jax.Array]    # bool: the row's group holds a NaN or an Inf
+
+
+def _coef(root: jax.Array, pre: jax.Array, stability: Any) -> jax.Array:
+  """``1 / (root + gamma pre)``, exact 0 (with a finite gradient) at ``root = 0``."""
+  zero = root == 0
+  denom = root + jnp.asarray(stability, root.dtype) * pre
+  return jnp.where(zero, 0, 1 / jnp.where(zero, 1, denom))
+
+
+def _flushed(x: jax.Array, dtype: Any) -> jax.Array:
+  """``x`` with entries below ``finfo(dtype).tiny`` (subnormal) set to 0.
+
+  XLA's CPU flushes subnormals (a GPU need not): flushing them explicitly
+  where ``x`` is scaled up by ``2^S`` makes a row of subnormals a zero row on
+  every backend, and its norm agree with its pre-scaled entries.
+  """
+  tiny = jnp.asarray(jnp.finfo(dtype).tiny, x.dtype)   # 0 for float16: nothing flushed
+  return jnp.where(jnp.abs(x) < tiny, jnp.zeros((), x.dtype), x)
+
+
+def _row_bcast(v: jax.Array, x: jax.Array) -> jax.Array:
+  return v.reshape(v.shape + (1,) * (x.ndim - 1))
+
+
+def per_row(leaves: Sequence[jax.Array], dtypes: Sequence[Any], groups: Sequence[Sequence[int]],
+            rescued: Callable[[list[jax.Array], RowScales], Any], *,
+            plain: Sequence[Callable[[list[jax.Array], RowScales], Any]] | None = None,
+            choose: Callable[[RowScales], jax.Array] | None = None,
+            stability: Any = 0.0,
+            include: jax.Array | None = None,
+            method: str = 'auto') -> Any:
+  """Per-row, per-group unit scaling of batched leaves, one batch-level decision.
+
+  Every leaf is ``[B, ...]`` and reduced over all axes but the first; the
+  norm of row ``i`` in group ``k`` is that of :func:`scales` (``x_i pre_ki``
+  never overflows, never loses mass to underflow). The caller gets the
+  scaled rows and :class:`RowScales` through one of its functions:
+
+  * ``rescued(ys, rs)``: ``ys[i] = flushed(leaves[i]) * pre`` (row-wise,
+    the leaf's group); always for ``"fused"`` (branch-free, the three sums
+    of one pass, as on GPU/TPU).
+  * ``plain[j](leaves, rs)``: with ``"rescue"`` (CPU), when no included row
+    needs a pre-scale: ``pre = 1`` and the leaves are passed unchanged (no
+    pre-scaled copy); ``j = choose(rs)``. The plain sum of squares is one
+    reduction per leaf; the scaled sums are computed only in the
+    ``rescued`` branch. All of it is one ``lax.switch`` on a batch-level
+    index: under ``vmap`` a per-row ``cond`` would compute every branch for
+    every row.
+
+  Args:
+    leaves: ``[B, ...]`` arrays.
+    dtypes: the accumulation dtype of each leaf (one per group, repeated).
+    groups: lists of leaf indices.
+    rescued: see above.
+    plain: see above (default ``[rescued]``).
+    choose: a traced index into ``plain`` (default 0).
+    stability: ``gamma >= 0`` in ``coef = 1 / (root + gamma pre)``.
+    include: ``None`` or ``[B]`` bool: only these rows can force the
+      rescue (padded rows never do).
+    method: ``"auto"``, ``"fused"`` or ``"rescue"`` (as in :func:`group_scales`).
+
+  Returns:
+    What the selected function returns.
+
+  >>> x = jnp.array([[3e30, 4e30], [0., 0.], [3e-30, 4e-30]])
+  >>> per_row([x], [jnp.float32], [[0]],
+  ...         lambda ys, rs: ys[0] * rs.coef[0][:, None]).round(6)
+  Array([[0.6, 0.8],
+         [0. , 0. ],
+         [0.6, 0.8]], dtype=float32)
+  """
+  if method not in METHODS:
+    raise ValueError(f'method must be one of {METHODS}; got {method!r}.')
+  leaves = [jnp.asarray(x) for x in leaves]
+  dtypes = [jnp.dtype(d) for d in dtypes]
+  groups = [list(g) for g in groups]
+  plain = [rescued] if plain is None else list(plain)
+  axes = [tuple(range(1, x.ndim)) for x in leaves]
+  group_of = {i: k for k, g in enumerate(groups) for i in g}
+
+  def finish(xs, sums):
+    pres, coefs, bads = [], [], []
+    for g in groups:
+      pre, root = scales(add([sums[i] for i in g]))
+      pres.append(pre)
+      coefs.append(_coef(root, pre, stability))
+      bads.append(jnp.isnan(pre))
+    ys = [_flushed(x, d) * _row_bcast(pres[group_of[i]].astype(x.dtype), x)
+          for i, (x, d) in enumerate(zip(xs, dtypes))]
+    return rescued(ys, RowScales(pres, coefs, bads))
+
+  def up(x, a, d):
+    return _sum_sq(_flushed(x, d), 2.0 ** _shift(d), a, d)
+
+  def fused(xs):
+    return finish(xs, [Sums(_sum_sq(x, 2.0 ** -_shift(d), a, d), _sum_sq(x, 1, a, d), up(x, a, d))
+                       for x, a, d in zip(xs, axes, dtypes)])
+
+  def rescue(xs):
+    plains = [_sum_sq(x, 1, a, d) for x, a, d in zip(xs, axes, dtypes)]
+    totals = []
+    for g in groups:
+      dtype = jnp.result_type(*[plains[i] for i in g])
+      totals.append(sum(plains[i].astype(dtype) for i in g))
+    unsafe = jnp.stack([_unsafe(Sums(t, t, t)) for t in totals]).any(axis=0)
+    if include is not None:
+      unsafe = unsafe & include
+    rs = RowScales([jnp.ones_like(t) for t in totals],
+                   [_coef(safe_sqrt(t), jnp.ones((), t.dtype), stability) for t in totals],
+                   [~jnp.isfinite(t) for t in totals])
+    index = jnp.zeros((), jnp.int32) if choose is None else jnp.asarray(choose(rs), jnp.int32)
+    index = jnp.where(jnp.any(unsafe), len(plain), index)
+
+    def scaled(xs):
+      return finish(xs, [Sums(_sum_sq(x, 2.0 ** -_shift(d), a, d), p, up(x, a, d))
+                         for x, a, d, p in zip(xs, axes, dtypes, plains)])
+
+    branches = [lambda xs, f=f: f(xs, rs) for f in plain] + [scaled]
+    return jax.lax.switch(index, branches, xs)
+
+  if method == 'fused':
+    return fused(leaves)
+  if method == 'rescue':
+    return rescue(leaves)
+  return jax.lax.platform_dependent(leaves, cpu=rescue, default=fused)

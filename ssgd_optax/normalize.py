@@ -302,7 +302,7 @@ def momentum_and_learning_rate(learning_rate: optax.ScalarOrSchedule, momentum: 
   """The optimiser after a normalisation: optional momentum trace, then ``-learning_rate``.
 
   Validates the three arguments (shared by :func:`ssgd` and
-  :func:`ssgd_optax.dp_ssgd.dp_ssgd`).
+  :func:`ssgd_optax.privacy.dp_ssgd`).
 
   Example:
 

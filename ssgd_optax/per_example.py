@@ -17,18 +17,18 @@ Design points:
   they are padded to a fixed size with a 0/1 ``mask``. Rows with ``mask == 0``
   come back as exact zeros (selected with ``jnp.where``, so a padded row whose
   loss is NaN or Inf cannot poison the result), and a zero gradient
-  contributes exactly zero after :func:`ssgd_optax.dp_ssgd.normalize_per_example`.
+  contributes exactly zero after :func:`ssgd_optax.privacy.normalize_per_example`.
 * **Non-finite examples.** An example whose loss or gradient is NaN or Inf
   (an Inf pixel, say) comes back as a non-finite row and never touches the
   other rows (each row is its own ``grad``). The DP transforms drop such a
-  row by default (:func:`ssgd_optax.dp_ssgd.normalize_per_example`,
+  row by default (:func:`ssgd_optax.privacy.normalize_per_example`,
   ``nonfinite="drop"``); summing the raw rows yourself would let one example
   turn the whole update into NaN.
 * **Multiple devices.** The functions are pure; under ``jax.jit`` with the
   batch sharded over a mesh (``NamedSharding(mesh, P('data'))``) each device
   computes the gradients of its own rows, and inside ``jax.shard_map`` each
   device calls them on its local rows. Where the noise goes is decided by
-  :func:`ssgd_optax.dp_ssgd.dp_unit_normalize` (``axis_name``).
+  :func:`ssgd_optax.privacy.dp_unit_normalize` (``axis_name``).
 * **Models.** Anything that couples examples in the forward pass (BatchNorm,
   in-batch attention) breaks the per-example bound: use GroupNorm/LayerNorm.
   Stochastic layers (Dropout) would need a key per example; the NNX helper

@@ -64,10 +64,12 @@ __all__ = [
   'SelectiveSharingState',
   'DPSelectiveSharingState',
   'DPSparseVectorPrivacy',
+  'SparseVectorMechanism',
   'num_shared',
   'selective_sharing',
   'dp_selective_sharing',
   'dp_selective_sharing_privacy',
+  'sparse_vector_mechanism',
   'epsilon_from_per_parameter',
 ]
 
@@ -382,12 +384,115 @@ def _numeric_sparse(flat: jax.Array, k: int, epsilon: jax.Array, clip: jax.Array
   return jnp.zeros((n,), jnp.float32).at[order].set(out_perm)
 
 
-def dp_selective_sharing(fraction: float,
+class SparseVectorMechanism(NamedTuple):
+  r"""The sparse-vector release (NumericSparse) of one DSSGD upload.
+
+  Attributes:
+    fraction: ``theta_u``, static; sets ``c = ceil(fraction * |w|)``.
+    epsilon: ``> 0``, the cost of one released update (may be traced).
+    clip: ``gamma > 0``, the truncation bound (may be traced).
+    threshold: ``tau >= 0`` (may be traced).
+
+  The epsilon split is ``eps_1 = 8 eps / 9`` for the threshold tests and
+  ``eps_2 = 2 eps / 9`` for the values (whose ``c`` releases cost
+  ``eps_2 / 2 = eps / 9``); the Laplace scales for an update of ``|w|``
+  entries are :meth:`scales`.
+
+  Guarantees:
+    * Neighbouring relation: **replace one participant's contribution** to
+      the round: the participant's whole local data set may be replaced by any
+      other (equivalently, its gradient by any other gradient), because every
+      query and value is truncated to ``[-gamma, gamma]`` whatever the data.
+      This is participant-level (user-level) DP, not example-level, and there
+      is no sampling amplification.
+    * Sensitivity: ``Delta f = 2 gamma`` for every query ``|clip(g_j)|`` and
+      every value ``clip(g_j)`` (L1 and L-infinity: one entry per query).
+    * Each released update is pure ``epsilon``-DP; ``R`` rounds compose to
+      ``(R epsilon, 0)``, or less at ``delta > 0``
+      (:func:`ssgd_optax.privacy.compute_epsilon` with this mechanism, or
+      :func:`dp_selective_sharing_privacy`). ``epsilon / c`` ("per
+      parameter") is **not** a guarantee.
+  """
+
+  fraction: float
+  epsilon: Any
+  clip: Any
+  threshold: Any = 0.0
+
+  @property
+  def sensitivity(self) -> Any:
+    """``Delta f = 2 gamma``, of every query and every released value."""
+    return 2.0 * self.clip
+
+  @property
+  def epsilon_split(self) -> tuple[Any, Any]:
+    """``(eps_1, eps_2) = (8 eps / 9, 2 eps / 9)``."""
+    return 8.0 * self.epsilon / 9.0, 2.0 * self.epsilon / 9.0
+
+  @property
+  def neighboring_relation(self) -> str:
+    return 'replace_one'
+
+  def num_shared(self, num_params: int) -> int:
+    """``c = ceil(fraction * num_params)``, releases per round."""
+    return num_shared(num_params, self.fraction)
+
+  def scales(self, num_params: int) -> _SparseVectorScales:
+    """The Laplace scales (threshold, query, value) for ``num_params`` entries."""
+    return _sparse_vector_scales(self.num_shared(num_params), self.epsilon, self.clip)
+
+  def privacy(self, rounds: int, *, num_params: int,
+              delta: float | None = None) -> DPSparseVectorPrivacy:
+    """:func:`dp_selective_sharing_privacy` of ``rounds`` releases."""
+    return dp_selective_sharing_privacy(self.epsilon, rounds, num_params=num_params,
+                                        fraction=self.fraction, delta=delta)
+
+
+def _check_sparse_vector(fraction, epsilon, clip, threshold) -> None:
+  _check_fraction(fraction)
+  _validation.check_positive('epsilon', epsilon)
+  if clip is None:
+    raise ValueError('clip (gamma) is required by dp_selective_sharing: it bounds '
+                     'the sensitivity; got None.')
+  _validation.check_positive('clip', clip)
+  _validation.check_nonnegative('threshold', threshold)
+
+
+def sparse_vector_mechanism(fraction: float, *, epsilon: Any, clip: Any,
+                            threshold: Any = 0.0) -> SparseVectorMechanism:
+  """The mechanism of :func:`dp_selective_sharing` (validated).
+
+  Args:
+    fraction: static ``theta_u`` in ``[0, 1]``.
+    epsilon: ``> 0``, the cost of one released update.
+    clip: ``gamma > 0``, finite.
+    threshold: ``tau >= 0``.
+
+  Returns:
+    A :class:`SparseVectorMechanism`, to pass as ``mechanism=`` to
+    :func:`dp_selective_sharing` and to the accountant.
+
+  Example:
+
+  >>> m = sparse_vector_mechanism(0.1, epsilon=0.9, clip=0.5)
+  >>> m.sensitivity, m.num_shared(1000), [round(e, 2) for e in m.epsilon_split]
+  (1.0, 100, [0.8, 0.2])
+  """
+  _check_sparse_vector(fraction, epsilon, clip, threshold)
+  return SparseVectorMechanism(fraction, epsilon, clip, threshold)
+
+
+_UNSET = object()
+
+
+def dp_selective_sharing(fraction: float | None = None,
                          *,
-                         epsilon: Any,
-                         clip: Any,
-                         threshold: Any = 0.0,
-                         key: Any = None) -> optax.GradientTransformationExtraArgs:
+                         epsilon: Any = None,
+                         clip: Any = None,
+                         threshold: Any = _UNSET,
+                         key: Any = None,
+                         mechanism: SparseVectorMechanism | None = None
+                         ) -> optax.GradientTransformationExtraArgs:
   r"""Differentially private selective sharing (DSSGD's sparse vector release).
 
   Every update is released by NumericSparse (Dwork & Roth 2014, Alg. 3), as
@@ -424,6 +529,10 @@ def dp_selective_sharing(fraction: float,
   (treated as 0, not clipped to ``+-gamma``), so one Inf or NaN neither makes
   the release non-finite nor reveals itself.
 
+  Pass either ``mechanism=`` (a :class:`SparseVectorMechanism`, the
+  object the accountant reads too; see its "Guarantees") or the four
+  numbers, not both.
+
   Args:
     fraction: static ``theta_u`` in ``[0, 1]``; sets ``c``.
     epsilon: ``> 0`` (may be traced): the privacy cost of one update, per
@@ -433,6 +542,9 @@ def dp_selective_sharing(fraction: float,
     threshold: ``tau >= 0`` (may be traced).
     key: a PRNG key (``jax.random.key``), required; kept in the state and
       split on every update.
+    mechanism: a :class:`SparseVectorMechanism` (from
+      :func:`sparse_vector_mechanism`) instead of ``fraction``, ``epsilon``,
+      ``clip`` and ``threshold``.
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs` with a
@@ -449,13 +561,21 @@ def dp_selective_sharing(fraction: float,
   >>> int((u['w'] != 0).sum()) <= 2, int(state.rounds)
   (True, 1)
   """
-  _check_fraction(fraction)
-  _validation.check_positive('epsilon', epsilon)
-  if clip is None:
-    raise ValueError('clip (gamma) is required by dp_selective_sharing: it bounds '
-                     'the sensitivity; got None.')
-  _validation.check_positive('clip', clip)
-  _validation.check_nonnegative('threshold', threshold)
+  if mechanism is not None:
+    if not isinstance(mechanism, SparseVectorMechanism):
+      raise TypeError('mechanism must be a SparseVectorMechanism (sparse_vector_mechanism); '
+                      f'got {type(mechanism).__name__}.')
+    given = [n for n, v in (('fraction', fraction), ('epsilon', epsilon), ('clip', clip))
+             if v is not None] + (['threshold'] if threshold is not _UNSET else [])
+    if given:
+      raise ValueError(f'dp_selective_sharing got mechanism= and {", ".join(given)}: pass '
+                       'either the mechanism or the numbers, not both.')
+    fraction, epsilon, clip, threshold = mechanism
+  elif fraction is None:
+    raise ValueError('dp_selective_sharing needs fraction (theta_u in [0, 1]) or mechanism=.')
+  if threshold is _UNSET:
+    threshold = 0.0
+  _check_sparse_vector(fraction, epsilon, clip, threshold)
   typed_key = _keys.check_key(key)
 
   def init_fn(params):

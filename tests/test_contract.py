@@ -45,7 +45,6 @@ import optax
 import pytest
 
 import ssgd_optax
-from ssgd_optax import dp_ssgd
 from ssgd_optax import normalize
 from ssgd_optax import parallel
 from ssgd_optax import privacy
@@ -119,15 +118,25 @@ CASES = [
          dict(noise_multiplier=1.0, sensitivity=0.5, expected_batch_size=2.0, key=KEY),
          traced=dict(noise_multiplier=0.5, sensitivity=0.25, expected_batch_size=4.0),
          static=('key',)),
-    Case('dp_unit_normalize', dp_ssgd.dp_unit_normalize,
+    Case('dp_unit_normalize', privacy.dp_unit_normalize,
          dict(noise_multiplier=1.0, expected_batch_size=2.0, key=KEY),
          traced=dict(noise_multiplier=0.5, expected_batch_size=4.0, stability=0.1),
          static=('key',), per_example=True),
-    Case('dp_ssgd', dp_ssgd.dp_ssgd,
+    Case('dp_ssgd', privacy.dp_ssgd,
          dict(learning_rate=0.1, noise_multiplier=1.0, expected_batch_size=2.0, key=KEY,
               momentum=0.9),
          traced=dict(learning_rate=0.3, noise_multiplier=0.5, expected_batch_size=4.0,
                      momentum=0.5), static=('key',),
+         per_example=True),
+    # The preferred form: the mechanism object that the accountant reads too.
+    Case('add_gaussian_noise_mechanism', privacy.add_gaussian_noise,
+         dict(mechanism=privacy.dpsgd_mechanism(0.5, 1.0), expected_batch_size=2.0, key=KEY),
+         traced=dict(expected_batch_size=4.0), static=('key', 'mechanism')),
+    Case('dp_unit_normalize_mechanism', privacy.dp_unit_normalize,
+         dict(mechanism=privacy.dp_ssgd_mechanism(
+             {'w': jnp.zeros((3, 2)), 'b': jnp.zeros(2)}, 1.0, 'per_leaf'),
+              expected_batch_size=2.0, key=KEY),
+         traced=dict(expected_batch_size=4.0, stability=0.1), static=('key', 'mechanism'),
          per_example=True),
     Case('gaussian_noise', defences.gaussian_noise, dict(stddev=0.1, key=KEY),
          traced=dict(stddev=0.3), static=('key',)),

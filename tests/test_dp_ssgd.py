@@ -13,7 +13,8 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 import ssgd_optax
-from ssgd_optax import dp_ssgd as dp
+from ssgd_optax import privacy
+from ssgd_optax.privacy import unit_normalization as dp
 from ssgd_optax import grouping
 from ssgd_optax import per_example
 from scripts import load as _load
@@ -188,7 +189,7 @@ def test_accountant_uses_the_mechanism():
   want = privacy.compute_epsilon(noise_multiplier=1.1, num_releases=1, **kw)
   for s in SCOPES:
     assert eps[s] == pytest.approx(want)
-  sigma = dp.calibrate_noise_multiplier(2.0, accountant='rdp', **kw)
+  sigma = privacy.calibrate_noise_multiplier(2.0, accountant='rdp', **kw)
   assert dp.dp_ssgd_mechanism(params, sigma, 'per_layer').epsilon(
       accountant='rdp', **kw) == pytest.approx(2.0, rel=0.02)
 
@@ -453,7 +454,7 @@ def test_donating_the_state_does_not_break_a_second_init(make):
 
   # The check fails on a transform that stores the caller's buffer itself.
   key = jax.random.key(3)
-  broken = optax.GradientTransformation(lambda p: dp.DpUnitNormalizeState(key),
+  broken = optax.GradientTransformation(lambda p: dp.DPUnitNormalizeState(key),
                                         lambda u, s, p=None: (u, s))
   jax.jit(broken.update, donate_argnums=1)(params, broken.init(params))
   with pytest.raises(RuntimeError, match='deleted'):
@@ -486,3 +487,86 @@ def test_padded_rows_with_inf_or_nan_give_the_unpadded_release(fill):
   got, _ = jax.jit(tx.update)(padded, tx.init(params), params, mask=mask)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), got, want)
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(got))
+
+
+# ----------------------------------------------------------------------------
+# The norms are ssgd_optax._numerics' (one safe norm for the package): range
+# safety of both forms, and the compiled HLO of the common path on CPU.
+
+
+def _extreme_rows():
+  """Rows at the float32 limits: norm near max, tiny, squares that flush,
+  subnormal, zero."""
+  x = np.zeros((5, 1001), np.float32)
+  x[0, :] = 1e35            # squares overflow; 1/n = 3e-37 would be near subnormal
+  x[0, :4] = 3e38           # norm 6e38 > max: 1/n is subnormal (0 on CPU)
+  x[1, :3] = 2e-38          # norm 3.5e-38: squares below tiny
+  x[2, :] = 1e-19           # squares flush to 0 ...
+  x[2, 0] = 1.2e-19         # ... but this one's does not: the norm-26 case
+  x[3, :] = 1e-39           # subnormal: a zero row on every backend
+  return x                  # row 4: zeros
+
+
+@pytest.mark.parametrize('method', ['rescue', 'fused'])
+def test_rows_at_the_float32_limits_have_unit_norm_in_both_forms(method, monkeypatch):
+  monkeypatch.setattr(dp, '_METHOD', method)
+  x = _extreme_rows()
+  u = jax.jit(lambda t: dp.normalize_per_example(t))({'w': x})['w']
+  norms = np.linalg.norm(np.asarray(u, np.float64), axis=1)
+  np.testing.assert_allclose(norms, [1, 1, 1, 0, 0], rtol=1e-6)
+  assert np.all(np.asarray(u[3:]) == 0)
+  out = jax.jit(lambda t: dp.noisy_normalized_mean(t, jax.random.key(0), noise_multiplier=0.0,
+                                                   expected_batch_size=1.0))({'w': x})['w']
+  np.testing.assert_allclose(np.asarray(out, np.float64), np.asarray(u, np.float64).sum(0),
+                             rtol=1e-5, atol=1e-6)
+  # Negative control: one scale per row, 1 / n, is subnormal for row 0 (its
+  # norm exceeds the float32 max): 0 on CPU, a zero row instead of a unit one.
+  n = min(float(np.linalg.norm(x[0].astype(np.float64))), float(np.finfo(np.float32).max))
+  one_scale = jax.jit(lambda r, inv: r * inv)(x[0], 1 / jnp.float32(n))
+  assert np.linalg.norm(np.asarray(one_scale, np.float64)) < 0.5
+
+
+def _hlo_counts(f, *args):
+  import re  # pylint: disable=import-outside-toplevel
+  lowered = jax.jit(f).lower(*args)
+  stable = lowered.as_text()
+  compiled = lowered.compile().as_text()
+  return {
+      'branches': stable.count('stablehlo.case') + stable.count('stablehlo.if'),
+      'reduce': len(re.findall(r'stablehlo\.reduce\(.*: \(tensor<[0-9x]+x(?:f|bf)\d+>', stable)),
+      'conditional': compiled.count(' conditional('),
+  }
+
+
+@pytest.mark.parametrize('scope', SCOPES)
+def test_hlo_common_path_has_one_conditional_and_one_reduction_per_leaf(scope, monkeypatch):
+  """CPU: one sum of squares per leaf on the common path (no max pass), the
+  scaled sums only in the rescue branch, one batch-level conditional."""
+  tree = {f'l{i}': {'w': jnp.ones((8, 3, 3, 4, 8)), 'b': jnp.ones((8, 8))} for i in range(3)}
+  n = len(jax.tree.leaves(tree))
+  key = jax.random.key(0)
+
+  def normalized(t):
+    return dp.normalize_per_example(t, scope)
+
+  def released(t, k):
+    return dp.noisy_normalized_mean(t, k, noise_multiplier=1.0, expected_batch_size=8,
+                                    scope=scope)
+
+  # Fresh lambdas: jit's cache would otherwise ignore the change of _METHOD.
+  for f, args in ((lambda t: normalized(t), (tree,)), (lambda t, k: released(t, k), (tree, key))):
+    counts = _hlo_counts(f, *args)
+    assert counts['conditional'] == 1, counts
+    assert counts['reduce'] == 3 * n, counts   # plain + (x 2^-84, x 2^84) in the rescue
+  # The accelerator form: branch-free, the same three reductions per leaf.
+  monkeypatch.setattr(dp, '_METHOD', 'fused')
+  for f, args in ((lambda t: normalized(t), (tree,)), (lambda t, k: released(t, k), (tree, key))):
+    counts = _hlo_counts(f, *args)
+    assert counts['branches'] == 0 and counts['conditional'] == 0, counts
+    assert counts['reduce'] == 3 * n, counts
+  # Negative control: a max|g| pass per leaf (the previous rescue's input)
+  # breaks the count.
+  monkeypatch.setattr(dp, '_METHOD', 'auto')
+  assert _hlo_counts(lambda t: (normalized(t), [jnp.max(jnp.abs(x), axis=(1, 2, 3, 4)[:x.ndim - 1])
+                                                for x in jax.tree.leaves(t)]),
+                     tree)['reduce'] > 3 * n

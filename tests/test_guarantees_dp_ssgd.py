@@ -27,7 +27,7 @@ import optax
 import pytest
 from flax import nnx
 
-from ssgd_optax import dp_ssgd as dp
+from ssgd_optax.privacy import unit_normalization as dp
 from ssgd_optax import per_example
 
 SCOPES = ('global', 'per_leaf', 'per_layer')
@@ -202,6 +202,7 @@ def test_underflowing_squares_do_not_inflate_the_norm():
 @pytest.mark.parametrize('scope', SCOPES)
 def test_noise_std_is_sigma_times_sensitivity_over_expected_batch_size(scope, monkeypatch):
   from ssgd_optax import privacy  # pylint: disable=import-outside-toplevel
+  import ssgd_optax.privacy.accounting  # pylint: disable=import-outside-toplevel,unused-import
   sigma, bbar = 0.8, 5.0
   params = {'a': {'w': jnp.zeros((300, 100)), 'b': jnp.zeros((50,))},
             'c': {'w': jnp.zeros((200, 100))}}
@@ -222,15 +223,18 @@ def test_noise_std_is_sigma_times_sensitivity_over_expected_batch_size(scope, mo
   if mechanism.num_groups > 1:
     assert noise.std() / mechanism.sensitivity != pytest.approx(want, rel=0.02)
 
-  # What the accountant is fed: the same multiplier, one release per step.
+  # What the accountant computes with (it reads the mechanism): the same
+  # multiplier, one release per step.
   seen = {}
 
-  def spy(**kwargs):
-    seen.update(kwargs)
+  def spy(z, q, steps, num_releases, *args):
+    del q, steps, args
+    seen.update(noise_multiplier=z, num_releases=num_releases)
     return 1.0
 
-  monkeypatch.setattr(privacy, 'compute_epsilon', spy)
+  monkeypatch.setattr(privacy.accounting, '_epsilon', spy)
   mechanism.epsilon(sampling_rate=0.01, steps=10, delta=1e-5)
+  assert seen, 'the accountant was not reached'
   assert seen['noise_multiplier'] == pytest.approx(sigma)
   assert seen.get('num_releases', 1) == 1
   assert seen['noise_multiplier'] == pytest.approx(noise.std() * bbar / mechanism.sensitivity,

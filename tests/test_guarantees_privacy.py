@@ -312,24 +312,24 @@ class _TinyCNN(nnx.Module):
 
 
 def test_dp_train_feeds_the_accountant_the_noise_it_adds(monkeypatch):
-  """examples/dp_train.py: same z, L (noised tensors) and steps in noise and accountant."""
+  """examples/dp_train.py: one mechanism object (z, L, sensitivities) in noise and accountant."""
   dp_train = _load('examples/dp_train.py')
   monkeypatch.setattr(privacy, 'StevensCNN', _TinyCNN)
   seen = {'noise': [], 'eps': [], 'tracker': [], 'updates': 0}
   real_noise, real_tracker = privacy.add_gaussian_noise, privacy.BudgetTracker
 
-  def noise(z, sens, bbar, **kw):
-    tx = real_noise(z, sens, bbar, **kw)
+  def noise(*a, mechanism=None, **kw):
+    tx = real_noise(*a, mechanism=mechanism, **kw)
 
     def update(u, state, params=None):
-      seen['noise'].append((z, sens, len(jax.tree.leaves(u))))
+      seen['noise'].append((mechanism, len(jax.tree.leaves(u))))
       jax.debug.callback(lambda: seen.__setitem__('updates', seen['updates'] + 1))
       return tx.update(u, state, params)
 
     return optax.GradientTransformation(tx.init, update)
 
-  def eps(**kw):  # recorded, not computed (the accountant has its own tests)
-    seen['eps'].append(kw)
+  def eps(mechanism=None, **kw):  # recorded, not computed (the accountant has its own tests)
+    seen['eps'].append((mechanism, kw))
     return 1.0
 
   def tracker(*a, **kw):
@@ -347,13 +347,17 @@ def test_dp_train_feeds_the_accountant_the_noise_it_adds(monkeypatch):
   r = dp_train.train_and_evaluate('bp', ds, target_epsilon=4.0, epochs=0.5, batch_size=16,
                                   accountant='rdp')
   jax.effects_barrier()
-  z, sens, leaves = seen['noise'][0]
-  assert leaves == len(jax.tree.leaves(sens)) == r['num_releases'] == 3  # conv, fc, bias
+  mechanism, leaves = seen['noise'][0]
+  assert isinstance(mechanism, privacy.BackpropClipMechanism)
+  assert leaves == len(jax.tree.leaves(mechanism.sensitivities)) == mechanism.num_releases
+  assert mechanism.num_releases == r['num_releases'] == 3  # conv, fc, bias
+  assert mechanism.noise_multiplier == r['noise_multiplier']
   assert seen['updates'] == r['steps'] == 2
-  assert all(k['noise_multiplier'] == z and k['num_releases'] == leaves and k['steps'] == 2
-             for k in seen['eps'])
-  assert seen['tracker'][0]['noise_multiplier'] == z
-  assert seen['tracker'][0]['num_releases'] == leaves
+  # The accountant and the tracker get the very object the noise reads, and no numbers.
+  assert seen['eps'] and all(m is mechanism and kw['steps'] == 2 and 'num_releases' not in kw
+                             and 'noise_multiplier' not in kw for m, kw in seen['eps'])
+  assert seen['tracker'][0]['mechanism'] is mechanism
+  assert 'num_releases' not in seen['tracker'][0]
 
 
 # ---------------------------------------------------------------------------

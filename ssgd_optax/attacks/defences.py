@@ -28,7 +28,7 @@ name              shared update
                   ``noise_1e-2``, ``noise_1e-1``
 ``dssgd_10``      :func:`ssgd_optax.selective.selective_sharing` 10 %,
                   ``threshold_random`` (if that module is installed)
-``dp_ssgd_1``     :func:`ssgd_optax.dp_ssgd.dp_unit_normalize`, noise
+``dp_ssgd_1``     :func:`ssgd_optax.privacy.dp_unit_normalize`, noise
                   multiplier 1, per-example (if installed)
 ================  ===========================================================
 """
@@ -151,11 +151,11 @@ def _register_builtins() -> None:
     register_defence('dssgd_10', lambda key, b: Defence(selective.selective_sharing(
         0.1, strategy='threshold_random', key=key)))
   try:
-    from ssgd_optax import dp_ssgd
-  except ImportError:  # pragma: no cover
-    dp_ssgd = None
-  if dp_ssgd is not None:
-    register_defence('dp_ssgd_1', lambda key, b: Defence(dp_ssgd.dp_unit_normalize(
+    from ssgd_optax import privacy
+  except ImportError:  # pragma: no cover - without the privacy extra
+    privacy = None
+  if privacy is not None:
+    register_defence('dp_ssgd_1', lambda key, b: Defence(privacy.dp_unit_normalize(
         1.0, expected_batch_size=b, key=key), per_example=True))
 
 

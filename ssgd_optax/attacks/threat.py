@@ -57,7 +57,7 @@ class Defence(NamedTuple):
       the batch gradient (or, if ``per_example``, per-example gradients with a
       leading batch axis) and returns what is shared.
     per_example: whether ``transform`` consumes per-example gradients (as
-      :func:`ssgd_optax.dp_ssgd.dp_unit_normalize` does).
+      :func:`ssgd_optax.privacy.dp_unit_normalize` does).
     name: a label for tables.
   """
   transform: optax.GradientTransformation

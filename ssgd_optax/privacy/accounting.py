@@ -30,6 +30,17 @@ nothing unless the Poisson batch overflows the padding; pass ``num_examples``
 and ``max_batch_size`` to account for that truncation exactly (PLD only), or
 see :func:`ssgd_optax.privacy.overflow_probability`.
 
+Every function here takes either a **mechanism object** as its first argument
+(:mod:`ssgd_optax.privacy.mechanisms`: ``DPSGDMechanism``, ``DPSSGDMechanism``,
+``BackpropClipMechanism``; :class:`ssgd_optax.selective.SparseVectorMechanism`),
+from which it reads ``noise_multiplier`` and ``num_releases``, or those numbers
+as keywords, never both: the preferred form builds the mechanism once and passes
+it to the noise transform and to the accountant, so the two cannot disagree.
+The sparse-vector release (pure ``epsilon``-DP per round, replace-one
+participant) is accounted by the exact composition of
+:func:`ssgd_optax.selective.dp_selective_sharing_privacy`, with
+``steps`` = rounds and no sampling.
+
 Everything here runs on the host (Python floats), never under ``jit``.
 """
 
@@ -48,6 +59,7 @@ from dp_accounting import rdp as _rdp
 from dp_accounting.pld import privacy_loss_distribution as _pld_lib
 
 from ssgd_optax import _validation
+from ssgd_optax import selective as _selective
 
 __all__ = [
     'ACCOUNTANTS',
@@ -123,15 +135,75 @@ def _check_truncation(num_examples: Any, max_batch_size: Any, accountant: str) -
   return True
 
 
+def _is_sparse_vector(mechanism: Any) -> bool:
+  return isinstance(mechanism, _selective.SparseVectorMechanism)
+
+
+def _resolve(mechanism: Any, noise_multiplier: Any, num_releases: Any, caller: str, *,
+             need_noise: bool = True) -> tuple[Any, int]:
+  """``(noise_multiplier, num_releases)`` from a Gaussian mechanism or the keywords."""
+  if mechanism is None:
+    if need_noise and noise_multiplier is None:
+      raise ValueError(f'{caller} needs noise_multiplier= (or a mechanism object as its first '
+                       'argument, e.g. privacy.dpsgd_mechanism(...)); got neither.')
+    return noise_multiplier, 1 if num_releases is None else num_releases
+  given = [n for n, v in (('noise_multiplier', noise_multiplier),
+                          ('num_releases', num_releases)) if v is not None]
+  if given:
+    raise ValueError(
+        f'{caller} got a mechanism and {" and ".join(given)}: the mechanism fixes them; pass '
+        'one or the other, not both (a hand-passed num_releases can disagree with the noise).')
+  if _is_sparse_vector(mechanism):
+    raise ValueError(
+        f'{caller} does not apply to the sparse-vector release (SparseVectorMechanism): it is '
+        'pure epsilon-DP per round, with no noise multiplier or Gaussian event; use '
+        'compute_epsilon(mechanism, steps=rounds, delta=...) or BudgetTracker(mechanism=...).')
+  if not (hasattr(mechanism, 'noise_multiplier') and hasattr(mechanism, 'num_releases')):
+    raise TypeError(
+        'mechanism must be a mechanism object with noise_multiplier and num_releases '
+        '(DPSGDMechanism, DPSSGDMechanism, BackpropClipMechanism, SparseVectorMechanism); '
+        f'got {type(mechanism).__name__}.')
+  z = mechanism.noise_multiplier
+  if need_noise and z is None:
+    raise ValueError(
+        f'mechanism.noise_multiplier is None ({type(mechanism).__name__}): calibrate it first, '
+        'z = calibrate_noise_multiplier(target_epsilon, mechanism=m, ...), then '
+        'm = m._replace(noise_multiplier=z).')
+  return z, mechanism.num_releases
+
+
+def _sparse_vector_epsilon(mechanism: Any, sampling_rate: Any, steps: Any, delta: Any,
+                           accountant: Any, num_examples: Any, max_batch_size: Any) -> float:
+  _validation.check_choice('accountant', accountant, ACCOUNTANTS)
+  if accountant != 'pld':
+    raise ValueError(
+        "The sparse-vector release is accounted exactly (privacy-loss distribution of pure "
+        f"epsilon-DP rounds): use accountant='pld'; got accountant={accountant!r}.")
+  if sampling_rate is not None and _concrete('sampling_rate', sampling_rate) != 1:
+    raise ValueError(
+        'The sparse-vector release has no sampling: every round releases the participant\'s '
+        'update (replace-one participant); sampling_rate must be None or 1, got '
+        f'{sampling_rate!r}.')
+  if num_examples is not None or max_batch_size is not None:
+    raise ValueError('num_examples and max_batch_size (truncated Poisson batches) do not apply '
+                     'to the sparse-vector release.')
+  _validation.check_int('steps', steps, minimum=0)
+  d = _check_delta(delta)
+  eps = _concrete('mechanism.epsilon', mechanism.epsilon)
+  return _selective.dp_selective_sharing_privacy(
+      eps, steps, num_params=0, fraction=mechanism.fraction, delta=d).total_epsilon_at_delta
+
+
 # ----------------------------------------------------------------------------
 # Events.
 
 
-def make_dp_event(*,
-                  noise_multiplier: float,
+def make_dp_event(mechanism: Any = None,
+                  *,
+                  noise_multiplier: float | None = None,
                   sampling_rate: float,
                   steps: int,
-                  num_releases: int = 1,
+                  num_releases: int | None = None,
                   accountant: Accountant = 'pld',
                   num_examples: int | None = None,
                   max_batch_size: int | None = None) -> dp_accounting.DpEvent:
@@ -144,6 +216,9 @@ def make_dp_event(*,
      (z/\sqrt{L})^2)\big), \qquad \text{run} = \text{step}^{\otimes T}.
 
   Args:
+    mechanism: a Gaussian mechanism object (``DPSGDMechanism``,
+      ``DPSSGDMechanism``, ``BackpropClipMechanism``) giving
+      ``noise_multiplier`` and ``num_releases``; or ``None`` and pass them.
     noise_multiplier: ``z``, the noise std of each release divided by its
       sensitivity, ``> 0``.
     sampling_rate: Poisson sampling probability ``q`` (expected batch / N).
@@ -167,6 +242,8 @@ def make_dp_event(*,
     >>> type(event).__name__, event.count
     ('SelfComposedDpEvent', 10)
   """
+  noise_multiplier, num_releases = _resolve(mechanism, noise_multiplier, num_releases,
+                                            'make_dp_event')
   z, q = _check_common(noise_multiplier, sampling_rate, steps, num_releases, accountant)
   if z == 0:
     raise ValueError('make_dp_event needs noise_multiplier > 0; noise 0 is not private.')
@@ -226,12 +303,13 @@ def _subsampled_gaussian_pld(noise_multiplier: float, sampling_rate: float) -> A
       neighboring_relation=default.neighboring_relation)
 
 
-def compute_epsilon(*,
-                    noise_multiplier: float,
-                    sampling_rate: float,
+def compute_epsilon(mechanism: Any = None,
+                    *,
+                    noise_multiplier: float | None = None,
+                    sampling_rate: float | None = None,
                     steps: int,
                     delta: float,
-                    num_releases: int = 1,
+                    num_releases: int | None = None,
                     accountant: Accountant = 'pld',
                     num_examples: int | None = None,
                     max_batch_size: int | None = None) -> float:
@@ -244,7 +322,14 @@ def compute_epsilon(*,
   Edge cases: ``steps == 0``, ``sampling_rate == 0`` or ``noise_multiplier ==
   inf`` give ``0.0``; ``noise_multiplier == 0`` (otherwise) gives ``inf``.
 
+  Given a :class:`~ssgd_optax.selective.SparseVectorMechanism`, ``steps`` is
+  the number of rounds, ``sampling_rate`` must be ``None`` (or 1) and the
+  result is the exact ``(epsilon, delta)`` of ``steps`` pure
+  ``mechanism.epsilon``-DP rounds (replace-one participant).
+
   Args:
+    mechanism: a mechanism object (see the module docstring), or ``None`` and
+      pass ``noise_multiplier`` (and ``num_releases``).
     noise_multiplier: ``z = sigma / sensitivity`` of each release, ``>= 0``.
     sampling_rate: Poisson sampling probability ``q`` in ``[0, 1]``.
     steps: number of training steps ``T >= 0``.
@@ -265,7 +350,22 @@ def compute_epsilon(*,
     ...                       steps=100, delta=1e-5, accountant='rdp')
     >>> 0.5 < eps < 1.5
     True
+    >>> from ssgd_optax.privacy import dpsgd_mechanism
+    >>> eps == compute_epsilon(dpsgd_mechanism(1.0, 1.1), sampling_rate=0.01,
+    ...                        steps=100, delta=1e-5, accountant='rdp')
+    True
   """
+  if _is_sparse_vector(mechanism):
+    if noise_multiplier is not None or num_releases is not None:
+      raise ValueError('compute_epsilon got a SparseVectorMechanism and noise_multiplier/'
+                       'num_releases: the sparse vector has neither; pass only the mechanism.')
+    return _sparse_vector_epsilon(mechanism, sampling_rate, steps, delta, accountant,
+                                  num_examples, max_batch_size)
+  noise_multiplier, num_releases = _resolve(mechanism, noise_multiplier, num_releases,
+                                            'compute_epsilon')
+  if sampling_rate is None:
+    raise ValueError('compute_epsilon needs sampling_rate= (the Poisson rate q) for a '
+                     'Gaussian mechanism.')
   z, q = _check_common(noise_multiplier, sampling_rate, steps, num_releases, accountant)
   d = _check_delta(delta)
   _check_truncation(num_examples, max_batch_size, accountant)
@@ -277,12 +377,13 @@ def compute_epsilon(*,
   return _epsilon(z, q, steps, num_releases, d, accountant, num_examples, max_batch_size)
 
 
-def compute_delta(*,
-                  noise_multiplier: float,
+def compute_delta(mechanism: Any = None,
+                  *,
+                  noise_multiplier: float | None = None,
                   sampling_rate: float,
                   steps: int,
                   epsilon: float,
-                  num_releases: int = 1,
+                  num_releases: int | None = None,
                   accountant: Accountant = 'pld') -> float:
   r"""Delta at a given epsilon, for the same event as :func:`compute_epsilon`.
 
@@ -290,6 +391,7 @@ def compute_delta(*,
   nothing is released, ``1.0`` without noise.
 
   Args:
+    mechanism: a Gaussian mechanism object, or ``None`` and pass the numbers.
     noise_multiplier: ``z >= 0``.
     sampling_rate: ``q`` in ``[0, 1]``.
     steps: ``T >= 0``.
@@ -307,6 +409,8 @@ def compute_delta(*,
     >>> 0 < d < 1e-4
     True
   """
+  noise_multiplier, num_releases = _resolve(mechanism, noise_multiplier, num_releases,
+                                            'compute_delta')
   z, q = _check_common(noise_multiplier, sampling_rate, steps, num_releases, accountant)
   eps = _concrete('epsilon', epsilon)
   if math.isnan(eps) or eps < 0:
@@ -323,10 +427,11 @@ def compute_delta(*,
 
 def calibrate_noise_multiplier(target_epsilon: float,
                                *,
+                               mechanism: Any = None,
                                sampling_rate: float,
                                steps: int,
                                delta: float,
-                               num_releases: int = 1,
+                               num_releases: int | None = None,
                                accountant: Accountant = 'pld',
                                tol: float = 1e-3,
                                max_noise_multiplier: float = 1e3) -> float:
@@ -339,8 +444,17 @@ def calibrate_noise_multiplier(target_epsilon: float,
   accountant. ``num_releases`` is
   included, so ``z`` is the multiplier of *each* of the ``L`` releases.
 
+  This is the one calibration function of the package (the 0.1
+  ``ssgd_optax.dp_ssgd.calibrate_noise_multiplier`` was this with
+  ``num_releases=1``; DP-SSGD's ``sqrt(G)`` cancels). Given ``mechanism=``,
+  only its structure (``num_releases``) is read, its ``noise_multiplier`` may
+  be ``None``; set the result with ``mechanism._replace(noise_multiplier=z)``.
+
   Args:
     target_epsilon: epsilon to meet, ``> 0``.
+    mechanism: a Gaussian mechanism object (``DPSGDMechanism``,
+      ``DPSSGDMechanism``, ``BackpropClipMechanism``), instead of
+      ``num_releases``.
     sampling_rate: ``q`` in ``(0, 1]``.
     steps: ``T >= 1``.
     delta: in ``(0, 1)``.
@@ -364,6 +478,8 @@ def calibrate_noise_multiplier(target_epsilon: float,
     ...                 delta=1e-5, accountant='rdp') <= 1.0
     True
   """
+  _, num_releases = _resolve(mechanism, None, num_releases, 'calibrate_noise_multiplier',
+                             need_noise=False)
   eps = _concrete('target_epsilon', target_epsilon)
   if not (eps > 0 and math.isfinite(eps)):
     raise ValueError(f'target_epsilon must be a finite number > 0; got {eps!r}.')
@@ -434,12 +550,20 @@ class BudgetTracker:
   * ``"warn"``: warn, charge the step anyway and return ``False``; then
     :meth:`spent` exceeds the target and says so.
 
+  Give it the mechanism object that the noise transform reads
+  (``mechanism=``; preferred) or ``noise_multiplier`` and ``num_releases``,
+  not both. With a :class:`~ssgd_optax.selective.SparseVectorMechanism` a
+  step is one round and ``sampling_rate`` stays ``None``.
+
   Attributes:
     target_epsilon: the budget's epsilon, ``> 0``.
     delta: the budget's delta in ``(0, 1)``.
-    noise_multiplier: ``z`` of each release, ``> 0``.
+    mechanism: a mechanism object, or ``None``.
+    noise_multiplier: ``z`` of each release, ``> 0`` (read from
+      ``mechanism`` when given).
     sampling_rate: Poisson ``q`` in ``(0, 1]``.
-    num_releases: ``L``, releases per step on the same batch.
+    num_releases: ``L``, releases per step on the same batch (read from
+      ``mechanism`` when given).
     accountant: ``"pld"`` or ``"rdp"``.
     on_exhausted: ``"raise"``, ``"warn"`` or ``"stop"``.
     max_steps: the number of steps the budget allows (computed).
@@ -458,9 +582,10 @@ class BudgetTracker:
 
   target_epsilon: float
   delta: float
-  noise_multiplier: float = dataclasses.field(kw_only=True)
-  sampling_rate: float = dataclasses.field(kw_only=True)
-  num_releases: int = dataclasses.field(default=1, kw_only=True)
+  mechanism: Any = dataclasses.field(default=None, kw_only=True)
+  noise_multiplier: float | None = dataclasses.field(default=None, kw_only=True)
+  sampling_rate: float | None = dataclasses.field(default=None, kw_only=True)
+  num_releases: int | None = dataclasses.field(default=None, kw_only=True)
   accountant: Accountant = dataclasses.field(default='pld', kw_only=True)
   on_exhausted: Literal['raise', 'warn', 'stop'] = dataclasses.field(
       default='raise', kw_only=True)
@@ -472,8 +597,24 @@ class BudgetTracker:
     eps = _concrete('target_epsilon', self.target_epsilon)
     if not (eps > 0 and math.isfinite(eps)):
       raise ValueError(f'target_epsilon must be a finite number > 0; got {eps!r}.')
-    z, q = _check_common(self.noise_multiplier, self.sampling_rate, 0,
-                         self.num_releases, self.accountant)
+    if _is_sparse_vector(self.mechanism):
+      if self.noise_multiplier is not None or self.num_releases is not None:
+        raise ValueError('BudgetTracker got a SparseVectorMechanism and noise_multiplier/'
+                         'num_releases: the sparse vector has neither; pass only the mechanism.')
+      _validation.check_choice('on_exhausted', self.on_exhausted, _ON_EXHAUSTED)
+      _validation.check_int('max_steps_limit', self.max_steps_limit, minimum=1)
+      self.delta = _check_delta(self.delta)
+      # Validates sampling_rate (None or 1), the accountant and the epsilon.
+      _sparse_vector_epsilon(self.mechanism, self.sampling_rate, 0, self.delta, self.accountant,
+                             None, None)
+      self.target_epsilon = eps
+      self.max_steps = self._find_max_steps()
+      return
+    z, self.num_releases = _resolve(self.mechanism, self.noise_multiplier, self.num_releases,
+                                    'BudgetTracker')
+    if self.sampling_rate is None:
+      raise ValueError('BudgetTracker needs sampling_rate= (the Poisson rate q).')
+    z, q = _check_common(z, self.sampling_rate, 0, self.num_releases, self.accountant)
     if z == 0:
       raise ValueError('noise_multiplier must be > 0 for a finite budget; got 0.')
     if q == 0:
@@ -484,22 +625,23 @@ class BudgetTracker:
     self.delta = _check_delta(self.delta)
     self.max_steps = self._find_max_steps()
 
-  def _epsilon_at(self, steps: int) -> float:
+  def _epsilon_at(self, steps: int, accountant: str | None = None) -> float:
     """Epsilon after ``steps`` steps under this tracker's settings."""
+    accountant = accountant or self.accountant
+    if _is_sparse_vector(self.mechanism):
+      return compute_epsilon(self.mechanism, sampling_rate=self.sampling_rate, steps=steps,
+                             delta=self.delta, accountant=accountant)
     return compute_epsilon(noise_multiplier=self.noise_multiplier,
                            sampling_rate=self.sampling_rate, steps=steps,
                            delta=self.delta, num_releases=self.num_releases,
-                           accountant=self.accountant)
+                           accountant=accountant)
 
   def _find_max_steps(self) -> int:
     eps = self.target_epsilon
     limit = self.max_steps_limit
 
     def fits(steps: int, accountant: str) -> bool:
-      return compute_epsilon(
-          noise_multiplier=self.noise_multiplier, sampling_rate=self.sampling_rate,
-          steps=steps, delta=self.delta, num_releases=self.num_releases,
-          accountant=accountant) <= eps
+      return self._epsilon_at(steps, accountant) <= eps
 
     def largest(accountant: str, lo: int) -> int:
       """Largest T <= limit with fits(T); `lo` is a guess that may not fit."""
@@ -522,6 +664,8 @@ class BudgetTracker:
           hi = mid
       return lo
 
+    if _is_sparse_vector(self.mechanism):
+      return largest('pld', 1)
     # The cheap RDP answer is a good first guess for the (tighter) PLD one.
     steps_rdp = largest('rdp', 1)
     if self.accountant == 'rdp':
@@ -562,9 +706,11 @@ class BudgetTracker:
     message = (
         f'Privacy budget exhausted: {self.steps} steps taken, {num_steps} more '
         f'would exceed epsilon={self.target_epsilon} at delta={self.delta} '
-        f'(the budget allows {self.max_steps} steps at noise_multiplier='
-        f'{self.noise_multiplier}, sampling_rate={self.sampling_rate}, '
-        f'num_releases={self.num_releases}, accountant={self.accountant!r}).')
+        f'(the budget allows {self.max_steps} steps at '
+        + (f'{self.mechanism!r}' if _is_sparse_vector(self.mechanism) else
+           f'noise_multiplier={self.noise_multiplier}, sampling_rate={self.sampling_rate}, '
+           f'num_releases={self.num_releases}')
+        + f', accountant={self.accountant!r}).')
     if self.on_exhausted == 'raise':
       raise BudgetExhaustedError(message)
     if self.on_exhausted == 'warn':

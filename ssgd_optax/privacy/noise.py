@@ -15,7 +15,10 @@ How many Gaussian mechanisms that is depends on where the sensitivity holds:
 * DP-SGD bounds the whole gradient (a scalar ``sensitivity = C``): one release
   with noise ``z * C`` on every coordinate.
 
-Pass the matching ``num_releases`` to :func:`ssgd_optax.privacy.compute_epsilon`.
+Preferred: build the mechanism object once
+(:func:`ssgd_optax.privacy.backprop_clip_mechanism`,
+:func:`ssgd_optax.privacy.dpsgd_mechanism`) and pass it here as
+``mechanism=`` and to the accountant, which reads ``num_releases`` from it.
 """
 
 from __future__ import annotations
@@ -51,11 +54,12 @@ def _is_scalar(tree: Any) -> bool:
   return jax.tree_util.treedef_is_leaf(jax.tree.structure(tree)) and jnp.ndim(tree) == 0
 
 
-def add_gaussian_noise(noise_multiplier: Any,
-                       sensitivity: Any,
-                       expected_batch_size: Any,
+def add_gaussian_noise(noise_multiplier: Any = None,
+                       sensitivity: Any = None,
+                       expected_batch_size: Any = None,
                        *,
-                       key: chex.PRNGKey) -> optax.GradientTransformation:
+                       key: chex.PRNGKey,
+                       mechanism: Any = None) -> optax.GradientTransformation:
   r"""Adds ``N(0, (z * Delta_l)^2)`` to each leaf of a gradient sum, then averages.
 
   .. math::
@@ -80,6 +84,10 @@ def add_gaussian_noise(noise_multiplier: Any,
     key: a PRNG key (``jax.random.key(seed)`` or a legacy ``PRNGKey``), which
       must be secret for the guarantee to hold; ``init`` stores a copy, so the
       state may be donated to ``jit`` and ``init`` called again.
+    mechanism: instead of ``noise_multiplier`` and ``sensitivity``, a Gaussian
+      mechanism object (``DPSGDMechanism``, ``BackpropClipMechanism``, ...)
+      whose ``noise_multiplier`` and ``sensitivity`` are used; pass the same
+      object to the accountant.
 
   Returns:
     An ``optax.GradientTransformation`` with :class:`GaussianNoiseState`.
@@ -95,6 +103,26 @@ def add_gaussian_noise(noise_multiplier: Any,
     >>> updates['w'].shape
     (3,)
   """
+  if mechanism is not None:
+    given = [n for n, v in (('noise_multiplier', noise_multiplier),
+                            ('sensitivity', sensitivity)) if v is not None]
+    if given:
+      raise ValueError(f'add_gaussian_noise got mechanism= and {" and ".join(given)}: pass '
+                       'either the mechanism or the numbers, not both.')
+    if not (hasattr(mechanism, 'noise_multiplier') and hasattr(mechanism, 'sensitivity')
+            and hasattr(mechanism, 'num_releases')):
+      raise TypeError('mechanism must be a Gaussian mechanism object (noise_multiplier, '
+                      f'sensitivity, num_releases); got {type(mechanism).__name__}.')
+    if mechanism.noise_multiplier is None:
+      raise ValueError('mechanism.noise_multiplier is None: calibrate it first '
+                       '(calibrate_noise_multiplier(..., mechanism=m)) and set it with '
+                       'm._replace(noise_multiplier=z).')
+    noise_multiplier, sensitivity = mechanism.noise_multiplier, mechanism.sensitivity
+  if noise_multiplier is None:
+    raise ValueError('add_gaussian_noise needs noise_multiplier (z >= 0) or mechanism=; '
+                     'got neither.')
+  if expected_batch_size is None:
+    raise ValueError('add_gaussian_noise needs expected_batch_size (Bbar = q N > 0).')
   _validation.check_nonnegative('noise_multiplier', noise_multiplier)
   _validation.check_positive('expected_batch_size', expected_batch_size)
   for leaf in jax.tree.leaves(sensitivity):

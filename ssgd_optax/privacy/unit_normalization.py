@@ -24,8 +24,8 @@ over the groups ``k`` of the scope (:mod:`ssgd_optax.grouping`), with
 Since the noise std is ``sigma * Delta``, the accountant sees a subsampled
 Gaussian with noise multiplier ``sigma`` whatever the scope: a finer scope
 costs utility (more noise per unit of signal), not privacy.
-:class:`DpSsgdMechanism` holds ``sigma`` and ``G``; both the transformation
-(for the noise std) and the accountant (:meth:`DpSsgdMechanism.epsilon`)
+:class:`DPSSGDMechanism` holds ``sigma`` and ``G``; both the transformation
+(for the noise std) and the accountant (:meth:`DPSSGDMechanism.epsilon`)
 read it, so they cannot disagree.
 
 Public pieces:
@@ -36,7 +36,7 @@ Public pieces:
 * :func:`dp_unit_normalize`: the same as an optax transformation whose state
   holds the PRNG key.
 * :func:`dp_ssgd`: ``dp_unit_normalize`` + optional momentum + learning rate.
-* :func:`dp_ssgd_mechanism`, :func:`calibrate_noise_multiplier`: accounting
+* :func:`dp_ssgd_mechanism`: the mechanism; accounting and calibration
   through :mod:`ssgd_optax.privacy` (``dp_accounting``).
 
 Edge cases per example and group (``n`` is the group's norm):
@@ -48,7 +48,7 @@ per-example group      contribution
 all zeros              exact zeros (never NaN)
 masked (padded) row    exact zeros, whatever its values (NaN included)
 huge or tiny entries   norm 1, no overflow, no underflow of the norm
-                       (max-abs power-of-two pre-scale when needed)
+                       (power-of-two pre-scale when needed)
 all entries subnormal  exact zeros on every backend (XLA's CPU flushes
                        subnormals; a GPU need not)
 NaN or Inf             the whole example contributes zero
@@ -71,16 +71,18 @@ import jax.numpy as jnp
 import optax
 
 from ssgd_optax import _keys
+from ssgd_optax import _numerics
 from ssgd_optax import _validation
 from ssgd_optax import grouping as grouping_lib
 from ssgd_optax import normalize as normalize_lib
 from ssgd_optax import per_example as per_example_lib
+from ssgd_optax.privacy.mechanisms import DPSSGDMechanism
+from ssgd_optax.privacy.mechanisms import dp_ssgd_mechanism
 
 __all__ = [
-    'DpSsgdMechanism',
-    'DpUnitNormalizeState',
+    'DPSSGDMechanism',
+    'DPUnitNormalizeState',
     'dp_ssgd_mechanism',
-    'calibrate_noise_multiplier',
     'normalize_per_example',
     'noisy_normalized_mean',
     'dp_unit_normalize',
@@ -90,126 +92,37 @@ __all__ = [
 NONFINITE = ('drop', 'propagate')
 
 
-class DpSsgdMechanism(NamedTuple):
-  r"""The Gaussian mechanism of one DP-SSGD step.
-
-  Attributes:
-    noise_multiplier: ``sigma``, the noise std in units of the sensitivity
-      (a float, or a traced scalar under ``optax.inject_hyperparams``).
-    num_groups: ``G``, the number of normalisation groups per example.
-
-  The sensitivity (L2, add/remove one example) is ``sqrt(G)``, the noise std
-  on the summed update ``sigma * sqrt(G)``; the accountant uses
-  ``stddev / sensitivity = sigma``.
-  """
-
-  noise_multiplier: Any
-  num_groups: int
-
-  @property
-  def sensitivity(self) -> float:
-    """``sqrt(G)``: every group of every example has norm at most 1."""
-    return math.sqrt(self.num_groups)
-
-  @property
-  def stddev(self) -> Any:
-    """``sigma * sqrt(G)``: the std of the noise added to the sum."""
-    return self.noise_multiplier * self.sensitivity
-
-  def epsilon(self, *, sampling_rate: float, steps: int, delta: float,
-              accountant: str = 'pld') -> float:
-    """Epsilon after ``steps`` Poisson-sampled steps at ``sampling_rate``.
-
-    Calls :func:`ssgd_optax.privacy.compute_epsilon` with the noise multiplier
-    ``stddev / sensitivity`` (one Gaussian release per step).
-
-    >>> m = DpSsgdMechanism(1.0, num_groups=4)
-    >>> round(m.epsilon(sampling_rate=0.01, steps=100, delta=1e-5,
-    ...                 accountant='rdp'), 2)
-    1.21
-    """
-    from ssgd_optax import privacy  # pylint: disable=g-import-not-at-top
-    z = _validation.concrete_float(self.noise_multiplier)
-    if z is None:
-      raise TypeError('epsilon needs a concrete noise_multiplier, not a traced value.')
-    return privacy.compute_epsilon(
-        noise_multiplier=float(self.stddev) / self.sensitivity,
-        sampling_rate=sampling_rate, steps=steps, delta=delta, accountant=accountant)
-
-
 def _example_structure(tree: Any) -> Any:
   """The tree of one example (leading axis dropped), as shape structs."""
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x)[1:], jnp.result_type(x)), tree)
-
-
-def dp_ssgd_mechanism(params: Any,
-                      noise_multiplier: Any,
-                      scope: grouping_lib.Scope = 'global') -> DpSsgdMechanism:
-  """The mechanism (sensitivity and noise std) of DP-SSGD on ``params``.
-
-  ``G`` is the number of groups of ``params`` under ``scope``; the
-  sensitivity is ``sqrt(G)`` and the noise std ``noise_multiplier *
-  sqrt(G)``. :func:`dp_unit_normalize` calls this on one example's gradient
-  tree, so the accountant and the noise use the same numbers.
-
-  Args:
-    params: a tree with the structure of one example's gradient (the
-      parameters, or shape structs).
-    noise_multiplier: ``sigma >= 0``.
-    scope: the normalisation scope.
-
-  Returns:
-    A :class:`DpSsgdMechanism`.
-
-  Example:
-
-  >>> import jax.numpy as jnp
-  >>> p = {'l1': {'w': jnp.ones(3), 'b': jnp.ones(1)}, 'l2': {'w': jnp.ones(2)}}
-  >>> m = dp_ssgd_mechanism(p, 1.5, 'per_layer')
-  >>> m.num_groups, round(m.sensitivity, 4), round(m.stddev, 4)
-  (2, 1.4142, 2.1213)
-  """
-  grouping_lib.check_scope(scope)
-  _validation.check_nonnegative('noise_multiplier', noise_multiplier)
-  return DpSsgdMechanism(noise_multiplier, grouping_lib.resolve_groups(params, scope).num_groups)
-
-
-def calibrate_noise_multiplier(target_epsilon: float, *, sampling_rate: float, steps: int,
-                               delta: float, accountant: str = 'pld') -> float:
-  """The smallest ``sigma`` reaching ``(target_epsilon, delta)`` for DP-SSGD.
-
-  DP-SSGD releases one Gaussian per step with noise multiplier ``sigma``
-  (the scope's ``sqrt(G)`` cancels), so this is
-  :func:`ssgd_optax.privacy.calibrate_noise_multiplier` with one release.
-
-  Args:
-    target_epsilon: the epsilon to reach, ``> 0``.
-    sampling_rate: Poisson sampling probability ``q = Bbar / N``.
-    steps: number of training steps.
-    delta: the target delta.
-    accountant: ``"pld"`` (tightest) or ``"rdp"``.
-
-  Returns:
-    The noise multiplier ``sigma`` to pass to :func:`dp_ssgd`.
-
-  Example:
-
-  >>> sigma = calibrate_noise_multiplier(2.0, sampling_rate=0.01, steps=100,
-  ...                                    delta=1e-5, accountant='rdp')
-  >>> m = DpSsgdMechanism(sigma, num_groups=3)
-  >>> m.epsilon(sampling_rate=0.01, steps=100, delta=1e-5, accountant='rdp') <= 2.0
-  True
-  """
-  from ssgd_optax import privacy  # pylint: disable=g-import-not-at-top
-  return privacy.calibrate_noise_multiplier(
-      target_epsilon, sampling_rate=sampling_rate, steps=steps, delta=delta,
-      num_releases=1, accountant=accountant)
 
 
 def _check_common(scope, stability, nonfinite):
   grouping_lib.check_scope(scope)
   _validation.check_nonnegative('stability', stability)
   _validation.check_choice('nonfinite', nonfinite, NONFINITE)
+
+
+def _from_mechanism(mechanism, noise_multiplier, scope, caller):
+  """``(noise_multiplier, scope)`` from a :class:`DPSSGDMechanism` or the arguments."""
+  if mechanism is None:
+    if noise_multiplier is None:
+      raise ValueError(f'{caller} needs noise_multiplier (sigma >= 0) or mechanism= '
+                       '(dp_ssgd_mechanism); got neither.')
+    return noise_multiplier, 'global' if scope is None else scope
+  if not isinstance(mechanism, DPSSGDMechanism):
+    raise TypeError(f'{caller}: mechanism must be a DPSSGDMechanism (dp_ssgd_mechanism); got '
+                    f'{type(mechanism).__name__}.')
+  if noise_multiplier is not None:
+    raise ValueError(f'{caller} got mechanism= and noise_multiplier: pass one, not both.')
+  if scope is not None and scope != mechanism.scope:
+    raise ValueError(f'{caller} got scope={scope!r} but the mechanism was built for '
+                     f'scope={mechanism.scope!r}: drop scope= (the mechanism sets it).')
+  if mechanism.noise_multiplier is None:
+    raise ValueError('mechanism.noise_multiplier is None: calibrate it first '
+                     '(calibrate_noise_multiplier(..., mechanism=m)) and set it with '
+                     'm._replace(noise_multiplier=z).')
+  return mechanism.noise_multiplier, mechanism.scope
 
 
 def _check_mechanism(scope, stability, nonfinite, noise_multiplier, expected_batch_size,
@@ -221,108 +134,56 @@ def _check_mechanism(scope, stability, nonfinite, noise_multiplier, expected_bat
   return _keys.check_key(key)
 
 
+# How the norms are computed (see ssgd_optax._numerics.per_row); the tests set
+# it to compare the CPU and accelerator forms on one host.
+_METHOD = 'auto'
+
+
 class _Prepared(NamedTuple):
   leaves: list[jax.Array]      # float32 (float64 kept); NOT masked
+  dtypes: list[Any]            # accumulation dtype of each leaf (its group's)
   treedef: Any
   group_of_leaf: tuple[int, ...]
   num_groups: int
-  scales: list[jax.Array]      # per group, [B]: 1/(n + gamma) (plain sums of
-                               # squares); 0 for dropped and zero rows
-  group_bad: list[jax.Array]   # per group, [B]: holds a NaN or Inf
-  keep: jax.Array              # [B] bool: rows whose contribution is kept
-  rescue: jax.Array            # [] bool: some kept row needs the pre-scale
-  select: jax.Array            # [] bool: a dropped row holds NaN/Inf, so a
-                               # multiplication by its zero scale is not enough
   members: list[list[int]]
-  group_mx: list[jax.Array]
+  mask: jax.Array | None       # [B] bool: real (not padded) rows
 
 
-def _rows(x: jax.Array, op) -> jax.Array:
-  return op(x.reshape(x.shape[0], -1), axis=1)
+def _finish_scales(prep: _Prepared, rs: _numerics.RowScales, nonfinite: str):
+  """``(scales, keep, row_bad)``: per group the ``[B]`` coefficients, then ``[B]``
+  bools: the rows whose contribution is kept, the rows holding a NaN or Inf.
 
-
-def _pow2(k: jax.Array, dtype) -> jax.Array:
-  """``2.0 ** k`` for integer ``k`` in the normal range, exact on every backend."""
-  info = jnp.finfo(dtype)
-  bits = {4: jnp.int32, 8: jnp.int64}[jnp.dtype(dtype).itemsize]
-  biased = (k.astype(bits) - info.minexp + 1) << info.nmant
-  return jax.lax.bitcast_convert_type(biased, dtype)
-
-
-def _plain_scales(group_sq, stability):
-  """``1 / (sqrt(s) + gamma)``; exact 0 where ``s = 0`` (finite gradient there)."""
-  out = []
-  for s in group_sq:
-    n = jnp.sqrt(s)
-    denom = n + jnp.asarray(stability, n.dtype)
-    out.append(jnp.where(n == 0, 0, 1 / jnp.where(n == 0, 1, denom)))
-  return out
-
-
-def _bcast(v: jax.Array, x: jax.Array) -> jax.Array:
-  return v.reshape(v.shape + (1,) * (x.ndim - 1))
-
-
-def _finish_scales(prep: _Prepared, scales, nonfinite: str):
-  out = []
-  for c, bad in zip(scales, prep.group_bad):
-    c = jnp.where(prep.keep, c, 0)
-    if nonfinite == 'propagate':
-      c = jnp.where(prep.keep & bad, jnp.nan, c)
-    out.append(c)
-  return out
-
-
-def _rescued(prep: _Prepared, stability, nonfinite: str):
-  """Pre-scaled rows ``y = g 2^-e`` (``2^e <= max|g| < 2^(e+1)``) and their scales.
-
-  ``y`` has max entry in ``[1, 4)``, so its sum of squares ``t`` lies in
-  ``[1, 16 N]``: no overflow, and the squares lost to underflow are below
-  ``N * tiny``, negligible against ``t >= 1``. The output is ``y / (sqrt(t) +
-  gamma 2^-e)`` with a divisor ``>= 1``: unlike one scale per row ``1 / (n +
-  gamma)``, which is subnormal (flushed to 0) for a norm near the float max
-  and overflows to Inf (then ``Inf * 0 = NaN``) for a subnormal one, nothing
-  here leaves the normal range. Groups whose largest entry is subnormal
-  (below ``finfo.tiny``) count as zero groups on every backend, as on those
-  that flush subnormals (XLA's CPU does; a GPU need not).
-
-  Returns:
-    ``(y_leaves, scales)``: dropped rows of ``y`` are exact zeros.
+  Dropped rows (masked; non-finite with ``"drop"``) get scale 0; with
+  ``"propagate"`` a kept non-finite group gets NaN.
   """
-  pres, normals = [], []
-  for m in prep.group_mx:
-    info = jnp.finfo(m.dtype)
-    m = jax.lax.stop_gradient(m)
-    normal = m >= info.tiny
-    _, exponent = jnp.frexp(jnp.where(normal, m, 1))
-    e = jnp.clip(exponent - 1, info.minexp, info.maxexp - 2)
-    pres.append(_pow2(-e, m.dtype))
-    normals.append(normal)
-  ys = [_kept(x * _bcast(pres[k].astype(x.dtype), x), prep.keep)
-        for x, k in zip(prep.leaves, prep.group_of_leaf)]
-  scales = []
-  for k, idx in enumerate(prep.members):
-    dtype = prep.group_mx[k].dtype
-    t = sum(_rows(jnp.square(ys[i].astype(dtype)), jnp.sum) for i in idx)
-    denom = jnp.sqrt(t) + jnp.asarray(stability, dtype) * pres[k]
-    scales.append(jnp.where(normals[k], 1 / jnp.where(normals[k], denom, 1), 0))
-  return ys, _finish_scales(prep, scales, nonfinite)
+  row_bad = jnp.any(jnp.stack(rs.bad), axis=0)
+  keep = jnp.ones_like(row_bad) if nonfinite == 'propagate' else ~row_bad
+  if prep.mask is not None:
+    keep = keep & prep.mask
+  out = []
+  for c, bad in zip(rs.coef, rs.bad):
+    c = jnp.where(keep, c, 0)
+    if nonfinite == 'propagate':
+      c = jnp.where(keep & bad, jnp.nan, c)
+    out.append(c)
+  return out, keep, row_bad
 
 
 def _prepare(per_example_grads: Any, scope: grouping_lib.Scope, stability: Any,
              mask: jax.Array | None, nonfinite: str) -> _Prepared:
-  """Validates, casts to float32 and computes the per-(row, group) statistics.
+  """Validates, casts to float32 and resolves the groups.
 
-  The common case costs one fused pass over the data (sum of squares ``s``
-  and max ``|g|`` per row and group). The sum of squares is used directly
-  only where it is accurate: ``s >= N tiny / eps`` for a group of ``N``
-  entries bounds the mass of squares lost to underflow (or to a backend's
-  flush of subnormals) by ``eps s`` (without it, 1000 entries of ``1e-19``,
-  whose squares flush to 0, and one of ``1.2e-19`` gave a row of norm 26),
-  and ``s`` finite rules out overflow. Any other non-zero row sends the
-  whole batch through :func:`_rescued` (a batch-level ``cond``: one more
-  pass, only then). Non-finite rows are found from ``s`` and ``max |g|``
-  (no extra pass) and dropped (``nonfinite="drop"``) or made NaN.
+  The norms are :func:`ssgd_optax._numerics.per_row`'s, the package's one
+  overflow/underflow-safe norm: on CPU one sum of squares per row and leaf
+  on the common path; a plain sum ``s`` is used only where it is accurate
+  (``s >= 2^-50`` in float32 bounds the squares lost to underflow or to a
+  flush of subnormals; without it, 1000 entries of ``1e-19``, whose squares
+  flush to 0, and one of ``1.2e-19`` gave a row of norm 26) and finite.
+  Any other non-zero, unmasked row sends the whole batch through the
+  rescue (one batch-level ``switch``: the scaled sums ``x 2^-84``, ``x
+  2^84`` and a pre-scaled copy, only then); on accelerators the three sums
+  are one branch-free pass. Non-finite rows are found from the same sums
+  and dropped (``nonfinite="drop"``) or made NaN.
   """
   _check_common(scope, stability, nonfinite)
   # pylint: disable-next=protected-access
@@ -343,30 +204,10 @@ def _prepare(per_example_grads: Any, scope: grouping_lib.Scope, stability: Any,
   leaves = [x.astype(jnp.promote_types(x.dtype, jnp.float32)) for x in leaves]
   members = [[i for i, g in enumerate(grouping.group_of_leaf) if g == k]
              for k in range(grouping.num_groups)]
-  sq = [_rows(jnp.square(x), jnp.sum) for x in leaves]
-  mx = [_rows(jnp.abs(x), lambda v, axis: jnp.max(v, axis=axis, initial=0)) for x in leaves]
-  group_sq, group_mx, plain_ok, group_bad = [], [], [], []
-  for idx in members:
-    dtype = jnp.result_type(*[sq[i] for i in idx])
-    s = sum(sq[i].astype(dtype) for i in idx)
-    m = jnp.max(jnp.stack([mx[i].astype(dtype) for i in idx]), axis=0)
-    size = sum(math.prod(leaves[i].shape[1:]) for i in idx)
-    info = jnp.finfo(dtype)
-    lowest = float(info.tiny) * max(size, 1) / float(info.eps)
-    group_sq.append(s)
-    group_mx.append(m)
-    group_bad.append(~jnp.isfinite(m) | jnp.isnan(s))
-    plain_ok.append((m == 0) | ((s >= lowest) & jnp.isfinite(s)))
-  row_finite = ~jnp.any(jnp.stack(group_bad), axis=0)
-  keep = jnp.ones((batch,), bool) if nonfinite == 'propagate' else row_finite
-  if mask is not None:
-    keep = keep & mask.astype(bool)
-  rescue = jnp.any(~jnp.all(jnp.stack(plain_ok), axis=0) & keep & row_finite)
-  select = jnp.any(~keep & ~row_finite)
-  prep = _Prepared(leaves, treedef, grouping.group_of_leaf, grouping.num_groups, [], group_bad,
-                   keep, rescue, select, members, group_mx)
-  return prep._replace(scales=_finish_scales(prep, _plain_scales(group_sq, stability),
-                                             nonfinite))
+  group_dtypes = [jnp.result_type(*[leaves[i].dtype for i in idx]) for idx in members]
+  return _Prepared(leaves, [group_dtypes[k] for k in grouping.group_of_leaf], treedef,
+                   grouping.group_of_leaf, grouping.num_groups, members,
+                   None if mask is None else mask.astype(bool))
 
 
 def _scaled(x: jax.Array, scale: jax.Array) -> jax.Array:
@@ -449,18 +290,16 @@ def normalize_per_example(per_example_grads: Any,
     return per_example_grads
   prep = _prepare(per_example_grads, scope, stability, mask, nonfinite)
 
-  def plain():
-    return [_kept(_scaled(x, prep.scales[k]), prep.keep)
-            for x, k in zip(prep.leaves, prep.group_of_leaf)]
+  def scale(leaves, rs):
+    # `leaves` are pre-scaled in the rescue: (x pre) coef, in this order.
+    scales, keep, _ = _finish_scales(prep, rs, nonfinite)
+    return [_kept(_scaled(x, scales[k]), keep) for x, k in zip(leaves, prep.group_of_leaf)]
 
-  def rescued():
-    ys, scales = _rescued(prep, stability, nonfinite)
-    return [_scaled(y, scales[k]) for y, k in zip(ys, prep.group_of_leaf)]
-
-  # A batch-level cond: only one branch runs (a per-row cond under vmap
+  # A batch-level decision: only one branch runs (a per-row cond under vmap
   # computes both for every row, which made steps 9x slower once some
   # example's gradient underflowed).
-  out = jax.lax.cond(prep.rescue, rescued, plain)
+  out = _numerics.per_row(prep.leaves, prep.dtypes, prep.members, scale, stability=stability,
+                          include=prep.mask, method=_METHOD)
   return jax.tree.unflatten(prep.treedef, out)
 
 
@@ -471,13 +310,14 @@ def _axis_size_and_index(axis_name):
 def noisy_normalized_mean(per_example_grads: Any,
                           key: jax.Array,
                           *,
-                          noise_multiplier: Any,
+                          noise_multiplier: Any = None,
                           expected_batch_size: Any,
-                          scope: grouping_lib.Scope = 'global',
+                          scope: grouping_lib.Scope | None = None,
                           stability: Any = 0.0,
                           mask: jax.Array | None = None,
                           nonfinite: str = 'drop',
-                          axis_name: normalize_lib.AxisName = None) -> Any:
+                          axis_name: normalize_lib.AxisName = None,
+                          mechanism: DPSSGDMechanism | None = None) -> Any:
   r"""A batch's per-example gradients to the shared DP-SSGD update.
 
   .. math::
@@ -505,6 +345,10 @@ def noisy_normalized_mean(per_example_grads: Any,
       :func:`dp_unit_normalize`. Under plain ``jax.jit`` with the batch
       sharded (on an ``Auto`` or ``Explicit`` mesh such as
       :func:`ssgd_optax.parallel.data_mesh`) leave it ``None``.
+    mechanism: a :class:`DPSSGDMechanism` instead of ``noise_multiplier`` and
+      ``scope``; the noise std is ``sigma * sqrt(G)`` for the ``G`` groups of
+      the gradients given (fewer than ``mechanism.num_groups`` under
+      ``optax.masked``), so the accountant's ``sigma`` holds either way.
 
   Returns:
     A tree with the structure of one example's gradient, in each leaf's
@@ -518,30 +362,41 @@ def noisy_normalized_mean(per_example_grads: Any,
   ...                       expected_batch_size=2)['w']
   Array([0.3, 0.9], dtype=float32)
   """
+  noise_multiplier, scope = _from_mechanism(mechanism, noise_multiplier, scope,
+                                            'noisy_normalized_mean')
   key = _check_mechanism(scope, stability, nonfinite, noise_multiplier, expected_batch_size,
                          axis_name, key)
   if not jax.tree.leaves(per_example_grads):
     return per_example_grads
   prep = _prepare(per_example_grads, scope, stability, mask, nonfinite)
   # The accountant's object: the noise std below is its `stddev`.
+  # The groups of the gradients seen here (fewer than the mechanism's under
+  # optax.masked): the noise is sigma times *their* sensitivity, so the
+  # accountant's multiplier sigma holds either way.
   mechanism = dp_ssgd_mechanism(_example_structure(per_example_grads), noise_multiplier, scope)
 
   def contract(leaves, scales):
     return [_weighted_row_sum(scales[k], x) for x, k in zip(leaves, prep.group_of_leaf)]
 
-  def plain():
-    return contract(prep.leaves, prep.scales)
+  def plain(leaves, rs):
+    return contract(leaves, _finish_scales(prep, rs, nonfinite)[0])
 
-  def plain_select():
+  def selected(leaves, rs):
     # A dropped row scaled by 0 contributes 0 unless it holds Inf or NaN
     # (0 * Inf = NaN): only then select, which costs a pass over the data.
-    return contract([_kept(x, prep.keep) for x in prep.leaves], prep.scales)
+    # The rescue's pre-scaled rows always go through here.
+    scales, keep, _ = _finish_scales(prep, rs, nonfinite)
+    return contract([_kept(x, keep) for x in leaves], scales)
 
-  def rescued():
-    return contract(*_rescued(prep, stability, nonfinite))
+  def choose(rs):
+    _, keep, row_bad = _finish_scales(prep, rs, nonfinite)
+    return jnp.where(jnp.any(~keep & row_bad), 1, 0)
 
-  branch = jnp.where(prep.rescue, 2, jnp.where(prep.select, 1, 0))
-  leaves = jax.lax.switch(branch, [plain, plain_select, rescued])
+  # One batch-level switch (plain, plain with the select, rescue); on
+  # accelerators the branch-free rescue form.
+  leaves = _numerics.per_row(prep.leaves, prep.dtypes, prep.members, selected,
+                             plain=[plain, selected], choose=choose, stability=stability,
+                             include=prep.mask, method=_METHOD)
   stddev = mechanism.stddev
   if axis_name is not None:
     # Each device adds an independent share of variance stddev^2 / D before
@@ -564,19 +419,20 @@ def noisy_normalized_mean(per_example_grads: Any,
   return jax.tree.unflatten(prep.treedef, out)
 
 
-class DpUnitNormalizeState(NamedTuple):
+class DPUnitNormalizeState(NamedTuple):
   """State of :func:`dp_unit_normalize`: the key of the next step's noise."""
   key: jax.Array
 
 
-def dp_unit_normalize(noise_multiplier: Any,
+def dp_unit_normalize(noise_multiplier: Any = None,
                       *,
                       expected_batch_size: Any,
                       key: jax.Array,
-                      scope: grouping_lib.Scope = 'global',
+                      scope: grouping_lib.Scope | None = None,
                       stability: Any = 0.0,
                       nonfinite: str = 'drop',
-                      axis_name: normalize_lib.AxisName = None
+                      axis_name: normalize_lib.AxisName = None,
+                      mechanism: DPSSGDMechanism | None = None
                       ) -> optax.GradientTransformationExtraArgs:
   r"""Per-example unit normalisation + Gaussian noise, as an optax transform.
 
@@ -595,7 +451,7 @@ def dp_unit_normalize(noise_multiplier: Any,
   (``per_layer``, ``per_leaf``, callable); the noise std is
   ``noise_multiplier * sensitivity``, so the step is a Gaussian mechanism
   with noise multiplier ``noise_multiplier``: account it with
-  :func:`dp_ssgd_mechanism` / :func:`calibrate_noise_multiplier`.
+  :func:`dp_ssgd_mechanism` / :func:`ssgd_optax.privacy.calibrate_noise_multiplier`.
 
   **Keys.** The key lives in the state and is split on every step, so no
   two steps share noise. ``init`` stores a copy of ``key`` (the state may be
@@ -628,10 +484,14 @@ def dp_unit_normalize(noise_multiplier: Any,
       guarantee holds) or ``"propagate"`` (the update becomes NaN, which
       **voids the guarantee**), see :func:`normalize_per_example`.
     axis_name: the data-parallel axis name(s) inside ``shard_map``/``pmap``.
+    mechanism: a :class:`DPSSGDMechanism` (:func:`dp_ssgd_mechanism` on the
+      parameters) instead of ``noise_multiplier`` and ``scope``; pass the same
+      object to the accountant (``privacy.compute_epsilon(mechanism, ...)``,
+      ``BudgetTracker(mechanism=...)``).
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs` with state
-    :class:`DpUnitNormalizeState`.
+    :class:`DPUnitNormalizeState`.
 
   Example:
 
@@ -642,13 +502,15 @@ def dp_unit_normalize(noise_multiplier: Any,
   >>> u['w']
   Array([0.6, 0.8], dtype=float32)
   """
+  noise_multiplier, scope = _from_mechanism(mechanism, noise_multiplier, scope,
+                                            'dp_unit_normalize')
   key = _check_mechanism(scope, stability, nonfinite, noise_multiplier, expected_batch_size,
                          axis_name, key)
 
   def init_fn(params):
     del params
     # A buffer of its own: the caller may donate the state to jit.
-    return DpUnitNormalizeState(_keys.copy_key(key))
+    return DPUnitNormalizeState(_keys.copy_key(key))
 
   def update_fn(updates, state, params=None, *, mask=None, **extra_args):
     del params, extra_args
@@ -657,22 +519,23 @@ def dp_unit_normalize(noise_multiplier: Any,
         updates, noise_key, noise_multiplier=noise_multiplier,
         expected_batch_size=expected_batch_size, scope=scope, stability=stability,
         mask=mask, nonfinite=nonfinite, axis_name=axis_name)
-    return out, DpUnitNormalizeState(next_key)
+    return out, DPUnitNormalizeState(next_key)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def dp_ssgd(learning_rate: optax.ScalarOrSchedule,
-            noise_multiplier: Any,
+            noise_multiplier: Any = None,
             *,
             expected_batch_size: Any,
             key: jax.Array,
-            scope: grouping_lib.Scope = 'global',
+            scope: grouping_lib.Scope | None = None,
             stability: Any = 0.0,
             momentum: Any = None,
             nesterov: bool = False,
             nonfinite: str = 'drop',
-            axis_name: normalize_lib.AxisName = None) -> optax.GradientTransformationExtraArgs:
+            axis_name: normalize_lib.AxisName = None,
+            mechanism: DPSSGDMechanism | None = None) -> optax.GradientTransformationExtraArgs:
   r"""Differentially private SSGD: normalise each example, add noise, SGD.
 
   .. math::
@@ -691,7 +554,7 @@ def dp_ssgd(learning_rate: optax.ScalarOrSchedule,
   Args:
     learning_rate: a float or an optax schedule.
     noise_multiplier: ``sigma >= 0``, e.g. from
-      :func:`calibrate_noise_multiplier`.
+      :func:`ssgd_optax.privacy.calibrate_noise_multiplier`.
     expected_batch_size: ``Bbar = q N``.
     key: PRNG key of the noise.
     scope: the normalisation scope.
@@ -701,6 +564,8 @@ def dp_ssgd(learning_rate: optax.ScalarOrSchedule,
     nonfinite: ``"drop"`` (default, keeps the guarantee) or ``"propagate"``
       (a NaN/Inf example makes the update NaN; **voids the guarantee**).
     axis_name: data-parallel axis inside ``shard_map``/``pmap``.
+    mechanism: a :class:`DPSSGDMechanism` instead of ``noise_multiplier`` and
+      ``scope``, see :func:`dp_unit_normalize`.
 
   Returns:
     A :class:`optax.GradientTransformationExtraArgs` whose ``update`` takes
@@ -721,5 +586,30 @@ def dp_ssgd(learning_rate: optax.ScalarOrSchedule,
   tail = normalize_lib.momentum_and_learning_rate(learning_rate, momentum, nesterov)
   parts = [dp_unit_normalize(noise_multiplier, expected_batch_size=expected_batch_size, key=key,
                              scope=scope, stability=stability, nonfinite=nonfinite,
-                             axis_name=axis_name), *tail]
+                             axis_name=axis_name, mechanism=mechanism), *tail]
   return optax.chain(*parts)
+
+
+# Names of the 0.1 module `ssgd_optax.dp_ssgd`, kept for one release.
+_DEPRECATED = {
+    'DpSsgdMechanism': 'DPSSGDMechanism',
+    'DpUnitNormalizeState': 'DPUnitNormalizeState',
+}
+
+
+def __getattr__(name):
+  if name == 'calibrate_noise_multiplier':
+    import warnings  # pylint: disable=g-import-not-at-top
+    from ssgd_optax.privacy import accounting  # pylint: disable=g-import-not-at-top
+    warnings.warn('ssgd_optax.dp_ssgd.calibrate_noise_multiplier is deprecated and will be '
+                  'removed in 0.3: use ssgd_optax.privacy.calibrate_noise_multiplier (same '
+                  'arguments; num_releases defaults to 1, or pass mechanism=).',
+                  DeprecationWarning, stacklevel=2)
+    return accounting.calibrate_noise_multiplier
+  if name in _DEPRECATED:
+    import warnings  # pylint: disable=g-import-not-at-top
+    new = _DEPRECATED[name]
+    warnings.warn(f'{name} is deprecated and will be removed in 0.3: use '
+                  f'ssgd_optax.privacy.{new}.', DeprecationWarning, stacklevel=2)
+    return globals()[new]
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
