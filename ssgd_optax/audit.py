@@ -913,8 +913,8 @@ def audit_mechanism(mechanism: Any, params: Any, *, key: jax.Array, num_canaries
   Example:
 
   >>> import jax, jax.numpy as jnp
-  >>> from ssgd_optax import dp_ssgd
-  >>> tx = dp_ssgd.dp_unit_normalize(8.0, expected_batch_size=1, key=jax.random.key(1))
+  >>> from ssgd_optax import privacy
+  >>> tx = privacy.dp_unit_normalize(8.0, expected_batch_size=1, key=jax.random.key(1))
   >>> r = audit_mechanism(tx, jnp.zeros(500), key=jax.random.key(0), num_canaries=500,
   ...                     steps=2, sampling_rate=1.0, delta=1e-5, canary_norm=1.0,
   ...                     per_example=True)

@@ -15,7 +15,6 @@ import optax
 import pytest
 
 from ssgd_optax import audit
-from ssgd_optax import dp_ssgd
 from ssgd_optax import privacy
 from scripts import load as _load
 
@@ -28,14 +27,14 @@ T = 4          # full-batch steps
 @pytest.fixture(scope='module')
 def sigma():
   """Noise multiplier whose full-batch, T-step run the accountant calls (1, 1e-5)-DP."""
-  z = dp_ssgd.calibrate_noise_multiplier(CLAIMED, sampling_rate=1.0, steps=T, delta=DELTA)
+  z = privacy.calibrate_noise_multiplier(CLAIMED, sampling_rate=1.0, steps=T, delta=DELTA)
   assert privacy.compute_epsilon(noise_multiplier=z, sampling_rate=1.0, steps=T,
                                  delta=DELTA) <= CLAIMED
   return z
 
 
 def _dpssgd_scores(z):
-  tx = dp_ssgd.dp_unit_normalize(z, expected_batch_size=1.0, key=jax.random.key(1))
+  tx = privacy.dp_unit_normalize(z, expected_batch_size=1.0, key=jax.random.key(1))
   return audit.mechanism_scores(tx, jnp.zeros(M), key=jax.random.key(0), num_canaries=M,
                                 steps=T, sampling_rate=1.0, canary_norm=1.0, per_example=True)
 
@@ -93,8 +92,8 @@ def test_per_tensor_noise_with_understated_sensitivities_is_caught():
 
 def test_subsampled_dp_ssgd_stays_below_its_accounted_epsilon():
   q, steps = 0.2, 10
-  z = dp_ssgd.calibrate_noise_multiplier(2.0, sampling_rate=q, steps=steps, delta=DELTA)
-  tx = dp_ssgd.dp_unit_normalize(z, expected_batch_size=q * M, key=jax.random.key(6))
+  z = privacy.calibrate_noise_multiplier(2.0, sampling_rate=q, steps=steps, delta=DELTA)
+  tx = privacy.dp_unit_normalize(z, expected_batch_size=q * M, key=jax.random.key(6))
   r = audit.audit_mechanism(tx, jnp.zeros(M), key=jax.random.key(7), num_canaries=M,
                             steps=steps, sampling_rate=q, delta=DELTA, canary_norm=1.0,
                             per_example=True)
@@ -221,22 +220,57 @@ def test_black_box_loss_audit_detects_memorisation():
 # ---------------------------------------------------------------- bad input
 
 
-def test_audit_leaves_model_and_data_untouched():
-  params = {'w': jnp.arange(40.0)}
-  before = np.asarray(params['w']).copy()
-  tx = dp_ssgd.dp_unit_normalize(1.0, expected_batch_size=1.0, key=jax.random.key(0))
-  audit.audit_mechanism(tx, params, key=jax.random.key(1), num_canaries=20, steps=2,
-                        sampling_rate=1.0, delta=DELTA, canary_norm=1.0, per_example=True)
-  np.testing.assert_array_equal(params['w'], before)
+def _untouched(call, *arrays):
+  """Runs ``call()`` and asserts every array (NumPy, writable) still holds its values."""
+  before = [np.array(a, copy=True) for a in arrays]
+  call()
+  for a, b in zip(arrays, before):
+    np.testing.assert_array_equal(a, b)
+
+
+def _user_data():
   x = np.random.default_rng(0).random((30, 2, 2, 1)).astype(np.float32)
-  y = np.arange(30) % 3
-  x0, y0 = x.copy(), y.copy()
+  return x, np.arange(30) % 3
+
+
+def test_audit_leaves_model_and_data_untouched():
+  # NumPy (writable) parameters and data: an in-place write would show.
+  params = {'w': np.arange(40.0, dtype=np.float32), 'v': np.ones((2, 3), np.float32)}
+  tx = privacy.dp_unit_normalize(1.0, expected_batch_size=1.0, key=jax.random.key(0))
+  _untouched(lambda: audit.audit_mechanism(
+      tx, params, key=jax.random.key(1), num_canaries=20, steps=2, sampling_rate=1.0,
+      delta=DELTA, canary_norm=1.0, per_example=True), params['w'], params['v'])
+  assert sorted(params) == ['v', 'w']                    # the tree itself is not changed
+  norms = {'w': np.float32(1.0), 'v': np.float32(2.0)}
+  _untouched(lambda: audit.gradient_canaries(jax.random.key(0), params, 4, norm=norms),
+             params['w'], params['v'], norms['w'], norms['v'])
+  rows = {'w': np.ones((3, 40), np.float32), 'v': np.ones((3, 2, 3), np.float32)}
+  mask = np.array([True, False, True])
+  c = audit.gradient_canaries(jax.random.key(0), params, 4)
+  _untouched(lambda: audit.insert_canaries(rows, mask, c, jnp.ones(4, bool), 4),
+             rows['w'], rows['v'], mask)
+  x, y = _user_data()
+  _untouched(lambda: audit.mislabeled_canaries(jax.random.key(2), x, y, 10, num_classes=3), x, y)
   c = audit.mislabeled_canaries(jax.random.key(2), x, y, 10, num_classes=3)
   c.x[:] = -1.0                                          # canaries are copies
-  audit.with_canaries(x, y, c, np.ones(10, bool))
-  audit.loss_scores(lambda xb: jnp.zeros((len(xb), 3)), c)
-  np.testing.assert_array_equal(x, x0)
-  np.testing.assert_array_equal(y, y0)
+  inc = np.ones(10, bool)
+  _untouched(lambda: audit.with_canaries(x, y, c, inc), x, y, inc, c.x, c.y)
+  _untouched(lambda: audit.loss_scores(lambda xb: jnp.zeros((len(xb), 3)), c), c.x, c.y)
+  scores, included = np.linspace(0, 1, 10), np.arange(10) % 2 == 0
+  _untouched(lambda: audit.one_run_audit(scores, included, delta=DELTA), scores, included)
+
+
+def test_untouched_check_catches_an_in_place_canary_insertion():
+  """The check above can fail: a with_canaries that writes the canaries into x in place."""
+  def broken_with_canaries(x, y, canaries, included):
+    x[canaries.source_index[included]] = canaries.x[included]   # the bug: in place
+    return x, y
+
+  x, y = _user_data()
+  c = audit.mislabeled_canaries(jax.random.key(2), x, y, 10, num_classes=3)
+  c = c._replace(x=c.x + 1.0)
+  with pytest.raises(AssertionError):
+    _untouched(lambda: broken_with_canaries(x, y, c, np.ones(10, bool)), x, y)
 
 
 def _mech_kwargs(**over):
@@ -279,6 +313,46 @@ def _mech_kwargs(**over):
                                    **_mech_kwargs(sampling_rate=None)), 'sampling_rate'),
     (lambda: audit.audit_mechanism(optax.identity(), jnp.zeros(10),
                                    **_mech_kwargs(steps=None)), 'steps'),
+    # Canary counts: too few, not an int, more than the examples / runs allow.
+    (lambda: audit.draw_inclusion(jax.random.key(0), 2.5), 'num_canaries'),
+    (lambda: audit.gradient_canaries(jax.random.key(0), jnp.zeros(3), 1), 'num_canaries'),
+    (lambda: audit.mislabeled_canaries(jax.random.key(0), np.zeros((3, 2)), np.arange(3), 4,
+                                       num_classes=3), 'num_canaries'),
+    (lambda: audit.audit_mechanism(optax.identity(), jnp.zeros(10),
+                                   **_mech_kwargs(num_canaries=1)), 'num_canaries'),
+    (lambda: audit.multi_run_scores(lambda k, b: b * 1.0, jax.random.key(0), 1), 'num_runs'),
+    # Inclusion and sampling probabilities outside (0, 1) / (0, 1].
+    (lambda: audit.draw_inclusion(jax.random.key(0), 10, 1.5), 'probability'),
+    (lambda: audit.draw_inclusion(jax.random.key(0), 10, -0.1), 'probability'),
+    (lambda: audit.multi_run_scores(lambda k, b: b * 1.0, jax.random.key(0), 8,
+                                    probability=1.0), 'probability'),
+    (lambda: audit.sample_canaries(jax.random.key(0), jnp.ones(3, bool), 1.5), 'sampling_rate'),
+    (lambda: audit.audit_mechanism(optax.identity(), jnp.zeros(10),
+                                   **_mech_kwargs(sampling_rate=0.0)), 'sampling_rate'),
+    # Confidence outside (0, 1), on every entry point.
+    (lambda: audit.one_run_audit(np.zeros(4), np.array([1, 0, 1, 0], bool), delta=DELTA,
+                                 confidence=1.5), 'confidence'),
+    (lambda: audit.multi_run_audit(np.zeros(4), np.array([1, 0, 1, 0], bool), delta=DELTA,
+                                   confidence=1.0), 'confidence'),
+    (lambda: audit.audit_mechanism(optax.identity(), jnp.zeros(10),
+                                   **_mech_kwargs(confidence=0.0)), 'confidence'),
+    # Scores and decisions of the wrong shape or kind.
+    (lambda: audit.one_run_audit(np.zeros(1), np.ones(1, bool), delta=DELTA), 'scores'),
+    (lambda: audit.one_run_audit(np.zeros(4), np.array([2, 0, 1, 0]), delta=DELTA), 'included'),
+    (lambda: audit.multi_run_audit(np.zeros((4, 2)), np.ones((4, 2), bool), delta=DELTA),
+     'scores'),
+    (lambda: audit.multi_run_audit(np.zeros(4), np.ones(5, bool), delta=DELTA), 'included'),
+    (lambda: audit.multi_run_scores(lambda k, b: jnp.zeros(3) + b, jax.random.key(0), 4),
+     'run_fn'),
+    (lambda: audit.sample_canaries(jax.random.key(0), jnp.ones((2, 2), bool), 0.5), 'included'),
+    (lambda: audit.insert_canaries(jnp.zeros((2, 3)), None, audit.gradient_canaries(
+        jax.random.key(0), jnp.zeros(3), 2), jnp.ones(3, bool), 2), 'present'),
+    (lambda: audit.with_canaries(np.zeros((5, 2)), np.zeros(5, int), audit.mislabeled_canaries(
+        jax.random.key(0), np.zeros((5, 2)), np.arange(5), 2, num_classes=5),
+        np.ones(3, bool)), 'included'),
+    # A mechanism that is not one, or a canary set that is not one.
+    (lambda: audit.audit_mechanism(lambda g: g, jnp.zeros(10), **_mech_kwargs()), 'mechanism'),
+    (lambda: audit.canary_scores(jnp.zeros(3), jnp.zeros((2, 3))), 'canaries'),
 ])
 def test_bad_input_names_the_argument(call, name):
   with pytest.raises((ValueError, TypeError), match=name):
@@ -293,7 +367,7 @@ def test_a_defence_carries_its_per_example_flag():
   assert r.auroc > 0.9
 
 
-@pytest.mark.slow  # ~40 s of CPU: data loading, two compiles, PLD calibration
+@pytest.mark.slow  # ~24 s of CPU (23.1 s user, load 10): imports, data, two compiles
 def test_benchmark_quick_mode(tmp_path):
   bench = _load('benchmarks/audit.py', 'benchmarks_audit')
   out = tmp_path / 'audit.md'
