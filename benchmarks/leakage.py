@@ -35,7 +35,7 @@ Paper scale (``--full``): 32x32, 4800 IG steps, 16 images, batch 1.
     python benchmarks/leakage.py --quick                  # seconds, smoke test
     python benchmarks/leakage.py --out benchmarks/results/leakage.md --png-dir benchmarks/results
     python benchmarks/leakage.py --scaling --size 16 --out benchmarks/results/leakage_batch.md --png-dir benchmarks/results
-    python benchmarks/leakage.py --full --out benchmarks/results/leakage_full.md   # hours on 2 CPU cores
+    python benchmarks/leakage.py --full --out benchmarks/results/leakage_full.md   # hours on 2 CPU cores, minutes on a GPU
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ import datetime
 import functools
 import logging
 import os
+import re
 import shlex
 import sys
 import time
@@ -230,17 +231,17 @@ def register_dp_ssgd_defences(epsilons: list[float], q: float, steps: int,
 
   ``given`` maps epsilons to noise multipliers calibrated before (PLD
   calibration takes minutes on a loaded machine)."""
-  from ssgd_optax import dp_ssgd
+  from ssgd_optax import privacy
   notes = []
   for e in epsilons:
     if given and e in given:
       sigma = given[e]
     else:
-      sigma = dp_ssgd.calibrate_noise_multiplier(e, sampling_rate=q, steps=steps, delta=1e-5,
+      sigma = privacy.calibrate_noise_multiplier(e, sampling_rate=q, steps=steps, delta=1e-5,
                                                  accountant=accountant)
     name = f'dp_ssgd_eps{e:g}'
     attacks.register_defence(name, lambda key, b, s=sigma: attacks.Defence(
-        dp_ssgd.dp_unit_normalize(s, expected_batch_size=b, key=key), per_example=True),
+        privacy.dp_unit_normalize(s, expected_batch_size=b, key=key), per_example=True),
                              overwrite=True)
     notes.append(f'{name}: sigma = {sigma:.3f} (one release per step'
                  f'{"; given with --dp-sigmas" if given and e in given else ""})')
@@ -356,18 +357,23 @@ def scaling_table(a, honest: dict[str, Callable]) -> tuple[list[str], list[dict]
   imprinted = attacks.imprint_model(f, params, x.shape[1:], bins=bins,
                                     reference=reference_images(a.imprint_reference, a.size, a.seed),
                                     gain=a.imprint_gain, key=jax.random.key(a.seed))
+  setting = (f'Setting: untrained sigmoid LeNet, {a.size}x{a.size}x3 images (half MNIST-subset '
+             f'digits, half scikit-image crops), batch sizes {batch_sizes}.')
+  if honest:
+    setting += (f' Honest server: {", ".join(honest)} on max(B, {a.scaling_images}) images per '
+                f'batch size (one batch from B = {a.scaling_images} on), IG {a.steps_ig} '
+                f'signed-Adam steps (tv {a.tv}), adaptive DLG {a.steps_dlg} L-BFGS steps, '
+                f'1 restart, labels recovered from the update (count strategy).')
+  if not a.scaling_no_imprint:
+    setting += (f' Malicious server: imprint module of {bins} bins (mean brightness, '
+                f'thresholds at quantiles of {a.imprint_reference} public images, gain '
+                f'{a.imprint_gain:g}) in front of the same LeNet, on max(B, {a.imprint_images}) '
+                f'images; "SecAgg x{P}": the server sees only the sum of {P} participants\' '
+                f'updates, each of batch B ({P}B inputs). Per-leaf SSGD rows of the imprint '
+                f'attack use the statistic rescale. "expected": expected_recovered(bins, inputs) '
+                f'/ inputs for uniform bins.')
   lines = [
-      f'Setting: untrained sigmoid LeNet, {a.size}x{a.size}x3 images (half MNIST-subset digits, '
-      f'half scikit-image crops), batch sizes {batch_sizes}. Honest server: '
-      f'{", ".join(honest)} on max(B, {a.scaling_images}) images per batch size (one batch '
-      f'from B = {a.scaling_images} on), IG {a.steps_ig} signed-Adam steps (tv {a.tv}), '
-      f'adaptive DLG {a.steps_dlg} L-BFGS steps, 1 restart, labels recovered from the update '
-      f'(count strategy). Malicious server: imprint module of {bins} bins (mean brightness, '
-      f'thresholds at quantiles of {a.imprint_reference} public images, gain '
-      f'{a.imprint_gain:g}) in front of the same LeNet, on max(B, {a.imprint_images}) images; '
-      f'"SecAgg x{P}": the server sees only the sum of {P} participants\' updates, each of '
-      f'batch B ({P}B inputs). Per-leaf SSGD rows of the imprint attack use the statistic '
-      f'rescale. "expected": expected_recovered(bins, inputs) / inputs for uniform bins.', '',
+      setting, '',
       '| attack | defence | B | inputs | recovered > 20 dB | expected | mean PSNR (dB) | '
       'label acc. | s / batch |',
       '|---|---|---:|---:|---:|---:|---:|---:|---:|']
@@ -421,7 +427,8 @@ def save_scaling_plot(path: str, data: list[dict], title: str) -> None:
       axes[1, j].plot(b, [r['frac'] for r in rows], **kw)
     axes[0, j].set_title(an, fontsize=9)
     axes[0, j].axhline(20, color='grey', lw=0.6, ls=':')
-    axes[0, j].set_ylim(0, 105)
+    # Honest-server attacks stay below ~50 dB; exact read-outs reach 100.
+    axes[0, j].set_ylim(0, 105 if 'imprint' in an else 50)
     axes[1, j].set_ylim(-0.03, 1.03)
     axes[1, j].set_xscale('log', base=2)
     axes[1, j].set_xlabel('batch size B')
@@ -439,7 +446,7 @@ def save_scaling_plot(path: str, data: list[dict], title: str) -> None:
 def merge_scaling(paths: list[str], out: str | None, png_dir: str | None) -> str:
   """Joins scaling tables run in parallel (one per group of defences) into one
   table and one plot."""
-  heads, rows, tails, seen = [], [], [], set()
+  heads, rows, tails, seen, settings = [], [], [], set(), []
   for path in paths:
     with open(path) as fh:
       text = fh.read()
@@ -454,8 +461,13 @@ def merge_scaling(paths: list[str], out: str | None, png_dir: str | None) -> str
         (heads if line.startswith('Started') else tails).append(f'{os.path.basename(path)}: {line}')
       elif line.startswith('python benchmarks/leakage.py'):
         heads.append(f'{os.path.basename(path)}: `{line}`')
-      elif line.startswith('Setting:') and not any(h.startswith('Setting:') for h in heads):
-        heads.insert(0, line)
+      elif line.startswith('Setting:'):
+        # Imprint-only tables of older runs carry an empty honest-server clause.
+        line = re.sub(r' Honest server: +on .*?\(count strategy\)\.', '', line)
+        if '| imprint' not in text:  # honest-only tables of older runs describe the module too
+          line = re.sub(r' Malicious server: .*', '', line)
+        if line not in settings:
+          settings.append(line)
   cells = [[c.strip() for c in r.strip('|').split('|')] for r in rows]
   order = {a: i for i, a in enumerate(dict.fromkeys(c[0] for c in cells))}
   dorder = {d: i for i, d in enumerate(dict.fromkeys(c[1] for c in cells))}
@@ -464,15 +476,20 @@ def merge_scaling(paths: list[str], out: str | None, png_dir: str | None) -> str
   table = ['| attack | defence | B | inputs | recovered > 20 dB | expected | mean PSNR (dB) | '
            'label acc. | s / batch |', '|---|---|---:|---:|---:|---:|---:|---:|---:|']
   table += [rows[i] for i in idx]
-  text = '\n'.join(heads[:1] + [''] + [f'* {h}' for h in heads[1:] + tails] + [''] + table)
+  # Tables run with different budgets (imprint, honest server) keep each Setting.
+  text = '\n'.join(settings + [''] + [f'* {h}' for h in heads + tails] + [''] + table)
   if out:
     with open(out, 'w') as fh:
       fh.write(text + '\n')
   if png_dir:
     data = [dict(attack=cells[i][0], defence=cells[i][1], batch=int(cells[i][2]),
                  frac=float(cells[i][4]), psnr=float(cells[i][6])) for i in idx]
-    save_scaling_plot(os.path.join(png_dir, 'leakage_batch.png'), data,
-                      'Leakage vs batch size (16x16x3, untrained sigmoid LeNet)')
+    budget = [m.groups() for m in (re.search(r'IG (\d+) signed-Adam steps \(tv ([^)]+)\), '
+                                             r'adaptive DLG (\d+)', h) for h in settings) if m]
+    title = 'Leakage vs batch size (16x16x3, untrained sigmoid LeNet'
+    if budget:
+      title += '; honest server: IG {} steps (tv {}), DLG {} steps'.format(*budget[0])
+    save_scaling_plot(os.path.join(png_dir, 'leakage_batch.png'), data, title + ')')
   return text
 
 

@@ -8,7 +8,7 @@ import optax
 import pytest
 
 from ssgd_optax import attacks
-from ssgd_optax import dp_ssgd
+from ssgd_optax import privacy
 
 SHAPE = (8, 8, 3)
 D = 8 * 8 * 3
@@ -113,7 +113,7 @@ def test_secure_aggregation_does_not_stop_it(imprinted):
 @pytest.mark.parametrize('sigma', [0.908, 3.779])  # DP-SSGD at epsilon 8 and 1 (benchmark run)
 def test_dp_ssgd_leaves_nothing_recognisable(imprinted, sigma):
   x, y = _images(16, seed=2)
-  d = attacks.Defence(dp_ssgd.dp_unit_normalize(sigma, expected_batch_size=16,
+  d = attacks.Defence(privacy.dp_unit_normalize(sigma, expected_batch_size=16,
                                                 key=jax.random.key(5)), per_example=True)
   psnr, _, _ = _psnr_of_alone(imprinted, x, y, d)
   assert np.max(psnr) < 15, psnr  # a constant grey guess scores ~10 dB here
@@ -123,7 +123,7 @@ def test_dp_test_fails_on_a_noiseless_stand_in(imprinted):
   # The assertion above can fail: with the noise switched off (per-example
   # normalisation alone) the same attack recovers the isolated inputs exactly.
   x, y = _images(16, seed=2)
-  d = attacks.Defence(dp_ssgd.dp_unit_normalize(0.0, expected_batch_size=16,
+  d = attacks.Defence(privacy.dp_unit_normalize(0.0, expected_batch_size=16,
                                                 key=jax.random.key(5)), per_example=True)
   psnr, alone, _ = _psnr_of_alone(imprinted, x, y, d)
   assert np.all(psnr[alone] > 60) and not np.max(psnr) < 15
@@ -234,6 +234,49 @@ def test_bad_input(imprinted):
     attacks.secure_aggregate([])
   with pytest.raises(ValueError, match='same model'):
     attacks.secure_aggregate([honest, honest._replace(bounds=(0.0, 2.0))])
+
+
+def test_bad_observations_and_bins():
+  # The bad input beyond test_bad_input: bins of the read-out and of
+  # expected_recovered, statistics that cannot bin, observations lacking a
+  # field the attack needs or carrying non-finite gradients.
+  f, p = _model()
+  key = jax.random.key(0)
+  ref, _ = _images(32, seed=1)
+  m = attacks.imprint_model(f, p, SHAPE, bins=8, width=8, reference=ref, key=key)
+  x, y = _images(4, seed=3)
+  obs = attacks.observe(m.apply_fn, m.params, x, y, _NONE, threat_model='malicious_server')
+  for bins, err in ((0, ValueError), (-1, ValueError), (2.5, TypeError), (True, TypeError)):
+    with pytest.raises(err, match='bins must be an int'):
+      attacks.imprint_attack(m.apply_fn, obs, bins=bins)
+  with pytest.raises(ValueError, match='bins must be an int >= 1'):
+    attacks.imprint_readout(obs.update, 0)
+  with pytest.raises(ValueError, match='bins must be an int >= 1'):
+    attacks.expected_recovered(0, 4)
+  with pytest.raises(ValueError, match='width must be an int >= 1'):
+    attacks.imprint_model(f, p, SHAPE, bins=8, width=0, reference=ref, key=key)
+  with pytest.raises(ValueError, match='bins must be an int >= 1'):
+    attacks.imprint_model(f, p, SHAPE, bins=-3, reference=ref, key=key)
+  with pytest.raises(ValueError, match='not all zero'):
+    attacks.measurement_vector(jnp.zeros(SHAPE), SHAPE)
+  with pytest.raises(ValueError, match='wrong axis order'):
+    attacks.measurement_vector(jnp.ones((D,)), SHAPE)  # flattened: no axes to bin along
+  with pytest.raises(ValueError, match='rtol'):
+    attacks.imprint_attack(m.apply_fn, obs, rtol=-1.0)
+  bad = {
+      'num_examples must be an int >= 1': obs._replace(num_examples=0),
+      'observation.params: the update has no imprint module': obs._replace(params=None),
+      'shared update does not match the parameters': obs._replace(update=None),
+      'does not match the parameters': obs._replace(update={'model': obs.update['model']}),
+      'cannot map inputs': obs._replace(input_shape=(4, 4, 3)),
+      'NaN or Inf': obs._replace(update=jax.tree.map(lambda a: a * jnp.nan, obs.update)),
+  }
+  for msg, o in bad.items():
+    with pytest.raises(ValueError, match=msg):
+      attacks.imprint_attack(m.apply_fn, o)
+  with pytest.raises(TypeError, match='num_examples must be an int'):
+    attacks.imprint_attack(m.apply_fn, obs._replace(num_examples=None))
+  assert attacks.imprint_attack(m.apply_fn, obs).inputs.shape == x.shape  # the good one runs
 
 
 @pytest.mark.slow  # benchmark smoke test: run with -m slow
