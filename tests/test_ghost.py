@@ -111,6 +111,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow  # eager layer calls, ~15 s of CPU
 def test_gram_and_explicit_forms_are_both_exercised():
   use_gram = ghost._use_gram  # pylint: disable=protected-access
   # _Dense: seq_gram T=3, K=C=16; seq_explicit K=16, C=3.
@@ -125,8 +126,10 @@ def test_gram_and_explicit_forms_are_both_exercised():
   assert m.gram(h).shape == (1, 3, 1, 16)
 
 
-@pytest.mark.parametrize('name', [pytest.param(n, marks=pytest.mark.slow) if n == 'resnet'
-                                  else n for n in CASES])
+# resnet and the all-options conv stack take 45 s or more of CPU each: run with -m slow (the
+# CNN case keeps a conv model in the default suite).
+@pytest.mark.parametrize('name', [pytest.param(n, marks=pytest.mark.slow)
+                                  if n in ('resnet', 'convs') else n for n in CASES])
 def test_norms_and_clipped_sum_equal_vmap(name):
   make, shape = CASES[name]
   model = make()
@@ -224,6 +227,7 @@ def test_user_model_unchanged_and_jit():
   _close(nnx.state(model), before, rtol=0, atol=0)
 
 
+@pytest.mark.slow  # ~30 s of CPU
 def test_layer_applied_twice_and_clipped_layers():
   class Twice(nnx.Module):
     def __init__(self):
