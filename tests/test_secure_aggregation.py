@@ -494,7 +494,9 @@ def test_tampered_server_broadcast_rejected_by_participant():
   server, clients = _setup(3, 2)
   server.start_round(0)
   keys = server.collect_keys([c.advertise(0) for c in clients])
-  bad = keys[0]._replace(payload=keys[0].payload[:-1] + b'\x00')
+  # Flip a bit: overwriting the last byte with a constant left the payload
+  # unchanged whenever it already held that byte (1 run in 256).
+  bad = keys[0]._replace(payload=keys[0].payload[:-1] + bytes([keys[0].payload[-1] ^ 1]))
   with pytest.raises(sa.TamperedMessageError, match='sender -1'):
     clients[0].share(bad)
 
