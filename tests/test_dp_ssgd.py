@@ -19,6 +19,8 @@ from ssgd_optax import grouping
 from ssgd_optax import per_example
 from scripts import load as _load
 
+import hlo
+
 SCOPES = ('global', 'per_leaf', 'per_layer')
 
 
@@ -526,16 +528,7 @@ def test_rows_at_the_float32_limits_have_unit_norm_in_both_forms(method, monkeyp
   assert np.linalg.norm(np.asarray(one_scale, np.float64)) < 0.5
 
 
-def _hlo_counts(f, *args):
-  import re  # pylint: disable=import-outside-toplevel
-  lowered = jax.jit(f).lower(*args)
-  stable = lowered.as_text()
-  compiled = lowered.compile().as_text()
-  return {
-      'branches': stable.count('stablehlo.case') + stable.count('stablehlo.if'),
-      'reduce': len(re.findall(r'stablehlo\.reduce\(.*: \(tensor<[0-9x]+x(?:f|bf)\d+>', stable)),
-      'conditional': compiled.count(' conditional('),
-  }
+_hlo_counts = hlo.hlo_counts
 
 
 @pytest.mark.parametrize('scope', SCOPES)

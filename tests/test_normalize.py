@@ -2,7 +2,6 @@
 """Tests of unit_normalize, ssgd and group_norms: numerics, validation, interop."""
 
 import functools
-import re
 
 import flax.linen as linen
 import hypothesis
@@ -19,6 +18,8 @@ import ssgd_optax
 from ssgd_optax import _numerics
 from ssgd_optax import grouping
 from ssgd_optax import normalize
+
+import hlo
 
 SCOPES = ('global', 'per_leaf', 'per_layer')
 
@@ -698,19 +699,7 @@ def test_per_example_norm_rows_are_independent():
 # The compiled HLO of the common path, so that a regression shows on CPU.
 
 
-def _hlo_counts(f, *args):
-  """Counts in the lowered StableHLO (backend-independent) and in the module
-  XLA's CPU backend compiles."""
-  lowered = jax.jit(f).lower(*args)
-  stable = lowered.as_text()
-  compiled = lowered.compile().as_text()
-  return {
-      'branches': stable.count('stablehlo.case') + stable.count('stablehlo.if'),
-      # Reductions of float arrays (not the scalar `or` of the overflow test).
-      'reduce': len(re.findall(r'stablehlo\.reduce\(.*: \(tensor<[0-9x]+x(?:f|bf)\d+>', stable)),
-      'conditional': compiled.count(' conditional('),
-      'fusion': compiled[compiled.index('ENTRY'):].count(' fusion('),
-  }
+_hlo_counts = hlo.hlo_counts
 
 
 def _big_tree(dtype=jnp.float32, layers=3):
