@@ -212,6 +212,52 @@ def test_nan_gradient_with_finite_loss_is_dropped():
   _close(out.grads, ref.grads)
 
 
+def test_nan_gradient_inside_a_normalisation_layer_is_dropped():
+  # The LayerNorm is the only trained layer; sqrt'(0) = inf makes example 1's
+  # cotangent non-finite although its loss is finite.
+  class Model(nnx.Module):
+    def __init__(self):
+      self.norm = nnx.LayerNorm(3, rngs=nnx.Rngs(0))
+
+    def __call__(self, x):
+      return jnp.sqrt(jnp.abs(self.norm(x)))
+
+  model = Model()
+  x = jnp.array([[1.0, 2.0, 4.0], [1.0, 0.0, -1.0], [3.0, -1.0, 0.5]])
+  y = jnp.array([0, 1, 2])
+  for weights in ('clip', 'normalize'):
+    out = ghost.ghost_grad_sum(_loss, model, x, y, clip_norm=0.5, weights=weights,
+                               method='ghost')
+    keep = jnp.array([0, 2])
+    ref = ghost.ghost_grad_sum(_loss, model, x[keep], y[keep], clip_norm=0.5,
+                               weights=weights, method='ghost')
+    _close(out.grads, ref.grads)
+    assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(out.grads))
+
+
+def test_compiled_memory_stays_close_to_the_non_private_step():
+  """Normalisation layers' activations must not outlive the backward pass.
+
+  Their per-example gradients (``[B, C]``) carry the weighted sum; keeping
+  their inputs and cotangents until the global weights are known cost 1.32x
+  the non-private step on this model (1.09x without).
+  """
+  model = models.ResNet((16, 16, 3), 10, widths=(8, 16), rngs=nnx.Rngs(0))
+  graphdef, state = nnx.split(model)
+  x, y = jnp.zeros((64, 16, 16, 3)), jnp.zeros(64, int)
+
+  def memory(f):
+    a = jax.jit(f).lower(state, x, y).compile().memory_analysis()
+    return a.temp_size_in_bytes + a.argument_size_in_bytes + a.output_size_in_bytes
+
+  base = memory(lambda s, x, y: nnx.grad(lambda m: _loss(m, x, y).sum())(
+      nnx.merge(graphdef, s)))
+  for kw in (dict(clip_norm=1.0), dict(weights='normalize', scope='per_layer')):
+    ratio = memory(lambda s, x, y, kw=kw: ghost.ghost_grad_sum(
+        _loss, nnx.merge(graphdef, s), x, y, method='ghost', **kw).grads) / base
+    assert ratio <= 1.25, (kw, ratio)
+
+
 def test_user_model_unchanged_and_jit():
   model = CASES['cnn'][0]()
   before = jax.tree.map(np.asarray, nnx.state(model))

@@ -34,8 +34,11 @@ padding, stride, dilation, feature groups; no kernel ``mask``), with or
 without bias, also inside a :class:`~ssgd_optax.privacy.ClippedLayer` (then
 the norms are those of the backprop-clipped gradient); and the per-example
 normalisation layers ``nnx.LayerNorm``, ``nnx.GroupNorm``, ``nnx.RMSNorm``,
-whose few parameters get explicit per-example gradients from a ``vmap`` over
-the layer alone. A layer may be applied several times per forward pass (its
+whose few parameters get explicit per-example gradients in closed form
+(``sum_p delta_{i,p} xhat_{i,p}`` and ``sum_p delta_{i,p}``); those ``[B, C]``
+gradients also give the layer's weighted sum, so its activations are freed
+after the backward pass (book-keeping keeps only the other layers' inputs and
+cotangents until the weights are known). A layer may be applied several times per forward pass (its
 positions are concatenated). Any other parameter (embeddings, attention,
 custom modules, subclasses of the layers above) makes ``method="auto"`` fall
 back to the vmap path with a warning naming it, and ``method="ghost"`` raise.
@@ -49,6 +52,7 @@ model is never modified: the layers are tapped on a copy of its graph.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import sys
@@ -405,19 +409,52 @@ def _slice_patches(x, ks, strides, padding, k_dil):
   return jnp.stack(slices, axis=-2)
 
 
+def _feature_axes(layer, ndim: int) -> tuple[int, ...]:
+  axes = (layer.feature_axis,) if isinstance(layer, nnx.GroupNorm) else layer.feature_axes
+  axes = (axes,) if isinstance(axes, int) else tuple(axes)
+  return tuple(sorted(a % ndim for a in axes))
+
+
 def _local_grads(layer, xs, ds, wrt):
-  """Explicit per-example parameter gradients of a small layer, summed over uses."""
-  gd, params, rest = nnx.split(layer, wrt, ...)
+  r"""Per-example ``scale``/``bias`` gradients of an affine normalisation layer.
 
-  def one(x, d):
-    _, vjp = jax.vjp(lambda p: nnx.merge(gd, p, rest)(x[None]), params)
-    return vjp(d[None])[0]
+  flax's LayerNorm, GroupNorm and RMSNorm compute ``y = \hat x s + b`` with
+  ``\hat x`` the normalised input, so per example ``i``
+  ``\nabla_s = \sum_p \delta_{i,p} \hat x_{i,p}`` and
+  ``\nabla_b = \sum_p \delta_{i,p}`` over the non-feature positions ``p``;
+  ``\hat x`` is the layer itself with ``s = 1, b = 0``. One batched pass and
+  one activation-sized temporary (a ``vmap`` of the layer's VJP keeps
+  several).
+  """
+  _, params, _ = nnx.split(layer, wrt, ...)
+  full_gd, full = nnx.split(layer)
 
-  total = None
+  def unit(p, v):
+    name = layers._keys(p)[-1]  # pylint: disable=protected-access
+    if name == 'scale':
+      return jnp.ones_like(v)
+    return jnp.zeros_like(v) if name == 'bias' else v
+
+  normalised = nnx.merge(full_gd, jax.tree_util.tree_map_with_path(unit, full))
+  total: dict[str, jax.Array] = {}
   for x, d in zip(xs, ds):
-    g = jax.vmap(one)(x, d)
-    total = g if total is None else jax.tree.map(jnp.add, total, g)
-  return total
+    axes = _feature_axes(layer, x.ndim)
+    if 0 in axes:
+      raise ValueError(f'{type(layer).__name__} normalises features on the batch axis; '
+                       'per-example gradients are not defined. Use method="vmap".')
+    reduce = tuple(i for i in range(1, x.ndim) if i not in axes)
+    d32 = _f32(d)
+    got = {'bias': jnp.sum(d32, axis=reduce)}
+    if 'scale' in (layers._keys(p)[-1] for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]):  # pylint: disable=protected-access
+      got['scale'] = jnp.sum(d32 * _f32(normalised(x)), axis=reduce)
+    for k, v in got.items():
+      total[k] = v if k not in total else total[k] + v
+
+  def leaf(p, v):
+    name = layers._keys(p)[-1]  # pylint: disable=protected-access
+    return total[name].reshape((-1,) + jnp.shape(v))
+
+  return jax.tree_util.tree_map_with_path(leaf, params)
 
 
 def _combine(norms: Sequence[jax.Array]) -> jax.Array:
@@ -438,6 +475,35 @@ class _Layer(NamedTuple):
   xs: list[jax.Array]
   ds: list[jax.Array]
   param_norms: dict[str, jax.Array]  # name -> [B]
+  finite: Any = True                # [B]: every cotangent of the example finite
+  per_example: Any = None           # explicit per-example gradients, if formed
+
+
+def _module_norms(module, names, xs, ds, wrt) -> tuple[dict[str, jax.Array], Any]:
+  """``{parameter name: [B] norms}`` of one layer, and its per-example gradients if formed.
+
+  Normalisation layers get explicit per-example gradients (``[B, C]``, far
+  smaller than their input and cotangent), which the weighted sum then uses,
+  so the layer's activations need not outlive the backward pass.
+  """
+  norms = {}
+  grads = None
+  if isinstance(module, _CONV):
+    kernel, bias = _conv_norms(module, xs, ds)
+    norms.update(kernel=kernel, bias=bias)
+  elif isinstance(module, _DENSE):
+    pairs = [_dense_rows(module, x, d) for x, d in zip(xs, ds)]
+    a = jnp.concatenate([p[0] for p in pairs], axis=1)
+    d = jnp.concatenate([p[1] for p in pairs], axis=1)
+    if 'kernel' in names:
+      norms['kernel'] = _pair_norm(a, d, a.shape[1], a.shape[-1], d.shape[-1])
+    if 'bias' in names:
+      norms['bias'] = _bias_norm(d.reshape(d.shape[0], d.shape[1], -1))
+  else:
+    grads = _local_grads(module, xs, ds, wrt)
+    for p, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
+      norms[layers._keys(p)[-1]] = _numerics.per_example_norm(g)  # pylint: disable=protected-access
+  return {n: norms[n] for n in names}, grads
 
 
 def _layer_norms(model, cap: _Capture, wrt) -> list[_Layer]:
@@ -460,24 +526,11 @@ def _layer_norms(model, cap: _Capture, wrt) -> list[_Layer]:
       out.append(_Layer(key, module, tuple(names), xs, ds,
                         {n: jnp.zeros((b,), jnp.float32) for n in names}))
       continue
-    norms = {}
-    if isinstance(module, _CONV):
-      kernel, bias = _conv_norms(module, xs, ds)
-      norms.update(kernel=kernel, bias=bias)
-    elif isinstance(module, _DENSE):
-      rows = _dense_rows if isinstance(module, _DENSE) else _conv_rows
-      pairs = [rows(module, x, d) for x, d in zip(xs, ds)]
-      a = jnp.concatenate([p[0] for p in pairs], axis=1)
-      d = jnp.concatenate([p[1] for p in pairs], axis=1)
-      if 'kernel' in names:
-        norms['kernel'] = _pair_norm(a, d, a.shape[1], a.shape[-1], d.shape[-1])
-      if 'bias' in names:
-        norms['bias'] = _bias_norm(d.reshape(d.shape[0], d.shape[1], -1))
-    else:
-      grads = _local_grads(module, xs, ds, wrt)
-      for p, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
-        norms[layers._keys(p)[-1]] = _numerics.per_example_norm(g)  # pylint: disable=protected-access
-    out.append(_Layer(key, module, tuple(names), xs, ds, {n: norms[n] for n in names}))
+    norms, grads = _module_norms(module, names, xs, ds, wrt)
+    finite = functools.reduce(jnp.logical_and, [clipping.finite_examples(d) for d in ds])
+    if grads is not None:  # the sum comes from these; the activations can go
+      xs, ds = [], []
+    out.append(_Layer(key, module, tuple(names), xs, ds, norms, finite, grads))
   return out
 
 
@@ -693,8 +746,7 @@ def ghost_grad_sum(per_example_loss: Callable[..., jax.Array], model: nnx.Module
     ok = (jnp.isfinite(losses) & dpsgd._finite_rows(batch, losses.shape[0])  # pylint: disable=protected-access
           & ~cap.bad)
     for l in layer_list:
-      for d in l.ds:
-        ok = ok & clipping.finite_examples(d)
+      ok = ok & l.finite
   if not groups:
     raise ValueError('model has no trained parameters (wrt selects nothing).')
   total = _combine(list(param_norms.values()))
@@ -736,11 +788,23 @@ def ghost_grad_sum(per_example_loss: Callable[..., jax.Array], model: nnx.Module
   return GhostGradSum(loss, summed, norms, sensitivity)
 
 
+def _rows(v, a):
+  return v.reshape((-1,) + (1,) * (a.ndim - 1))
+
+
 def _weighted_sum(model, layer_list, w, keep, wrt, nonfinite):
   """Each layer's VJP w.r.t. its parameters at cotangent ``w_i delta_i``."""
   sums: dict[tuple[str, str], jax.Array] = {}
   for l in layer_list:
     gd, params, rest = nnx.split(l.module, wrt, ...)
+    if l.per_example is not None:
+      for p, g in jax.tree_util.tree_flatten_with_path(l.per_example)[0]:
+        name = layers._keys(p)[-1]  # pylint: disable=protected-access
+        ww = w[(l.path, name)]
+        if nonfinite == 'drop':
+          g = jnp.where(_rows(keep, g), g, 0)
+        sums[(l.path, name)] = jnp.tensordot(ww.astype(g.dtype), g, axes=1)
+      continue
     if not l.xs:
       for p, v in jax.tree_util.tree_flatten_with_path(params)[0]:
         sums[(l.path, layers._keys(p)[-1])] = jnp.zeros_like(v)  # pylint: disable=protected-access
