@@ -440,8 +440,23 @@ def main(argv: Sequence[str] | None = None) -> str:
   parser.add_argument('--opacus-setting', type=float, nargs=2, default=None,
                       metavar=('LR_UNIT', 'CLIP'),
                       help='only the Opacus rows, at this dp_sgd_clip setting (no tuning)')
+  parser.add_argument('--chosen', default=None, metavar='JSON',
+                      help='skip the search for these methods, e.g. '
+                           '\'{"dp_sgd_clip": {"lr_unit": 3.1623, "clip": 3.1623}}\' '
+                           '(to rerun a published setting with more seeds)')
   parser.add_argument('--out', default=None)
   args = parser.parse_args(argv)
+  given = {}
+  if args.chosen:
+    import json  # pylint: disable=import-outside-toplevel
+    try:
+      given = json.loads(args.chosen)
+    except json.JSONDecodeError as e:
+      parser.error(f'--chosen is not JSON: {e}')
+    bad = [m for m in given if m not in SEARCH or set(given[m]) != set(SEARCH[m])]
+    if bad:
+      parser.error(f'--chosen: {bad} need exactly the keys of their search axes: '
+                   + '; '.join(f'{m}: {sorted(SEARCH[m])}' for m in bad if m in SEARCH))
   if args.opacus_setting:
     args.methods = []
   if args.seeds < 1 or args.epochs <= 0 or args.batch_size < 1 or args.max_extensions < 0:
@@ -549,7 +564,11 @@ def main(argv: Sequence[str] | None = None) -> str:
             flush=True)
       return acc
 
-    res = grid_search(evaluate, search[method], max_extensions=args.max_extensions)
+    if method in given:
+      res = SearchResult(best=dict(given[method]), score=float("nan"), records=[],
+                       notes=['not searched: setting given with --chosen'])
+    else:
+      res = grid_search(evaluate, search[method], max_extensions=args.max_extensions)
     chosen[method] = res.best
     axes = '; '.join(f'{k} ∈ {{{", ".join(f"{v:.3g}" for v in vals)}}}'
                      for k, vals in search[method].items())

@@ -66,3 +66,10 @@ def test_single_value_axes_are_fixed_and_bad_axes_refused(bench):
   assert res.best == dict(lr=1.0) and res.notes == [] and len(calls) == 1
   with pytest.raises(ValueError, match='axes'):
     bench.grid_search(evaluate, dict(lr=()))
+
+
+def test_chosen_settings_must_name_every_search_axis(bench):
+  with pytest.raises(SystemExit):
+    bench.main(['--quick', '--methods', 'dp_sgd_clip', '--chosen', '{"dp_sgd_clip": {"lr_unit": 1}}'])
+  with pytest.raises(SystemExit):
+    bench.main(['--quick', '--chosen', 'not json'])
