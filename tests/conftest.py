@@ -38,6 +38,53 @@ if not re.search(_FLAG + r'=\d+', os.environ.get('XLA_FLAGS', '')):
                              f' {_FLAG}={_devices_from_env()}').strip()
 # Tests are written for the CPU backend (virtual devices, gloo collectives).
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# Most of the suite's time is XLA compiling small programs; LLVM's -O0 cuts
+# about a fifth of it (the HLO passes, whose output some tests inspect, still
+# run). Set XLA_FLAGS=--xla_backend_optimization_level=N to override.
+if '--xla_backend_optimization_level' not in os.environ['XLA_FLAGS']:
+  os.environ['XLA_FLAGS'] += ' --xla_backend_optimization_level=0'
+
+# Run only with `-m slow` (the default suite must stay under 10 minutes on 2
+# cores): members of a family whose other members stay in the default run,
+# and end-to-end runs whose parts are tested there. File-relative node ids;
+# a listed id that no longer exists in a collected file is an error.
+SLOW_BY_BUDGET = frozenset('''
+test_ghost.py::test_compiled_memory_stays_close_to_the_non_private_step
+test_ghost.py::test_norms_and_clipped_sum_equal_vmap[dense]
+test_ghost.py::test_norms_and_clipped_sum_equal_vmap[mlp]
+test_attacks_scripts.py::test_leakage_demo_end_to_end
+test_attacks_reconstruction.py::test_ssgd_is_transparent_to_adaptive_dlg_and_cosine
+test_attacks_reconstruction.py::test_scan_and_python_loops_agree
+test_attacks_imprint.py::test_dp_ssgd_leaves_nothing_recognisable[3.779]
+test_dp_ssgd.py::test_hlo_common_path_has_one_conditional_and_one_reduction_per_leaf[per_layer]
+test_dp_ssgd.py::test_hlo_common_path_has_one_conditional_and_one_reduction_per_leaf[per_leaf]
+test_dp_ssgd.py::test_sharded_without_noise_matches_one_device[True]
+test_dp_ssgd.py::test_padded_rows_with_inf_or_nan_give_the_unpadded_release[3e+38]
+test_dp_ssgd.py::test_padded_rows_with_inf_or_nan_give_the_unpadded_release[inf]
+test_guarantees_dp_ssgd.py::test_a_nonfinite_example_is_dropped_by_default[inf_pixel]
+test_guarantees_dp_ssgd.py::test_a_nonfinite_example_is_dropped_by_default[nan_pixel]
+test_guarantees_dp_ssgd.py::test_no_neighbouring_batches_differ_by_more_than_the_sensitivity[global-0.5]
+test_guarantees_dp_ssgd.py::test_no_neighbouring_batches_differ_by_more_than_the_sensitivity[per_layer-0.0]
+test_guarantees_dp_ssgd.py::test_no_neighbouring_batches_differ_by_more_than_the_sensitivity[per_leaf-0.0]
+test_guarantees_dp_ssgd.py::test_no_neighbouring_batches_differ_by_more_than_the_sensitivity[per_leaf-0.5]
+test_normalize.py::test_both_forms_match_float64_reference[rescue-per_layer]
+test_normalize.py::test_both_forms_match_float64_reference[rescue-per_leaf]
+test_normalize.py::test_both_forms_match_float64_reference[fused-global]
+test_normalize.py::test_both_forms_match_float64_reference[fused-per_leaf]
+test_normalize.py::test_gradient_through_transform[per_layer]
+test_normalize.py::test_gradient_through_transform[per_leaf]
+test_normalize.py::test_axis_name_under_vmap_equals_unsharded[per_layer]
+test_normalize.py::test_axis_name_under_vmap_equals_unsharded[per_leaf]
+test_normalize.py::test_vmap_over_batch_of_trees
+test_parallel.py::test_example_data_parallel[pmap]
+test_train_example.py::test_the_main_command_twice_gets_two_run_folders
+test_train_example.py::test_data_parallel_matches_one_device
+test_train_example.py::test_resume_reads_the_configuration_and_refuses_conflicts_before_work
+test_models.py::test_finite_and_examples_do_not_mix[resnet]
+test_multiprocess.py::test_train_example_two_processes_equal_one_process_with_eight_devices
+test_audit.py::test_black_box_loss_audit_detects_memorisation
+test_federated_examples.py::test_secure_aggregation_learns_like_the_plain_synchronous_mean
+'''.split())
 
 
 def skip_unless_devices(n: int) -> None:
@@ -64,3 +111,23 @@ def pytest_runtest_setup(item):
 def require_devices():
   """``require_devices(n)`` skips the test when fewer than ``n`` devices are visible."""
   return skip_unless_devices
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+  del config
+  seen, files = set(), set()
+  for item in items:
+    path = item.nodeid.split('::', 1)[0]
+    if not path.startswith('tests/'):
+      continue
+    files.add(path[len('tests/'):])
+    key = item.nodeid[len('tests/'):]
+    if key in SLOW_BY_BUDGET:
+      item.add_marker(pytest.mark.slow)
+      seen.add(key)
+  missing = sorted(k for k in SLOW_BY_BUDGET - seen if k.split('::', 1)[0] in files
+                   and not any(i.nodeid == 'tests/' + k for i in items))
+  if missing:
+    raise pytest.UsageError(f'tests/conftest.py SLOW_BY_BUDGET names tests that do not exist: '
+                            f'{missing}')

@@ -2,6 +2,7 @@
 """The Flower adapter: loopback, Flower's simulation engine, deployment processes."""
 
 import logging
+import os
 
 import jax
 import jax.numpy as jnp
@@ -409,6 +410,51 @@ def test_deployment_killed_supernode_is_a_counted_dropout_not_a_hang(tmp_path):
   assert s['dropouts_per_round'][0] == 0 and s['dropouts_per_round'][1:] == [1, 1], s
   (gone,) = s['dropped'][1]
   assert s['dropped'][2] == [gone] and all(gone not in a for a in s['accepted'][1:])
+
+
+@pytest.mark.slow
+def test_flwr_run_on_flowers_managed_local_superlink(tmp_path):
+  # `flwr run examples/flower_app local` with Flower's managed "local"
+  # connection (the default one), as in Flower's quickstarts: `flwr` itself
+  # starts a detached SuperLink in simulation mode (Ray) and the run goes
+  # through it.
+  import signal
+  import subprocess
+  deploy, task, config = _deploy_module()
+  home = tmp_path / 'flwr_home'
+  home.mkdir()
+  (home / 'config.toml').write_text(
+      '[superlink]\ndefault = "local"\n\n[superlink.local]\naddress = ":local:"\n'
+      'options.num-supernodes = 3\n')
+  # Without the last variable the managed SuperLink installs the app's
+  # dependencies (`uv sync`) into a fresh environment, which fails offline
+  # and for a package not on an index (Flower exit code 608).
+  env = dict(os.environ, FLWR_HOME=str(home), JAX_PLATFORMS='cpu',
+             FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION='1',
+             FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(deploy.free_port()),
+             FLWR_LOCAL_CONTROL_API_PORT=str(deploy.free_port()))
+  path = tmp_path / 'summary.jsonl'
+  try:
+    proc = subprocess.run(
+        [deploy._exe('flwr'), 'run', deploy.APP, 'local', '--stream', '--run-config',  # pylint: disable=protected-access
+         f"rounds=2 summary-path='{path}'"],
+        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=1800, check=False)
+  finally:
+    # The managed SuperLink runs in its own session; its command line names
+    # the log file under FLWR_HOME.
+    pids = subprocess.run(['pgrep', '-f', str(home)], capture_output=True, text=True).stdout
+    for pid in pids.split():
+      try:
+        os.killpg(int(pid), signal.SIGKILL)
+      except (ProcessLookupError, PermissionError):
+        pass
+  assert 'Starting local SuperLink' in proc.stdout + proc.stderr, proc.stdout[-2000:]
+  res = deploy.read_summary(str(path))
+  assert 'summary' in res, (res, proc.stdout[-2000:], proc.stderr[-2000:])
+  s = res['summary']
+  assert s['dropouts_per_round'] == [0, 0] and s['accepted'] == [[0, 1, 2]] * 2
+  want = task.in_process(task.build(dict(config, rounds=2)), 2)
+  np.testing.assert_allclose(np.asarray(s['params']), np.asarray(want), rtol=1e-5, atol=1e-6)
 
 
 class _RecordingGrid(flower.LoopbackGrid):
