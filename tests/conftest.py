@@ -84,6 +84,32 @@ test_models.py::test_finite_and_examples_do_not_mix[resnet]
 test_multiprocess.py::test_train_example_two_processes_equal_one_process_with_eight_devices
 test_audit.py::test_black_box_loss_audit_detects_memorisation
 test_federated_examples.py::test_secure_aggregation_learns_like_the_plain_synchronous_mean
+test_parallel.py::test_train_step_matches_reference[pmap-privacy-per_leaf]
+test_parallel.py::test_train_step_matches_reference[pmap-privacy-per_layer]
+test_parallel.py::test_train_step_matches_reference[pmap-optimization-global]
+test_parallel.py::test_train_step_matches_reference[pmap-optimization-per_layer]
+test_parallel.py::test_train_step_matches_reference[shard_map-privacy-global]
+test_parallel.py::test_train_step_matches_reference[shard_map-privacy-per_leaf]
+test_parallel.py::test_train_step_matches_reference[shard_map-optimization-per_leaf]
+test_parallel.py::test_train_step_matches_reference[shard_map-optimization-per_layer]
+test_normalize.py::test_no_overflow_or_underflow[1e+30-per_leaf]
+test_normalize.py::test_no_overflow_or_underflow[1e+30-per_layer]
+test_normalize.py::test_no_overflow_or_underflow[1e-30-global]
+test_normalize.py::test_no_overflow_or_underflow[1e-30-per_layer]
+test_normalize.py::test_no_overflow_or_underflow[1e-37-global]
+test_normalize.py::test_no_overflow_or_underflow[1e-37-per_leaf]
+test_normalize.py::test_no_overflow_or_underflow[3e+38-per_leaf]
+test_normalize.py::test_no_overflow_or_underflow[3e+38-per_layer]
+test_train_example.py::test_every_optimizer_learns[sgd_momentum-flags2]
+test_train_example.py::test_every_optimizer_learns[adam-flags3]
+test_train_example.py::test_every_optimizer_learns[normalize_by_update_norm-flags4]
+test_attacks_labels.py::test_idlg_finds_every_single_label[global]
+test_attacks_labels.py::test_idlg_finds_every_single_label[per_leaf]
+test_dp_ssgd.py::test_one_example_without_noise_equals_unit_normalize[per_leaf]
+test_dp_ssgd.py::test_one_example_without_noise_equals_unit_normalize[per_layer]
+test_dp_ssgd.py::test_tiny_gradients_whose_squares_underflow_are_finite_and_unit_norm[per_leaf]
+test_dp_ssgd.py::test_tiny_gradients_whose_squares_underflow_are_finite_and_unit_norm[per_layer]
+test_dp_ssgd.py::test_low_precision_is_normalised_in_float32[float16]
 '''.split())
 
 

@@ -38,8 +38,8 @@ whose few parameters get explicit per-example gradients in closed form
 (``sum_p delta_{i,p} xhat_{i,p}`` and ``sum_p delta_{i,p}``); those ``[B, C]``
 gradients also give the layer's weighted sum, so its activations are freed
 after the backward pass (book-keeping keeps only the other layers' inputs and
-cotangents until the weights are known). A layer may be applied several times per forward pass (its
-positions are concatenated). Any other parameter (embeddings, attention,
+cotangents until the weights are known). A layer may be applied several
+times per forward pass (its positions are concatenated). Any other parameter (embeddings, attention,
 custom modules, subclasses of the layers above) makes ``method="auto"`` fall
 back to the vmap path with a warning naming it, and ``method="ghost"`` raise.
 
@@ -427,6 +427,7 @@ def _local_grads(layer, xs, ds, wrt):
   several).
   """
   _, params, _ = nnx.split(layer, wrt, ...)
+  names = {layers._keys(p)[-1] for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]}  # pylint: disable=protected-access
   full_gd, full = nnx.split(layer)
 
   def unit(p, v):
@@ -445,7 +446,7 @@ def _local_grads(layer, xs, ds, wrt):
     reduce = tuple(i for i in range(1, x.ndim) if i not in axes)
     d32 = _f32(d)
     got = {'bias': jnp.sum(d32, axis=reduce)}
-    if 'scale' in (layers._keys(p)[-1] for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]):  # pylint: disable=protected-access
+    if 'scale' in names:
       got['scale'] = jnp.sum(d32 * _f32(normalised(x)), axis=reduce)
     for k, v in got.items():
       total[k] = v if k not in total else total[k] + v
@@ -819,12 +820,10 @@ def _weighted_sum(model, layer_list, w, keep, wrt, nonfinite):
       ww = vecs[wid]
       acc = None
       for x, d in zip(l.xs, l.ds):
-        def rows(v, a):
-          return v.reshape((-1,) + (1,) * (a.ndim - 1))
         if nonfinite == 'drop':
-          x = jnp.where(rows(keep, x), x, 0)
-          d = jnp.where(rows(keep, d), d, 0)
-        ct = d * rows(ww, d).astype(d.dtype)
+          x = jnp.where(_rows(keep, x), x, 0)
+          d = jnp.where(_rows(keep, d), d, 0)
+        ct = d * _rows(ww, d).astype(d.dtype)
         _, vjp = jax.vjp(lambda p, x=x: nnx.merge(gd, p, rest)(x), params)
         (g,) = vjp(ct)
         acc = g if acc is None else jax.tree.map(jnp.add, acc, g)
