@@ -349,8 +349,11 @@ def opacus_check(data, setup: TableSetup, num_classes: int | None = None,
 
   Relative error ``||G_opacus - G_func|| / ||G_func||`` per parameter for the
   first ``examples`` training images at seed 0's initialisation
-  (``GradSampleModule``, summed loss). An anchor whose per-sample gradients
-  are wrong is reported as such instead of as Opacus's accuracy.
+  (``GradSampleModule``, summed loss), and, under
+  ``'(torch.func sum vs batched gradient)'``, the largest relative error of
+  the reference's sum against torch's batched gradient. An anchor whose
+  per-sample gradients are wrong is reported as such instead of as Opacus's
+  accuracy.
   """
   import torch  # pylint: disable=import-outside-toplevel
   from opacus import GradSampleModule  # pylint: disable=import-outside-toplevel
@@ -364,10 +367,16 @@ def opacus_check(data, setup: TableSetup, num_classes: int | None = None,
   ps = {n: p.detach() for n, p in net.named_parameters()}
   want = vmap(grad(lambda p, xi, yi: ce(functional_call(net, p, (xi[None],)), yi[None])),
               in_dims=(None, 0, 0))(ps, xt, yt)
+  # The reference itself: its sum must be torch's batched gradient.
+  ce(net(xt), yt, reduction='sum').backward()
+  batched = max(float((p.grad - want[n].sum(0)).norm() / p.grad.norm())
+                for n, p in net.named_parameters())
+  net.zero_grad()
   model = GradSampleModule(net, loss_reduction='sum')
   ce(model(xt), yt, reduction='sum').backward()
-  return {n: float((p.grad_sample - want[n]).norm() / want[n].norm())
-          for n, p in model._module.named_parameters()}  # pylint: disable=protected-access
+  errors = {n: float((p.grad_sample - want[n]).norm() / want[n].norm())
+            for n, p in model._module.named_parameters()}  # pylint: disable=protected-access
+  return errors | {'(torch.func sum vs batched gradient)': batched}
 
 
 def opacus_accuracy(point: dict, *, epsilon: float, seed: int, data, setup: TableSetup,
