@@ -251,6 +251,35 @@ def test_nan_gradient_inside_a_normalisation_layer_is_dropped():
     assert all(bool(jnp.all(jnp.isfinite(v))) for v in jax.tree.leaves(out.grads))
 
 
+class _Norms(nnx.Module):
+  """Every supported normalisation layer, with and without scale/bias, on [B, T, C]."""
+
+  def __init__(self, rngs):
+    self.inp = nnx.Linear(3, 8, rngs=rngs)
+    self.ln = nnx.LayerNorm(8, use_bias=False, rngs=rngs)
+    self.rms = nnx.RMSNorm(8, rngs=rngs)
+    self.gn = nnx.GroupNorm(8, num_groups=2, rngs=rngs)
+    self.ln2 = nnx.LayerNorm(8, use_scale=False, rngs=rngs)
+    self.head = nnx.Linear(8, 3, rngs=rngs)
+
+  def __call__(self, x):
+    h = self.ln(jnp.tanh(self.inp(x)))
+    h = self.gn(jnp.sin(self.rms(h)))
+    return self.head(self.ln2(h).mean(1))
+
+
+@pytest.mark.parametrize('scope', ['global', 'per_leaf'])
+def test_normalisation_layers_equal_vmap(scope):
+  model = _Norms(nnx.Rngs(5))
+  x = jax.random.normal(jax.random.PRNGKey(0), (5, 4, 3)) * jnp.array([1.0, 3.0, 0.1])
+  y = jnp.arange(5) % 3
+  for kw in (dict(clip_norm=0.05), dict(weights='normalize', stability=0.1)):
+    want = ghost.ghost_grad_sum(_loss, model, x, y, scope=scope, method='vmap', **kw)
+    got = ghost_grad_sum(_loss, model, x, y, scope=scope, method='ghost', **kw)
+    _close(got.grads, want.grads)
+    np.testing.assert_allclose(got.norms, want.norms, rtol=2e-5)
+
+
 def test_compiled_memory_stays_close_to_the_non_private_step():
   """Normalisation layers' activations must not outlive the backward pass.
 
