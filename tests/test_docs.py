@@ -268,14 +268,25 @@ def _reader_env(tmp: pathlib.Path) -> dict:
   env['MPLBACKEND'] = 'Agg'
   env['PYTHONDONTWRITEBYTECODE'] = '1'
   env.pop('PYTEST_XDIST_WORKER', None)
-  bin_dir = tmp / '.bin'
+  env['PATH'] = f'{_python_shims(tmp / ".bin")}{os.pathsep}{env.get("PATH", "")}'
+  return env
+
+
+def _python_shims(bin_dir: pathlib.Path) -> pathlib.Path:
+  """A folder whose ``python``/``python3`` run this interpreter, environment included.
+
+  A wrapper that execs ``sys.executable``, not a symlink to it: Python finds
+  its virtual environment from the path it was started by (``pyvenv.cfg``
+  beside or above it), so a symlink in another folder starts the *base*
+  interpreter, without the project's dependencies.
+  """
   bin_dir.mkdir(exist_ok=True)
   for name in ('python', 'python3'):
-    link = bin_dir / name
-    if not link.exists():
-      link.symlink_to(sys.executable)
-  env['PATH'] = f'{bin_dir}{os.pathsep}{env.get("PATH", "")}'
-  return env
+    shim = bin_dir / name
+    if not shim.exists():
+      shim.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} "$@"\n')
+      shim.chmod(0o755)
+  return bin_dir
 
 
 def _workdir(tmp: pathlib.Path) -> pathlib.Path:
@@ -455,3 +466,23 @@ def test_a_broken_snippet_fails_and_names_its_line(tmp_path):
   tmp.mkdir()
   with pytest.raises(AssertionError, match=r'README\.md:2: the documented command failed'):
     run_shell(commands, 'quick', tmp)
+
+
+def test_documented_commands_run_on_the_test_interpreter_not_a_bare_one(tmp_path, monkeypatch):
+  """A ``python`` without the project's dependencies first on PATH (as on a fresh CI machine,
+  whose base interpreter has no jax) must not be the one a documented command runs on."""
+  bare = tmp_path / 'bare'
+  subprocess.run([getattr(sys, '_base_executable', sys.executable), '-m', 'venv',
+                  '--without-pip', str(bare)], check=True)
+  probe = 'import importlib.util as u, sys; print(sys.prefix, bool(u.find_spec("jax")))'
+  bare_out = subprocess.run([str(bare / 'bin' / 'python'), '-c', probe], capture_output=True,
+                            text=True, check=True).stdout.split()
+  assert bare_out[1] == 'False', 'the bare interpreter must lack jax for this test to mean much'
+  monkeypatch.setenv('PATH', f'{bare / "bin"}{os.pathsep}{os.environ["PATH"]}')
+  work = tmp_path / 'work'
+  work.mkdir()
+  for python in ('python', 'python3'):
+    proc = subprocess.run(['bash', '-c', f'{python} -c {shlex.quote(probe)}'], cwd=work,
+                          env=_reader_env(work), capture_output=True, text=True, check=True)
+    prefix, has_jax = proc.stdout.split()
+    assert (prefix, has_jax) == (sys.prefix, 'True'), (python, proc.stdout, proc.stderr)
