@@ -18,12 +18,19 @@ Design points:
   come back as exact zeros (selected with ``jnp.where``, so a padded row whose
   loss is NaN or Inf cannot poison the result), and a zero gradient
   contributes exactly zero after :func:`ssgd_optax.privacy.normalize_per_example`.
-* **Non-finite examples.** An example whose loss or gradient is NaN or Inf
-  (an Inf pixel, say) comes back as a non-finite row and never touches the
-  other rows (each row is its own ``grad``). The DP transforms drop such a
-  row by default (:func:`ssgd_optax.privacy.normalize_per_example`,
-  ``nonfinite="drop"``); summing the raw rows yourself would let one example
-  turn the whole update into NaN.
+* **Non-finite examples.** An example whose input, loss or gradient is NaN
+  or Inf comes back as a non-finite row and never touches the other rows.
+  ``vmap`` alone does not promise that (on XLA:CPU the batched kernel
+  gradient of a convolution mixes rows: one NaN pixel makes every row NaN),
+  so the rows are isolated first (:func:`ssgd_optax._batch.isolated_rows`):
+  rows with a NaN/Inf input and padded rows are swapped for a copy of a real
+  row before the batched gradient, their output is set to NaN (resp. zeros),
+  and if a real row still comes back non-finite (an overflow inside the
+  model) the batch is recomputed one example at a time. The DP transforms
+  drop non-finite rows by default
+  (:func:`ssgd_optax.privacy.normalize_per_example`, ``nonfinite="drop"``);
+  summing the raw rows yourself would let one example turn the whole update
+  into NaN.
 * **Multiple devices.** The functions are pure; under ``jax.jit`` with the
   batch sharded over a mesh (``NamedSharding(mesh, P('data'))``) each device
   computes the gradients of its own rows, and inside ``jax.shard_map`` each
@@ -43,6 +50,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from ssgd_optax import _batch
 from ssgd_optax import _validation
 
 __all__ = ['per_example_grads', 'nnx_per_example_grads', 'mask_rows']
@@ -60,22 +68,6 @@ def _to_varying(x: Any, axis_name: Any) -> Any:
 def _check_microbatch_size(microbatch_size: Any) -> None:
   if microbatch_size is not None:
     _validation.check_int('microbatch_size', microbatch_size, minimum=1)
-
-
-def _batch_size(tree: Any, what: str) -> int:
-  leaves = jax.tree.leaves(tree)
-  if not leaves:
-    raise ValueError(f'{what} has no array leaves; per-example gradients need a batch.')
-  sizes = set()
-  for leaf in leaves:
-    if jnp.ndim(leaf) == 0:
-      raise ValueError(
-          f'every leaf of {what} needs a leading batch axis; got a scalar leaf.')
-    sizes.add(jnp.shape(leaf)[0])
-  if len(sizes) != 1:
-    raise ValueError(
-        f'every leaf of {what} must share the leading batch size; got sizes {sorted(sizes)}.')
-  return sizes.pop()
 
 
 def mask_rows(tree: Any, mask: jax.Array | None) -> Any:
@@ -104,18 +96,12 @@ def mask_rows(tree: Any, mask: jax.Array | None) -> Any:
   mask = jnp.asarray(mask)
   if mask.ndim != 1:
     raise ValueError(f'mask must be a vector with one entry per example; got shape {mask.shape}.')
-  keep = mask.astype(bool)
-
-  def select(x):
-    x = jnp.asarray(x)
-    if x.ndim == 0 or x.shape[0] != keep.shape[0]:
+  for x in jax.tree.leaves(tree):
+    if jnp.ndim(x) == 0 or jnp.shape(x)[0] != mask.shape[0]:
       raise ValueError(
-          f'mask has {keep.shape[0]} entries but a leaf has leading shape '
-          f'{x.shape[:1]}; they must match.')
-    k = keep.reshape(keep.shape + (1,) * (x.ndim - 1))
-    return jnp.where(k, x, jnp.zeros((), x.dtype))
-
-  return jax.tree.map(select, tree)
+          f'mask has {mask.shape[0]} entries but a leaf has leading shape '
+          f'{jnp.shape(x)[:1]}; they must match.')
+  return _batch.select_rows(mask.astype(bool), tree)
 
 
 def per_example_grads(fun: Callable[..., Any],
@@ -200,7 +186,12 @@ def per_example_grads(fun: Callable[..., Any],
       if i >= len(args):
         raise ValueError(f'batch_argnums contains {i} but only {len(args)} arguments were given.')
     batch = tuple(args[i] for i in batched)
-    size = _batch_size(batch, 'the batched arguments')
+    size = _batch.batch_size(batch, 'the batched arguments')
+    if mask is not None:
+      mask = jnp.asarray(mask)
+      if mask.ndim != 1:
+        raise ValueError(
+            f'mask must be a vector with one entry per example; got shape {mask.shape}.')
 
     def one(example):
       full = list(args)
@@ -208,14 +199,7 @@ def per_example_grads(fun: Callable[..., Any],
         full[i] = x
       return grad_fn(*full)
 
-    if microbatch_size is None or microbatch_size >= size:
-      out = jax.vmap(one)(batch)
-    else:
-      out = jax.lax.map(one, batch, batch_size=microbatch_size)
-    if has_aux:
-      grads, aux = out
-      return mask_rows(grads, mask), aux
-    return mask_rows(out, mask)
+    return _batch.isolated_rows(one, batch, mask=mask, microbatch_size=microbatch_size)
 
   return wrapped
 

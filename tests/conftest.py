@@ -49,6 +49,9 @@ if '--xla_backend_optimization_level' not in os.environ['XLA_FLAGS']:
 # and end-to-end runs whose parts are tested there. File-relative node ids;
 # a listed id that no longer exists in a collected file is an error.
 SLOW_BY_BUDGET = frozenset('''
+test_guarantees_isolation.py::test_poisoned_examples_move_no_release[float32-1]
+test_guarantees_isolation.py::test_poisoned_examples_move_no_release[float32-4]
+test_guarantees_isolation.py::test_poisoned_examples_move_no_release[float64-4]
 test_ghost.py::test_compiled_memory_stays_close_to_the_non_private_step
 test_ghost.py::test_norms_and_clipped_sum_equal_vmap[dense]
 test_ghost.py::test_norms_and_clipped_sum_equal_vmap[mlp]

@@ -61,6 +61,7 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 
+from ssgd_optax import _batch
 from ssgd_optax import _numerics
 from ssgd_optax import _validation
 
@@ -154,14 +155,6 @@ def _scale(n: jax.Array, bound: Any, dtype: Any, bad: Any = jnp.nan) -> jax.Arra
   return scale.astype(dtype)
 
 
-def finite_examples(x: jax.Array) -> jax.Array:
-  """``[B]`` bool: True where every entry of example ``x_i`` is finite."""
-  x = jnp.asarray(x)
-  if not jnp.issubdtype(x.dtype, jnp.inexact):
-    return jnp.ones(x.shape[:1], bool)
-  return jnp.all(jnp.isfinite(x), axis=tuple(range(1, x.ndim)))
-
-
 def _rows(v: jax.Array, ndim: int) -> jax.Array:
   return v.reshape((-1,) + (1,) * (ndim - 1))
 
@@ -202,9 +195,9 @@ def clip_per_example(x: jax.Array, bound: Any, norm: Norm = 'l2',
     n = per_example_norm(x, norm)
     # NaN only for examples with a NaN/Inf entry; a finite example whose norm
     # overflows float32 gets scale C / inf = 0.
-    bad = jnp.where(finite_examples(x), 0.0, jnp.nan)
+    bad = jnp.where(_batch.finite_examples(x), 0.0, jnp.nan)
     return x * _rows(_scale(n, bound, x.dtype, bad), x.ndim)
-  ok = _rows(finite_examples(x), x.ndim)
+  ok = _rows(_batch.finite_examples(x), x.ndim)
   # Two wheres: the inner one keeps NaN/Inf out of the differentiated branch,
   # otherwise its zero cotangent times an infinite partial is NaN again.
   safe = jnp.where(ok, x, 0)

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ssgd_optax import _batch
 from ssgd_optax import _numerics
 from ssgd_optax import _validation
 from ssgd_optax import per_example as per_example_lib
@@ -39,37 +40,6 @@ from ssgd_optax.privacy import clipping
 from ssgd_optax.privacy import layers
 
 __all__ = ['backprop_clip_grad_sum', 'clip_global_per_example', 'dpsgd_grad_sum']
-
-
-def _finite_rows(batch: Sequence[Any], size: int) -> jax.Array:
-  """``[B]``: every floating entry of example ``i`` in every batch array is finite."""
-  ok = jnp.ones((size,), bool)
-  for b in jax.tree.leaves(batch):
-    b = jnp.asarray(b)
-    if b.ndim >= 1 and b.shape[0] == size:
-      ok = ok & clipping.finite_examples(b)
-  return ok
-
-
-def _per_example_losses(losses: Any, batch: Sequence[Any]) -> jax.Array:
-  losses = jnp.asarray(losses)
-  leaves = [b for b in jax.tree.leaves(batch) if jnp.ndim(b) >= 1]
-  if losses.ndim != 1 or (leaves and losses.shape[0] != jnp.shape(leaves[0])[0]):
-    want = f'[{jnp.shape(leaves[0])[0]}]' if leaves else '[B]'
-    raise ValueError(
-        f'per_example_loss must return one loss per example (shape {want}); got shape '
-        f'{losses.shape}. Do not average or sum it: the clip bounds refer to one example.')
-  return losses
-
-
-def _masked_sum(values: jax.Array, mask: jax.Array | None) -> jax.Array:
-  if mask is None:
-    return jnp.sum(values)
-  if jnp.shape(mask) != jnp.shape(values):
-    raise ValueError(f'mask must have shape {jnp.shape(values)} (one entry per example); '
-                     f'got {jnp.shape(mask)}.')
-  # where, not multiply: a padded row's NaN/Inf loss cannot leak into the sum.
-  return jnp.sum(jnp.where(mask.astype(bool), values, 0))
 
 
 def backprop_clip_grad_sum(per_example_loss: Callable[..., jax.Array], model: nnx.Module,
@@ -123,10 +93,10 @@ def backprop_clip_grad_sum(per_example_loss: Callable[..., jax.Array], model: nn
 
   def total(m):
     with layers._forward_pass(m, nonfinite) as scope:  # pylint: disable=protected-access
-      losses = _per_example_losses(per_example_loss(m, *batch), batch)
+      losses = _batch.per_example_losses(per_example_loss(m, *batch), batch)
     if nonfinite == 'propagate':
-      return _masked_sum(losses, mask)
-    ok = jnp.isfinite(losses) & _finite_rows(batch, losses.shape[0])
+      return _batch.masked_sum(losses, mask)
+    ok = jnp.isfinite(losses) & _batch.finite_rows(batch, losses.shape[0])
     for layer, bad in scope.flags:
       if bad.shape != losses.shape:
         raise ValueError(
@@ -135,16 +105,10 @@ def backprop_clip_grad_sum(per_example_loss: Callable[..., jax.Array], model: nn
             'bounds are per row of the leading axis, so each example must be one row '
             '(do not fold other axes into the batch axis).')
       ok = ok & ~bad
-    return _masked_sum(losses, ok if mask is None else ok & _check_mask(mask, losses))
+    return _batch.masked_sum(
+        losses, ok if mask is None else ok & _batch.check_mask(mask, losses.shape[0]))
 
   return nnx.value_and_grad(total, argnums=nnx.DiffState(0, wrt))(model)
-
-
-def _check_mask(mask: jax.Array, values: jax.Array) -> jax.Array:
-  if jnp.shape(mask) != jnp.shape(values):
-    raise ValueError(f'mask must have shape {jnp.shape(values)} (one entry per example); '
-                     f'got {jnp.shape(mask)}.')
-  return jnp.asarray(mask).astype(bool)
 
 
 def clip_global_per_example(grads: Any, clip_norm: Any,
@@ -189,7 +153,7 @@ def clip_global_per_example(grads: Any, clip_norm: Any,
   def rows(v, x):
     return v.reshape((-1,) + (1,) * (x.ndim - 1))
 
-  ok = functools.reduce(jnp.logical_and, [clipping.finite_examples(x) for x in leaves])
+  ok = functools.reduce(jnp.logical_and, [_batch.finite_examples(x) for x in leaves])
   if nonfinite == 'propagate':
     scale = scale_of(norm, jnp.where(ok, 0.0, jnp.nan))
     return jax.tree.map(lambda x: x * rows(scale, x).astype(x.dtype), grads), norm
@@ -264,13 +228,13 @@ def dpsgd_grad_sum(per_example_loss: Callable[..., jax.Array], model: nnx.Module
       single, model, *batch, mask=mask, microbatch_size=microbatch_size, wrt=wrt, has_aux=True)
   clipped, _ = clip_global_per_example(grads, clip_norm, nonfinite)
   losses = losses.reshape(losses.shape[0], -1).sum(-1)
-  keep = None if mask is None else _check_mask(mask, losses)
+  keep = None if mask is None else _batch.check_mask(mask, losses.shape[0])
   if nonfinite == 'drop':
-    ok = jnp.isfinite(losses) & _finite_rows(batch, losses.shape[0])
+    ok = jnp.isfinite(losses) & _batch.finite_rows(batch, losses.shape[0])
     keep = ok if keep is None else keep & ok
   if keep is not None:
     # Padded rows are zero already; where keeps a NaN example from leaking in.
     clipped = jax.tree.map(
         lambda x: jnp.where(keep.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0), clipped)
   summed = jax.tree.map(lambda x: jnp.sum(x, axis=0), clipped)
-  return _masked_sum(losses, keep), summed
+  return _batch.masked_sum(losses, keep), summed

@@ -65,11 +65,11 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn import linear as nnx_linear
 
+from ssgd_optax import _batch
 from ssgd_optax import _numerics
 from ssgd_optax import _validation
 from ssgd_optax import per_example as per_example_lib
 from ssgd_optax.privacy import clipping
-from ssgd_optax.privacy import dpsgd
 from ssgd_optax.privacy import layers
 
 __all__ = ['GhostGradSum', 'GhostNorms', 'ghost_grad_sum', 'ghost_norms',
@@ -241,7 +241,7 @@ def _capture(per_example_loss, model, batch) -> _Capture:
     tapper = _Tapper(probes)
     with layers._forward_pass(clone, 'drop') as scope:  # pylint: disable=protected-access
       scope.ghost_tapper = tapper
-      losses = dpsgd._per_example_losses(per_example_loss(clone, *batch), batch)  # pylint: disable=protected-access
+      losses = _batch.per_example_losses(per_example_loss(clone, *batch), batch)
     flags = []
     for layer, bad in scope.flags:
       if bad.shape != losses.shape:
@@ -528,7 +528,7 @@ def _layer_norms(model, cap: _Capture, wrt) -> list[_Layer]:
                         {n: jnp.zeros((b,), jnp.float32) for n in names}))
       continue
     norms, grads = _module_norms(module, names, xs, ds, wrt)
-    finite = functools.reduce(jnp.logical_and, [clipping.finite_examples(d) for d in ds])
+    finite = functools.reduce(jnp.logical_and, [_batch.finite_examples(d) for d in ds])
     if grads is not None:  # the sum comes from these; the activations can go
       xs, ds = [], []
     out.append(_Layer(key, module, tuple(names), xs, ds, norms, finite, grads))
@@ -634,7 +634,7 @@ def ghost_norms(per_example_loss: Callable[..., jax.Array], model: nnx.Module, *
                    for l in _layer_norms(model, cap, wrt)}
   norms = _combine(list(layer_norms.values()))
   if mask is not None:
-    keep = dpsgd._check_mask(mask, norms)  # pylint: disable=protected-access
+    keep = _batch.check_mask(mask, norms.shape[0])
     norms = jnp.where(keep, norms, 0)
     layer_norms = {k: jnp.where(keep, v, 0) for k, v in layer_norms.items()}
   return GhostNorms(norms, layer_norms)
@@ -733,10 +733,10 @@ def ghost_grad_sum(per_example_loss: Callable[..., jax.Array], model: nnx.Module
 
   path = _choose(model, wrt, method, 'ghost_grad_sum')
   if path == 'vmap':
-    grads, losses, norms = _vmap_layers(per_example_loss, model, batch, None, wrt)
+    grads, losses, norms = _vmap_layers(per_example_loss, model, batch, mask, wrt)
     groups = [(k, n) for k, v in norms.items() for n in v]
     param_norms = {(k, n): v[n] for k, v in norms.items() for n in v}
-    ok = jnp.isfinite(losses) & dpsgd._finite_rows(batch, losses.shape[0])  # pylint: disable=protected-access
+    ok = jnp.isfinite(losses) & _batch.finite_rows(batch, losses.shape[0])
     cap = layer_list = None
   else:
     cap = _capture(per_example_loss, model, batch)
@@ -744,7 +744,7 @@ def ghost_grad_sum(per_example_loss: Callable[..., jax.Array], model: nnx.Module
     layer_list = _layer_norms(model, cap, wrt)
     groups = [(l.path, n) for l in layer_list for n in l.names]
     param_norms = {(l.path, n): l.param_norms[n] for l in layer_list for n in l.names}
-    ok = (jnp.isfinite(losses) & dpsgd._finite_rows(batch, losses.shape[0])  # pylint: disable=protected-access
+    ok = (jnp.isfinite(losses) & _batch.finite_rows(batch, losses.shape[0])
           & ~cap.bad)
     for l in layer_list:
       ok = ok & l.finite
@@ -766,7 +766,7 @@ def ghost_grad_sum(per_example_loss: Callable[..., jax.Array], model: nnx.Module
   num_groups = len(members)
   keep = ok if nonfinite == 'drop' else jnp.ones_like(ok)
   if mask is not None:
-    keep = keep & dpsgd._check_mask(mask, losses)  # pylint: disable=protected-access
+    keep = keep & _batch.check_mask(mask, losses.shape[0])
   w = {g: jnp.where(keep, _weight(group_norm[group_of[g]], weights, clip_norm, stability), 0)
        for g in groups}
 
@@ -780,12 +780,12 @@ def ghost_grad_sum(per_example_loss: Callable[..., jax.Array], model: nnx.Module
     summed = jax.tree_util.tree_map_with_path(wsum, grads)
   else:
     summed = _weighted_sum(model, layer_list, w, keep, wrt, nonfinite)
-  loss = dpsgd._masked_sum(losses, keep)  # pylint: disable=protected-access
+  loss = _batch.masked_sum(losses, keep)
   base = 1.0 if weights == 'normalize' else clip_norm
   c = _validation.concrete_float(base)
   root = math.sqrt(num_groups)
   sensitivity = c * root if c is not None else jnp.asarray(base, jnp.float32) * root
-  norms = jnp.where(mask is None or dpsgd._check_mask(mask, losses), total, 0)  # pylint: disable=protected-access
+  norms = jnp.where(mask is None or _batch.check_mask(mask, losses.shape[0]), total, 0)
   return GhostGradSum(loss, summed, norms, sensitivity)
 
 

@@ -67,6 +67,7 @@ import jax.extend
 import jax.numpy as jnp
 from flax import nnx
 
+from ssgd_optax import _batch
 from ssgd_optax import _validation
 from ssgd_optax.privacy import clipping
 
@@ -131,7 +132,7 @@ class _ForwardPass:
           f'ClippedLayer(..., uses={count}) (its bounds are then multiplied by {count}) or '
           'use a separate layer for each application.')
     self.calls[id(layer)] = count
-    self.flags.append((layer, ~clipping.finite_examples(x)))
+    self.flags.append((layer, ~_batch.finite_examples(x)))
 
   def where(self, layer: ClippedLayer) -> str:
     return _where(self.model, layer)

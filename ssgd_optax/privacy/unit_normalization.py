@@ -70,12 +70,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ssgd_optax import _batch
 from ssgd_optax import _keys
 from ssgd_optax import _numerics
 from ssgd_optax import _validation
 from ssgd_optax import grouping as grouping_lib
 from ssgd_optax import normalize as normalize_lib
-from ssgd_optax import per_example as per_example_lib
 from ssgd_optax.privacy.mechanisms import DPSSGDMechanism
 from ssgd_optax.privacy.mechanisms import dp_ssgd_mechanism
 
@@ -187,7 +187,7 @@ def _prepare(per_example_grads: Any, scope: grouping_lib.Scope, stability: Any,
   """
   _check_common(scope, stability, nonfinite)
   # pylint: disable-next=protected-access
-  batch = per_example_lib._batch_size(per_example_grads, 'per_example_grads')
+  batch = _batch.batch_size(per_example_grads, 'per_example_grads')
   for path, leaf in jax.tree_util.tree_leaves_with_path(per_example_grads):
     if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
       raise TypeError(
