@@ -30,7 +30,6 @@ per_leaf or per_layer.
 
 import argparse
 import datetime
-import importlib.util
 import json
 import math
 import pathlib
@@ -44,8 +43,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ssgd_optax import data as data_lib
-from ssgd_optax import models as models_lib
+# The examples' harness (ssgd_examples: cli, data, models, scripts) lives in examples/.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'examples'))
+from ssgd_examples import data as data_lib
+from ssgd_examples import models as models_lib
+from ssgd_examples import scripts
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -55,12 +57,7 @@ def _load_train_module():
   name = 'ssgd_optax_examples_train'
   if name in sys.modules:
     return sys.modules[name]
-  spec = importlib.util.spec_from_file_location(
-      name, _ROOT / 'examples' / 'train.py')
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[name] = module
-  spec.loader.exec_module(module)
-  return module
+  return scripts.load('examples/train.py', name)
 
 
 def _grid(low: float, points: int) -> list[float]:

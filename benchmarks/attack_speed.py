@@ -20,6 +20,7 @@ import argparse
 import datetime
 import os
 import shlex
+import pathlib
 import sys
 import time
 
@@ -28,8 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+# The examples' harness (ssgd_examples: cli, data, models, scripts) lives in examples/.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'examples'))
 from ssgd_optax import attacks
-from ssgd_optax.attacks import models
+from ssgd_examples import models
 
 
 def _torch_lenet(params, torch):
@@ -100,7 +103,7 @@ def main(argv: list[str] | None = None) -> str:
   if a.quick:
     a.steps, a.repeats = 4, 1
   load = os.getloadavg()
-  f, params = models.as_functional(models.LeNetZhu((32, 32, 3), 10, rngs=nnx.Rngs(0)))
+  f, params = attacks.as_functional(models.LeNetZhu((32, 32, 3), 10, rngs=nnx.Rngs(0)))
   x = jax.random.uniform(jax.random.key(1), (1, 32, 32, 3))
   y = jnp.array([3])
   obs = attacks.observe(f, params, x, y)

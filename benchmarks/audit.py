@@ -43,6 +43,7 @@ import logging
 import os
 import platform
 import shlex
+import pathlib
 import sys
 import time
 from collections.abc import Sequence
@@ -54,9 +55,12 @@ import numpy as np
 import optax
 from flax import nnx
 
+# The examples' harness (ssgd_examples: cli, data, models, scripts) lives in examples/.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'examples'))
 import ssgd_optax
 from ssgd_optax import audit
-from ssgd_optax import data as data_lib
+from ssgd_examples import data as data_lib
+from ssgd_examples import models as models_lib
 from ssgd_optax import privacy
 from ssgd_optax import selective
 
@@ -124,7 +128,7 @@ def _model(method: str, cfg: Config) -> nnx.Module:
   if cfg.model == 'mlp':
     model = SmallMLP(nnx.Rngs(cfg.seed))
   else:
-    model = privacy.StevensCNN(10, rngs=nnx.Rngs(cfg.seed))
+    model = models_lib.StevensCNN(10, rngs=nnx.Rngs(cfg.seed))
   if method == 'bp':
     model = privacy.clip_layers(model, input_bound=cfg.input_bound, grad_bound=cfg.grad_bound)
   return model

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import pathlib
 import os
 import platform
@@ -38,17 +37,17 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ssgd_optax import data as data_lib
+# The examples' harness (ssgd_examples: cli, data, models, scripts) lives in examples/.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'examples'))
+from ssgd_examples import data as data_lib
+from ssgd_examples import scripts
 from ssgd_optax import privacy
 
 _ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _load_example():
-  spec = importlib.util.spec_from_file_location('dp_train', _ROOT / 'examples' / 'dp_train.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return scripts.load('examples/dp_train.py', 'dp_train')
 
 
 dp_train = _load_example()

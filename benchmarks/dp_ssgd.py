@@ -1,7 +1,7 @@
 # Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
 """One DP table on one model: DP-SSGD vs tuned clipping at the same (eps, delta).
 
-Every method trains the same model (default: ``ssgd_optax.models.CNN`` with
+Every method trains the same model (default: ``ssgd_examples.models.CNN`` with
 channels (4, 8) and a dense layer of 32, ReLU, biases; ``--arch mlp`` for the
 MLP) on the embedded MNIST subset (4,000 train / 1,000 test images), with the
 same Poisson sampling (expected batch ``--batch-size``, padded and masked), the
@@ -45,6 +45,7 @@ import itertools
 import math
 import os
 import statistics
+import pathlib
 import sys
 import time
 from collections.abc import Sequence
@@ -56,10 +57,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ssgd_optax import models
+# The examples' harness (ssgd_examples: cli, data, models, scripts) lives in examples/.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'examples'))
+from ssgd_examples import models
 from ssgd_optax import per_example
 from ssgd_optax import privacy
-from ssgd_optax.data import load_dataset
+from ssgd_examples.data import load_dataset
 from ssgd_optax.privacy import dpsgd as dpsgd_lib
 from ssgd_optax.privacy import layers as layers_lib
 from ssgd_optax.privacy import noise as noise_lib

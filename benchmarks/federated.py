@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import argparse
 import datetime
 import os
@@ -28,22 +29,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# The examples' harness (ssgd_examples: cli, data, models, scripts) lives in examples/.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'examples'))
+from ssgd_examples import scripts
 from ssgd_optax import federated
 from ssgd_optax.federated import server as server_lib
 from ssgd_optax.selective import selective_sharing
 
 
 def _load_example():
-  # By path: a top-level ``examples`` package installed by another project
-  # (Opacus ships one) would shadow the repository's folder.
-  import importlib.util
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'examples',
-                      'federated.py')
-  spec = importlib.util.spec_from_file_location('ssgd_optax_examples_federated', path)
-  module = importlib.util.module_from_spec(spec)
-  sys.modules[spec.name] = module
-  spec.loader.exec_module(module)
-  return module
+  return scripts.load('examples/federated.py', 'ssgd_optax_examples_federated')
 
 
 ex = _load_example()

@@ -14,6 +14,7 @@ keys everywhere, so the final test accuracy must agree:
 
 from __future__ import annotations
 
+import pathlib
 import argparse
 import json
 import logging
@@ -27,6 +28,9 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'examples')
 sys.path.insert(0, os.path.join(ROOT, 'flower_app'))
 
+# The examples' harness (ssgd_examples: cli, data, models, scripts) lives in examples/.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'examples'))
+from ssgd_examples import scripts
 from ssgd_flower_app import task as task_lib  # noqa: E402
 
 
@@ -63,11 +67,7 @@ def main() -> None:
                    backend_config={'client_resources': {'num_cpus': 1}})
     acc = task_lib.accuracy(t.sim.unravel(out[0].server.params), t.x_test, t.y_test)
   else:
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('flower_deploy',
-                                                  os.path.join(ROOT, 'flower_deploy.py'))
-    deploy = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(deploy)
+    deploy = scripts.load('examples/flower_deploy.py', 'flower_deploy')
     path = os.path.join(tempfile.mkdtemp(), 'summary.jsonl')
     with deploy.LocalDeployment(a.participants) as dep:
       # 60 processes (SuperNode + SuperExec each) start at once: wait longer for them.

@@ -1,8 +1,8 @@
 # Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
 """Ghost norms vs per-example gradients (vmap): step time and compiled memory.
 
-For each model (the MNIST CNN ``ssgd_optax.models.CNN`` on 28x28x1 and
-``ssgd_optax.models.ResNet`` on 32x32x3) at a batch size, times one jitted
+For each model (the MNIST CNN ``ssgd_examples.models.CNN`` on 28x28x1 and
+``ssgd_examples.models.ResNet`` on 32x32x3) at a batch size, times one jitted
 gradient computation (forward, backward, per-example weighting, sum; noise
 and optimiser are the same for every variant and left out) of
 
@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import pathlib
 import platform
 import random
 import statistics
+import sys
 import time
 
 import jax
@@ -39,7 +41,9 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from ssgd_optax import models
+# The examples' harness (ssgd_examples: cli, data, models, scripts) lives in examples/.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'examples'))
+from ssgd_examples import models
 from ssgd_optax import privacy
 from ssgd_optax.privacy import ghost
 

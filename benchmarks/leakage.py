@@ -47,6 +47,7 @@ import logging
 import os
 import re
 import shlex
+import pathlib
 import sys
 import time
 from typing import Any, Callable
@@ -57,8 +58,10 @@ import numpy as np
 import optax
 from flax import nnx
 
+# The examples' harness (ssgd_examples: cli, data, models, scripts) lives in examples/.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'examples'))
 from ssgd_optax import attacks
-from ssgd_optax.attacks import models as attack_models
+from ssgd_examples import models as attack_models
 
 SKIMAGE_SOURCES = ('astronaut', 'chelsea', 'coffee', 'rocket', 'hubble_deep_field',
                    'immunohistochemistry', 'colorwheel', 'cat')
@@ -91,7 +94,7 @@ def colour_crops(n: int, size: int, seed: int = 0) -> np.ndarray:
 def load_images(n: int, size: int, cifar10: str | None = None, seed: int = 0
                 ) -> tuple[np.ndarray, np.ndarray]:
   """``n`` images ``[n, size, size, 3]`` and int labels."""
-  from ssgd_optax import data
+  from ssgd_examples import data
   if cifar10:
     ds = data.load_dataset('cifar10', data_dir=cifar10)
     x = jax.image.resize(ds.x_test[:n], (n, size, size, 3), 'linear')
@@ -119,7 +122,7 @@ def make_model(name: str, size: int, key: int) -> nnx.Module:
 
 def brief_training(apply_fn, params, steps: int, size: int, seed: int = 0):
   """``steps`` Adam steps (batch 64) on MNIST-subset training digits (RGB, padded)."""
-  from ssgd_optax import data
+  from ssgd_examples import data
   ds = data.load_dataset('mnist_subset', seed=seed)
   x = np.repeat(np.asarray(jax.image.resize(
       ds.x_train[:2048], (2048, size, size, 1), 'linear')).clip(0, 1), 3, -1)
@@ -261,7 +264,7 @@ def backprop_clipping_rows(x, y, a, epsilons, batch_sizes, atts):
   from ssgd_optax import privacy
   model = privacy.clip_layers(make_model('lenet', a.size, a.seed),
                               input_bound=a.bp_input_bound, grad_bound=a.bp_grad_bound)
-  f, params = attack_models.as_functional(model)
+  f, params = attacks.as_functional(model)
   sens = nnx.to_pure_dict(privacy.sensitivities(model))
   releases = privacy.num_releases(model)
   sigmas = {} if a.quick else {'bpclip_noiseless': 0.0}
@@ -291,7 +294,7 @@ def reference_images(n: int, size: int, seed: int = 0) -> np.ndarray:
   """Public data the malicious server sets its bins with: ``n`` images disjoint
   from :func:`load_images`' (MNIST-subset *training* digits, crops at other
   positions)."""
-  from ssgd_optax import data
+  from ssgd_examples import data
   ds = data.load_dataset('mnist_subset', seed=seed)
   k = n // 2
   idx = np.random.default_rng(seed + 1).permutation(len(ds.x_train))[:k]
@@ -349,7 +352,7 @@ def scaling_table(a, honest: dict[str, Callable]) -> tuple[list[str], list[dict]
   P = a.imprint_participants
   need = max(max(batch_sizes) * P, max(batch_sizes), a.scaling_images)
   x, y = load_images(need, a.size, a.cifar10, a.seed)
-  f, params = attack_models.as_functional(make_model('lenet', a.size, a.seed))
+  f, params = attacks.as_functional(make_model('lenet', a.size, a.seed))
   bins = a.imprint_bins
   if max(batch_sizes) * P > bins:
     raise ValueError(f'--imprint-bins {bins} < the largest aggregate batch '
@@ -670,7 +673,7 @@ def main(argv: list[str] | None = None) -> str:
   for mi, spec in enumerate(a.models.split(',')):
     name, state = spec.split(':')
     model = make_model(name, a.size, a.seed)
-    f, params = attack_models.as_functional(model)
+    f, params = attacks.as_functional(model)
     if state == 'trained':
       params = brief_training(f, params, a.train_steps, a.size, a.seed)
     defs = defences if mi == 0 else [d for d in a.secondary_defences.split(',') if d in defences]

@@ -22,6 +22,7 @@ all-reduce ops in the compiled step. On CPU, set
 
 from __future__ import annotations
 
+import pathlib
 import argparse
 import datetime
 import os
@@ -33,22 +34,19 @@ import numpy as np
 import optax
 from flax import nnx
 
+# The examples' harness (ssgd_examples: cli, data, models, scripts) lives in examples/.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'examples'))
+from ssgd_examples import scripts
 import ssgd_optax
 from ssgd_optax import parallel
+from ssgd_optax import testing
 
 OPTIMIZERS = ('sgd', 'privacy', 'optimization')
 
 
 def _example_module():
-  # The benchmark times the example's model; loaded by path, so an installed
-  # top-level ``examples`` package cannot shadow it.
-  import importlib.util
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'examples',
-                      'data_parallel.py')
-  spec = importlib.util.spec_from_file_location('ssgd_optax_examples_data_parallel', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  # The benchmark times the example's model.
+  return scripts.load('examples/data_parallel.py', 'ssgd_optax_examples_data_parallel')
 
 
 CNN = _example_module().CNN
@@ -81,7 +79,7 @@ def _setup(backend, devices, name, scope, params, loss_fn, batch):
     carry = [p, tx.init(p)]
     placed = parallel.shard_batch(batch, mesh)
   compiled = step.lower(*carry, placed).compile()  # timed and counted: the same program
-  count = parallel.count_all_reduces(compiled.as_text())
+  count = testing.count_all_reduces(compiled.as_text())
 
   def run(k):
     for _ in range(k):

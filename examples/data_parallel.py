@@ -37,11 +37,11 @@ import optax
 from flax import nnx
 
 import ssgd_optax
-from ssgd_optax import _cli
+from ssgd_examples import cli
 from ssgd_optax import parallel
 
 TRAIN_IMAGES = 4000  # the embedded MNIST subset's training split
-flag = _cli.flag
+flag = cli.flag
 
 
 class CNN(nnx.Module):
@@ -60,7 +60,7 @@ class CNN(nnx.Module):
 
 def load_data(seed: int, train_size: int | None):
   """The embedded 5,000-image MNIST subset, standardised."""
-  from ssgd_optax import data  # pylint: disable=import-outside-toplevel
+  from ssgd_examples import data  # pylint: disable=import-outside-toplevel
   ds = data.load_dataset('mnist_subset', seed=seed)
   x_train, y_train = ds.normalize(ds.x_train), ds.y_train
   if train_size is not None:
@@ -78,22 +78,22 @@ def make_optimizer(mode: str, scope: str, axis: str, schedule) -> optax.Gradient
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(_cli.DistributedFlags):
+class Config(cli.DistributedFlags):
   """The example's settings; each field is a flag (``batch_size`` -> ``--batch-size``)."""
   backend: str = flag('shard_map', 'how the step is distributed', choices=('pmap', 'shard_map'))
   devices: int | None = flag(None, 'devices (default 8 in one process; all devices of the job '
-                             'with several processes)', type=int, check=_cli.at_least(1))
+                             'with several processes)', type=int, check=cli.at_least(1))
   mode: str = flag('privacy', 'privacy: normalise each device gradient before the all-reduce; '
                    'optimization: after', choices=('privacy', 'optimization'))
   scope: str = flag('per_layer', 'normalisation scope', choices=ssgd_optax.SCOPES)
-  epochs: int = flag(3, 'passes over the training set', check=_cli.at_least(1))
-  batch_size: int = flag(128, 'global batch size', check=_cli.at_least(1))
+  epochs: int = flag(3, 'passes over the training set', check=cli.at_least(1))
+  batch_size: int = flag(128, 'global batch size', check=cli.at_least(1))
   learning_rate: float = flag(0.1, 'peak learning rate (cosine decay)',
-                              check=_cli.finite(positive=True))
-  features: int = flag(16, 'channels of the first convolution', check=_cli.at_least(1))
+                              check=cli.finite(positive=True))
+  features: int = flag(16, 'channels of the first convolution', check=cli.at_least(1))
   train_size: int | None = flag(None, f'use the first N of the {TRAIN_IMAGES} training images',
-                                type=int, check=_cli.in_range(1, TRAIN_IMAGES))
-  seed: int = flag(0, 'initialisation and data-order seed', check=_cli.at_least(0))
+                                type=int, check=cli.in_range(1, TRAIN_IMAGES))
+  seed: int = flag(0, 'initialisation and data-order seed', check=cli.at_least(0))
   quiet: bool = flag(False, 'no progress bar and no per-epoch lines')
 
   def validate(self) -> None:
@@ -139,7 +139,7 @@ def train(*, backend: str = 'shard_map', devices: int = 8, mode: str = 'privacy'
   config = Config(backend=backend, devices=devices, mode=mode, scope=scope, epochs=epochs,
                   batch_size=batch_size, learning_rate=learning_rate, features=features,
                   train_size=train_size, seed=seed, quiet=not verbose)
-  _cli.check_fields(config)
+  cli.check_fields(config)
   config.validate()
   devices = resolve_devices(config)
   processes, pid = jax.process_count(), jax.process_index()
@@ -180,7 +180,7 @@ def train(*, backend: str = 'shard_map', devices: int = 8, mode: str = 'privacy'
   for epoch in range(epochs):
     start, losses = time.perf_counter(), []
     perm = rng.permutation(len(x_train))
-    for i in _cli.progress(range(steps_per_epoch), desc=f'epoch {epoch + 1}/{epochs}',
+    for i in cli.progress(range(steps_per_epoch), desc=f'epoch {epoch + 1}/{epochs}',
                            quiet=not verbose):
       idx = perm[i * batch_size:(i + 1) * batch_size]
       params, state, loss = step(params, state, put({'x': x_train[idx], 'y': y_train[idx]}))
@@ -208,10 +208,10 @@ def fetch_loss(loss: jax.Array) -> np.ndarray:
 
 def parse_args(argv: list[str] | None) -> Config:
   """The validated :class:`Config`; joins ``jax.distributed`` if asked; exits 2 on a bad flag."""
-  parser = _cli.build_parser(Config, __doc__)
-  config = _cli.parse(Config, argv, parser=parser)
+  parser = cli.build_parser(Config, __doc__)
+  config = cli.parse(Config, argv, parser=parser)
   try:
-    _cli.initialize_distributed(config)
+    cli.initialize_distributed(config)
     resolve_devices(config)
   except ValueError as e:
     parser.error(str(e))
@@ -220,7 +220,7 @@ def parse_args(argv: list[str] | None) -> Config:
 
 def main(argv: list[str] | None = None) -> float:
   config = parse_args(argv)
-  with _cli.distributed_errors(config):
+  with cli.distributed_errors(config):
     return train(backend=config.backend, devices=resolve_devices(config), mode=config.mode,
                  scope=config.scope, epochs=config.epochs, batch_size=config.batch_size,
                  learning_rate=config.learning_rate, features=config.features,
@@ -235,7 +235,7 @@ def _ensure_host_devices(argv: list[str]) -> None:
   """
   if any(a.startswith(('--coordinator', '--distributed')) for a in argv):
     return
-  args, _ = _cli.build_parser(Config).parse_known_args(argv)
+  args, _ = cli.build_parser(Config).parse_known_args(argv)
   flag_ = '--xla_force_host_platform_device_count'
   if flag_ not in os.environ.get('XLA_FLAGS', ''):
     count = args.devices if args.devices and args.devices > 0 else 8

@@ -31,16 +31,16 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ssgd_optax import _cli
+from ssgd_examples import cli
 from ssgd_optax import _keys
-from ssgd_optax import models
+from ssgd_examples import models
 from ssgd_optax import per_example
 from ssgd_optax import privacy
-from ssgd_optax.data import load_dataset
+from ssgd_examples.data import load_dataset
 
 DELTA = 1e-5
 TRAIN_IMAGES = 4000  # the embedded MNIST subset's training split
-flag = _cli.flag
+flag = cli.flag
 
 
 def loss_fn(model: nnx.Module, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -158,7 +158,7 @@ def train(*, target_epsilon: float, delta: float = DELTA, epochs: int = 15,
   x_dev, y_dev = jnp.asarray(x_train), jnp.asarray(y_train)
   sample_keys = jax.random.split(key_sample, steps)
   start, timed_steps = 0.0, 0
-  for t in _cli.progress(range(steps), desc=f'eps {target_epsilon:g}', quiet=not verbose):
+  for t in cli.progress(range(steps), desc=f'eps {target_epsilon:g}', quiet=not verbose):
     tracker.step()
     train_step(model, optimizer, sample_keys[t], x_dev, y_dev, sampling_rate=q,
                max_batch_size=padded, microbatch_size=microbatch_size)
@@ -180,25 +180,25 @@ def train(*, target_epsilon: float, delta: float = DELTA, epochs: int = 15,
 class Config:
   """The example's settings; each field is a flag (``batch_size`` -> ``--batch-size``)."""
   epsilons: tuple[float, ...] = flag((1.0, 3.0, 8.0), 'target epsilons',
-                                     check=_cli.finite(positive=True))
-  delta: float = flag(DELTA, 'target delta', check=_cli.in_range(0, 1, lo_open=True,
+                                     check=cli.finite(positive=True))
+  delta: float = flag(DELTA, 'target delta', check=cli.in_range(0, 1, lo_open=True,
                                                                    hi_open=True))
-  epochs: float = flag(15.0, 'expected passes over the data', check=_cli.finite(positive=True))
-  batch_size: int = flag(250, 'expected Poisson batch size (q * N)', check=_cli.at_least(1))
+  epochs: float = flag(15.0, 'expected passes over the data', check=cli.finite(positive=True))
+  batch_size: int = flag(250, 'expected Poisson batch size (q * N)', check=cli.at_least(1))
   learning_rate: float = flag(0.5, 'peak learning rate (cosine decay)',
-                              check=_cli.finite(positive=True))
-  momentum: float = flag(0.9, 'heavy-ball momentum', check=_cli.in_range(0, 1, hi_open=True))
+                              check=cli.finite(positive=True))
+  momentum: float = flag(0.9, 'heavy-ball momentum', check=cli.in_range(0, 1, hi_open=True))
   scope: str = flag('global', 'normalisation scope', choices=('global', 'per_layer', 'per_leaf'))
   stability: float = flag(0.0, 'stability constant of the normalisation',
-                          check=_cli.finite(nonnegative=True))
-  hidden: tuple[int, ...] = flag((64,), 'hidden widths of the MLP', check=_cli.at_least(1))
+                          check=cli.finite(nonnegative=True))
+  hidden: tuple[int, ...] = flag((64,), 'hidden widths of the MLP', check=cli.at_least(1))
   microbatch_size: int | None = flag(None, 'examples per vmap in the per-example gradients',
-                                     type=int, check=_cli.at_least(1))
+                                     type=int, check=cli.at_least(1))
   train_size: int | None = flag(None, 'use only this many training images (smoke tests)',
-                                type=int, check=_cli.in_range(1, TRAIN_IMAGES))
+                                type=int, check=cli.in_range(1, TRAIN_IMAGES))
   accountant: str = flag('pld', 'accountant for calibration and tracking', choices=('pld', 'rdp'))
   seed: int = flag(0, 'split and initialisation seed (not the noise: see --reproducible-noise)',
-                   check=_cli.at_least(0))
+                   check=cli.at_least(0))
   reproducible_noise: bool = flag(
       False, 'derive the noise and sampling keys from --seed so that runs repeat exactly. '
       'VOIDS THE PRIVACY GUARANTEE: whoever knows the seed can regenerate the noise')
@@ -213,7 +213,7 @@ class Config:
 
 def parse_args(argv: Sequence[str] | None) -> Config:
   """The validated :class:`Config`; exits with status 2 on a bad flag."""
-  return _cli.parse(Config, argv, description=__doc__)
+  return cli.parse(Config, argv, description=__doc__)
 
 
 def main(argv: Sequence[str] | None = None) -> list[Result]:

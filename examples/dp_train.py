@@ -40,14 +40,15 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ssgd_optax import _cli
+from ssgd_examples import cli
 from ssgd_optax import _keys
-from ssgd_optax import data as data_lib
+from ssgd_examples import data as data_lib
+from ssgd_examples import models as models_lib
 from ssgd_optax import privacy
 
 METHODS = ('bp', 'dpsgd', 'nonprivate')
 _TRAIN_SIZES = {'mnist_subset': 4000, 'mnist': 60000}
-flag = _cli.flag
+flag = cli.flag
 
 
 def per_example_loss(model: nnx.Module, x: jax.Array, y: jax.Array) -> jax.Array:
@@ -58,7 +59,7 @@ def per_example_loss(model: nnx.Module, x: jax.Array, y: jax.Array) -> jax.Array
 def make_model(method: str, *, seed: int, input_bound: float, grad_bound: float,
                image_size: int = 28, channels: int = 1, num_classes: int = 10) -> nnx.Module:
   """The paper's bias-free CNN; its layers clipped for ``bp``."""
-  model = privacy.StevensCNN(num_classes, in_channels=channels, image_size=image_size,
+  model = models_lib.StevensCNN(num_classes, in_channels=channels, image_size=image_size,
                              rngs=nnx.Rngs(seed))
   if method == 'bp':
     model = privacy.clip_layers(model, input_bound=input_bound, grad_bound=grad_bound)
@@ -143,7 +144,7 @@ def train_and_evaluate(method: str, dataset: Any, *, target_epsilon: float | Non
 
   Args:
     method: ``"bp"``, ``"dpsgd"`` or ``"nonprivate"``.
-    dataset: an :class:`ssgd_optax.data.Dataset`.
+    dataset: an :class:`ssgd_examples.data.Dataset`.
     target_epsilon: epsilon budget (ignored for ``nonprivate``).
     delta: delta of the budget.
     epochs: expected passes over the data; steps = ``round(epochs / q)``.
@@ -195,7 +196,7 @@ def train_and_evaluate(method: str, dataset: Any, *, target_epsilon: float | Non
   start = time.perf_counter()
   taken = 0
   label = f'{method} eps={target_epsilon}' if private else method
-  for t in _cli.progress(range(steps), desc=label, quiet=not verbose):
+  for t in cli.progress(range(steps), desc=label, quiet=not verbose):
     if tracker is not None and not tracker.step():
       break  # Never release an update past the budget.
     step_fn(model, optimizer, x_all, y_all, jax.random.fold_in(key_sample, t))
@@ -218,24 +219,24 @@ class Config:
   data_dir: str | None = flag(None, 'folder with the MNIST IDX files (default $SSGD_OPTAX_DATA)')
   methods: tuple[str, ...] = flag(('bp', 'dpsgd'), 'methods to train', choices=METHODS)
   epsilons: tuple[float, ...] = flag((0.5, 1.0, 3.0, 8.0), 'target epsilons',
-                                     check=_cli.finite(positive=True))
-  delta: float = flag(1e-5, 'target delta', check=_cli.in_range(0, 1, lo_open=True,
+                                     check=cli.finite(positive=True))
+  delta: float = flag(1e-5, 'target delta', check=cli.in_range(0, 1, lo_open=True,
                                                                   hi_open=True))
-  epochs: float = flag(10.0, 'expected passes over the data', check=_cli.finite(positive=True))
-  batch_size: int = flag(256, 'expected Poisson batch size (q * N)', check=_cli.at_least(1))
-  lr: float = flag(1e-2, "Adam's learning rate", check=_cli.finite(positive=True))
-  input_bound: float = flag(3.0, 'C_in of backprop clipping', check=_cli.finite(positive=True))
-  grad_bound: float = flag(0.1, 'C_out of backprop clipping', check=_cli.finite(positive=True))
-  clip_norm: float = flag(1.0, 'C of per-example clipping', check=_cli.finite(positive=True))
+  epochs: float = flag(10.0, 'expected passes over the data', check=cli.finite(positive=True))
+  batch_size: int = flag(256, 'expected Poisson batch size (q * N)', check=cli.at_least(1))
+  lr: float = flag(1e-2, "Adam's learning rate", check=cli.finite(positive=True))
+  input_bound: float = flag(3.0, 'C_in of backprop clipping', check=cli.finite(positive=True))
+  grad_bound: float = flag(0.1, 'C_out of backprop clipping', check=cli.finite(positive=True))
+  clip_norm: float = flag(1.0, 'C of per-example clipping', check=cli.finite(positive=True))
   seed: int = flag(0, 'model initialisation seed (not the noise: see --reproducible-noise)',
-                   check=_cli.at_least(0))
+                   check=cli.at_least(0))
   reproducible_noise: bool = flag(
       False, 'derive the noise and sampling keys from --seed so that runs repeat exactly. '
       'VOIDS THE PRIVACY GUARANTEE: whoever knows the seed can regenerate the noise')
   accountant: str = flag('pld', 'accountant for calibration and tracking',
                          choices=privacy.ACCOUNTANTS)
   max_train: int | None = flag(None, 'use only the first N training (and test) images (smoke '
-                               'tests)', type=int, check=_cli.at_least(1))
+                               'tests)', type=int, check=cli.at_least(1))
   quiet: bool = flag(False, 'no progress bar')
 
   def validate(self) -> None:
@@ -264,7 +265,7 @@ def noise_line(reproducible: bool, seed: int) -> str:
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
   """CLI entry point; returns the result rows."""
-  args = _cli.parse(Config, argv, description=__doc__)
+  args = cli.parse(Config, argv, description=__doc__)
   ds = data_lib.load_dataset(args.dataset, data_dir=args.data_dir, seed=args.seed)
   if args.max_train:
     ds = ds._replace(x_train=ds.x_train[:args.max_train], y_train=ds.y_train[:args.max_train],

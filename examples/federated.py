@@ -32,12 +32,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ssgd_optax import _cli
-from ssgd_optax import data as data_lib
+from ssgd_examples import cli
+from ssgd_examples import data as data_lib
 from ssgd_optax import federated
 from ssgd_optax.selective import selective_sharing
 
-flag = _cli.flag
+flag = cli.flag
 _EMBEDDED = ('mnist_subset', 'digits')
 
 
@@ -116,7 +116,7 @@ def run_dssgd(setting: Setting, *, participants: int = 30, rounds: int = 10,
   xs, ys = jnp.asarray(xs), jnp.asarray(ys)
   secagg_rounds = 0
   dropped = 0
-  for r in _cli.progress(range(rounds), desc='DSSGD rounds', unit='round', quiet=quiet):
+  for r in cli.progress(range(rounds), desc='DSSGD rounds', unit='round', quiet=quiet):
     active = jax.random.uniform(jax.random.fold_in(k_drop, r), (participants,)) >= dropout
     dropped += participants - int(jnp.sum(active))
     if secure_aggregation:
@@ -206,32 +206,32 @@ class Config:
   data_dir: str | None = flag(None, 'folder with the files of mnist/fashion_mnist/cifar10 '
                               '(default $SSGD_OPTAX_DATA)')
   max_train: int | None = flag(None, 'use only the first M training examples', type=int,
-                               check=_cli.at_least(1))
-  participants: int = flag(30, 'participants, each with an equal shard', check=_cli.at_least(1))
-  rounds: int = flag(10, 'rounds = local epochs per participant', check=_cli.at_least(1))
+                               check=cli.at_least(1))
+  participants: int = flag(30, 'participants, each with an equal shard', check=cli.at_least(1))
+  rounds: int = flag(10, 'rounds = local epochs per participant', check=cli.at_least(1))
   theta_u: float = flag(0.1, 'fraction of each update uploaded',
-                        check=_cli.in_range(0, 1, lo_open=True))
+                        check=cli.in_range(0, 1, lo_open=True))
   theta_d: float = flag(1.0, 'fraction of the global parameters downloaded',
-                        check=_cli.in_range(0, 1, lo_open=True))
+                        check=cli.in_range(0, 1, lo_open=True))
   clip: float | None = flag(None, 'gamma: truncate uploaded values to [-gamma, gamma] '
-                            '(default none)', type=float, check=_cli.finite(positive=True))
+                            '(default none)', type=float, check=cli.finite(positive=True))
   order: str | None = flag(None, 'who trains when (default round_robin; synchronous with '
                            '--secure-aggregation)', choices=federated.ORDERS)
   max_staleness: int = flag(0, 'asynchronous order: rounds a download may lag',
-                            check=_cli.at_least(0))
+                            check=cli.at_least(0))
   concurrency: int | None = flag(None, 'asynchronous order only: participants training at once '
                                  '(a divisor of --participants; default all)', type=int,
-                                 check=_cli.at_least(1))
+                                 check=cli.at_least(1))
   dropout: float = flag(0.0, 'per-round dropout probability',
-                        check=_cli.in_range(0, 1, hi_open=True))
-  lr: float = flag(0.05, 'local learning rate', check=_cli.finite(positive=True))
-  batch_size: int = flag(16, 'local batch size', check=_cli.at_least(1))
-  hidden: int = flag(64, 'hidden width of the MLP', check=_cli.at_least(1))
+                        check=cli.in_range(0, 1, hi_open=True))
+  lr: float = flag(0.05, 'local learning rate', check=cli.finite(positive=True))
+  batch_size: int = flag(16, 'local batch size', check=cli.at_least(1))
+  hidden: int = flag(64, 'hidden width of the MLP', check=cli.at_least(1))
   secure_aggregation: bool = flag(
       False, 'synchronous rounds with masked uploads (Bonawitz et al.): the server sees only '
       "the sum and applies the mean of the survivors' uploads")
   no_baselines: bool = flag(False, 'skip centralized and standalone training')
-  seed: int = flag(0, 'seed of the split, the model and the dropouts', check=_cli.at_least(0))
+  seed: int = flag(0, 'seed of the split, the model and the dropouts', check=cli.at_least(0))
   quiet: bool = flag(False, 'no progress bar')
 
   def validate(self) -> None:
@@ -269,7 +269,7 @@ class Config:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-  a = _cli.parse(Config, argv, description=__doc__)
+  a = cli.parse(Config, argv, description=__doc__)
   order = 'synchronous' if a.secure_aggregation else (a.order or 'round_robin')
   setting = load(a.dataset, seed=a.seed, max_train=a.max_train, data_dir=a.data_dir)
   if len(setting.x_train) < a.participants:

@@ -27,12 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ssgd_optax import _cli
+from ssgd_examples import cli
 from ssgd_optax import attacks
-from ssgd_optax import data
-from ssgd_optax.attacks import models
+from ssgd_examples import data
+from ssgd_examples import models
 
-flag = _cli.flag
+flag = cli.flag
 
 
 def load_batch(num_images: int, size: int, seed: int = 0) -> tuple[jax.Array, jax.Array]:
@@ -69,11 +69,11 @@ class Config:
   """The demo's settings; each field is a flag."""
   defences: str = flag('none,ssgd_global,ssgd_per_layer,prune_90,noise_1e-1',
                        'comma-separated defences (see ssgd_optax.attacks.make_defence)')
-  images: int = flag(1, 'batch size of the client', check=_cli.at_least(1))
-  size: int = flag(16, 'image side (pixels)', check=_cli.at_least(4))
-  steps: int = flag(300, 'attack optimisation steps', check=_cli.at_least(1))
-  seed: int = flag(0, 'model, defence and attack seed', check=_cli.at_least(0))
-  png: str | None = flag(None, 'save originals vs reconstructions here', check=_cli.writable_file)
+  images: int = flag(1, 'batch size of the client', check=cli.at_least(1))
+  size: int = flag(16, 'image side (pixels)', check=cli.at_least(4))
+  steps: int = flag(300, 'attack optimisation steps', check=cli.at_least(1))
+  seed: int = flag(0, 'model, defence and attack seed', check=cli.at_least(0))
+  png: str | None = flag(None, 'save originals vs reconstructions here', check=cli.writable_file)
   quiet: bool = flag(False, 'no progress bar')
 
   def validate(self) -> None:
@@ -88,15 +88,15 @@ class Config:
 
 
 def main(argv: list[str] | None = None) -> dict[str, attacks.Scores]:
-  a = _cli.parse(Config, argv, description=__doc__)
+  a = cli.parse(Config, argv, description=__doc__)
   x, y = load_batch(a.images, a.size, a.seed)
-  apply_fn, params = models.as_functional(
+  apply_fn, params = attacks.as_functional(
       models.LeNetZhu((a.size, a.size, 1), 10, rngs=nnx.Rngs(a.seed)))
   results, recs, names = {}, {}, {}
   print(f'{"defence":<16} {"attack":<24} {"PSNR dB":>8} {"SSIM":>6} {"labels":>6} {"s":>6}',
         flush=True)
   defences = a.defences.split(',')
-  for d in _cli.progress(defences, desc='attacks', unit='defence', quiet=a.quiet):
+  for d in cli.progress(defences, desc='attacks', unit='defence', quiet=a.quiet):
     t = time.perf_counter()
     names[d] = attack_name(d, len(x))
     res = attack_under(d, apply_fn, params, x, y, steps=a.steps, seed=a.seed)

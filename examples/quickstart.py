@@ -20,9 +20,9 @@ from flax import nnx
 from sklearn.datasets import load_digits
 
 import ssgd_optax
-from ssgd_optax import _cli
+from ssgd_examples import cli
 
-flag = _cli.flag
+flag = cli.flag
 # load_digits has 1,797 images; the last 4/5 of the split train.
 TRAIN_SIZE = 1797 - 1797 // 5
 
@@ -91,18 +91,18 @@ def train(*, scope='per_layer', epochs=30, batch_size=64, learning_rate=0.2, mom
 class Config:
   """The quickstart's settings; each field is a flag (``batch_size`` -> ``--batch-size``)."""
   scope: str = flag('per_layer', 'SSGD normalisation scope', choices=ssgd_optax.SCOPES)
-  epochs: int = flag(30, 'passes over the training set', check=_cli.at_least(1))
+  epochs: int = flag(30, 'passes over the training set', check=cli.at_least(1))
   batch_size: int = flag(64, f'batch size, at most the {TRAIN_SIZE} training images',
-                         check=_cli.in_range(1, TRAIN_SIZE))
+                         check=cli.in_range(1, TRAIN_SIZE))
   learning_rate: float = flag(0.2, 'peak learning rate (cosine decay)',
-                              check=_cli.finite(positive=True))
-  momentum: float = flag(0.9, 'heavy-ball momentum', check=_cli.in_range(0, 1, hi_open=True))
-  seed: int = flag(0, 'split, initialisation and data-order seed', check=_cli.at_least(0))
+                              check=cli.finite(positive=True))
+  momentum: float = flag(0.9, 'heavy-ball momentum', check=cli.in_range(0, 1, hi_open=True))
+  seed: int = flag(0, 'split, initialisation and data-order seed', check=cli.at_least(0))
   quiet: bool = flag(False, 'print only the result line')
 
 
 def main(argv=None):
-  c = _cli.parse(Config, argv, description=__doc__)
+  c = cli.parse(Config, argv, description=__doc__)
   acc = train(scope=c.scope, epochs=c.epochs, batch_size=c.batch_size,
               learning_rate=c.learning_rate, momentum=c.momentum, seed=c.seed,
               verbose=not c.quiet)

@@ -25,7 +25,7 @@ reads the configuration from the run (only flags that may change, such as
 flag that contradicts the run is refused before any work), restores the
 latest checkpoint and reaches the same final parameters as an uninterrupted
 run: the batch order of epoch ``e`` is a pure function of ``(seed, e)``
-(:func:`ssgd_optax.data.epoch_permutation`).
+(:func:`ssgd_examples.data.epoch_permutation`).
 
 ``--devices N`` shards each batch over a 1-D mesh of N devices with
 ``jax.jit`` and ``NamedSharding`` (parameters replicated): XLA all-reduces the
@@ -42,7 +42,6 @@ batch, and process 0 alone writes checkpoints and outputs.
 import argparse  # pylint: disable=unused-import
 import dataclasses
 import json
-import math
 import os
 import shutil
 import sys
@@ -57,9 +56,9 @@ import optax
 from flax import nnx
 
 import ssgd_optax
-from ssgd_optax import _cli
-from ssgd_optax import data as data_lib
-from ssgd_optax import models as models_lib
+from ssgd_examples import cli
+from ssgd_examples import data as data_lib
+from ssgd_examples import models as models_lib
 
 OPTIMIZERS = ('ssgd', 'sgd', 'sgd_momentum', 'adam', 'normalize_by_update_norm')
 SCHEDULES = ('constant', 'cosine', 'warmup_cosine')
@@ -77,11 +76,11 @@ _TRAIN_SIZES = {'mnist_subset': 4000, 'digits': 1438, 'mnist': 60000,
                 'fashion_mnist': 60000, 'cifar10': 50000}
 # Without --workdir, each run gets a fresh folder under this one.
 RUNS_DIR = os.path.join('runs', 'train')
-flag = _cli.flag
+flag = cli.flag
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(_cli.DistributedFlags):
+class Config(cli.DistributedFlags):
   """Hyper-parameters of one training run (defaults: the README command).
 
   Each field is also a command-line flag (``batch_size`` -> ``--batch-size``).
@@ -101,20 +100,20 @@ class Config(_cli.DistributedFlags):
                            choices=ssgd_optax.SCOPES)
   momentum: float | None = flag(
       None, 'ssgd / sgd_momentum momentum (default 0.9; 0 = none)', type=float,
-      check=_cli.in_range(0, 1, hi_open=True))
+      check=cli.in_range(0, 1, hi_open=True))
   learning_rate: float | None = flag(
       None, f'default per optimizer: {DEFAULT_LEARNING_RATES}', type=float,
-      check=_cli.finite(positive=True))
+      check=cli.finite(positive=True))
   schedule: str = flag('cosine', 'learning-rate schedule', choices=SCHEDULES)
   warmup_epochs: float = flag(0.0, 'warmup of --schedule warmup_cosine',
-                              check=_cli.finite(nonnegative=True))
-  batch_size: int = flag(128, 'global batch size', check=_cli.at_least(1))
-  epochs: int = flag(10, 'passes over the training set', check=_cli.at_least(1))
+                              check=cli.finite(nonnegative=True))
+  batch_size: int = flag(128, 'global batch size', check=cli.at_least(1))
+  epochs: int = flag(10, 'passes over the training set', check=cli.at_least(1))
   seed: int = flag(0, 'initialisation and data-order seed',
-                   check=_cli.at_least(0))
+                   check=cli.at_least(0))
   devices: int | None = flag(
       None, 'data-parallel devices, a 1-D mesh (default 1; with several '
-      'processes, all devices of the job)', type=int, check=_cli.at_least(1),
+      'processes, all devices of the job)', type=int, check=cli.at_least(1),
       resume_may_differ=True)
   workdir: str | None = flag(
       None, "metrics.json, learning_curves.png, checkpoints/ (default: a fresh "
@@ -126,10 +125,10 @@ class Config(_cli.DistributedFlags):
   overwrite: bool = flag(False, 'delete the checkpoints already in --workdir',
                          resume_may_differ=True)
   checkpoint_every: int = flag(1, 'epochs between checkpoints',
-                               check=_cli.at_least(1), resume_may_differ=True)
+                               check=cli.at_least(1), resume_may_differ=True)
   stop_after_epochs: int | None = flag(
       None, 'stop after this many epochs, as if preempted (the schedule still '
-      'spans --epochs); then --resume', type=int, check=_cli.at_least(1),
+      'spans --epochs); then --resume', type=int, check=cli.at_least(1),
       resume_may_differ=True)
   quiet: bool = flag(False, 'no progress bar and no per-epoch lines',
                      aliases=('--no-progress',), resume_may_differ=True)
@@ -266,7 +265,7 @@ def merge_resume(config: Config, explicit: set[str]) -> Config:
     want = getattr(config, name)
     have = saved.get(name)
     if want != have:
-      conflicts.append(f'{_cli.flag_name(name)} {want!r} (the checkpoint has '
+      conflicts.append(f'{cli.flag_name(name)} {want!r} (the checkpoint has '
                        f'{have!r})')
   if conflicts:
     raise ValueError(f'cannot resume the run in {workdir!r} with different '
@@ -284,12 +283,12 @@ def validate_config(config: Config) -> Config:
 
   Runs before any data is read or model built, so a bad command fails at
   once. Messages name the command-line flag. Needs JAX's devices (after
-  :func:`ssgd_optax._cli.initialize_distributed` in a multi-process job).
+  :func:`ssgd_optax.cli.initialize_distributed` in a multi-process job).
 
   Raises:
     ValueError: a bad value or an impossible combination.
   """
-  _cli.check_fields(config)
+  cli.check_fields(config)
   config.validate()
   c = config
   available = jax.device_count()
@@ -729,7 +728,7 @@ def train_and_evaluate(config: Config) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
   """The flags of :class:`Config` (written once, in its fields)."""
-  return _cli.build_parser(Config, __doc__)
+  return cli.build_parser(Config, __doc__)
 
 
 def parse_args(argv: Sequence[str] | None) -> Config:
@@ -747,9 +746,9 @@ def parse_args(argv: Sequence[str] | None) -> Config:
       return merge_resume(config, explicit)
     return config
 
-  config = _cli.parse(Config, argv, parser=parser, prepare=prepare)
+  config = cli.parse(Config, argv, parser=parser, prepare=prepare)
   try:
-    _cli.initialize_distributed(config)
+    cli.initialize_distributed(config)
     validate_config(config)
   except ValueError as e:
     parser.error(str(e))
@@ -759,7 +758,7 @@ def parse_args(argv: Sequence[str] | None) -> Config:
 def main(argv: Sequence[str] | None = None) -> dict:
   """Command-line entry point; returns the metrics dict."""
   config = parse_args(argv)
-  with _cli.distributed_errors(config):
+  with cli.distributed_errors(config):
     result = train_and_evaluate(config)
   if jax.process_index() == 0:
     print(summary_line(result))

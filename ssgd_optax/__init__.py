@@ -20,8 +20,8 @@ from ssgd_optax.selective import selective_sharing
 __version__ = '0.1.0'
 
 # Subpackages loaded lazily so that `import ssgd_optax` stays light.
-_LAZY_SUBMODULES = ('attacks', 'audit', 'data', 'federated', 'grouping', 'models', 'normalize',
-                    'parallel', 'per_example', 'privacy', 'selective')
+_LAZY_SUBMODULES = ('attacks', 'audit', 'federated', 'grouping', 'normalize', 'parallel',
+                    'per_example', 'privacy', 'selective', 'testing')
 
 # Old names kept for one release (0.2), each warning with its replacement.
 # `ssgd_optax.dp_ssgd` was a module beside the function `ssgd`; DP-SSGD now

@@ -28,7 +28,8 @@ chain                                       what a device shares
 Both modes cost the same communication: one all-reduce of the update tree
 (plus the loss). The norms of privacy mode are local, and those of
 optimisation mode are taken on the already replicated average, so neither
-adds a collective (``tests/test_parallel.py`` checks the compiled HLO).
+adds a collective (``tests/test_parallel.py`` checks the compiled HLO with
+:func:`ssgd_optax.testing.count_all_reduces`).
 
 The rest are thin helpers around the JAX APIs, which stay visible:
 :func:`pmap_train_step` and :func:`shard_map_train_step` build a
@@ -56,7 +57,6 @@ it would be counted once per device.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -73,7 +73,6 @@ from ssgd_optax.normalize import AxisName
 __all__ = [
   'REDUCTIONS',
   'aggregate',
-  'count_all_reduces',
   'data_mesh',
   'pmap_train_step',
   'replicate',
@@ -604,36 +603,3 @@ def shard_batch(batch: Any, mesh: jax.sharding.Mesh, axis_name: AxisName = 'data
     return jax.device_put(batch, sharding)
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
-
-
-# --------------------------------------------------------------------------
-# Diagnostics.
-
-_ALL_REDUCE = re.compile(r'=\s*[^=]*?\ball-reduce(?:-start)?\(')
-
-
-def count_all_reduces(hlo_text: str) -> int:
-  """The number of all-reduce ops in compiled HLO text.
-
-  Counts ``all-reduce`` and ``all-reduce-start`` instructions (not their
-  ``-done`` halves) in e.g. ``jax.jit(f).lower(...).compile().as_text()``.
-  XLA may combine several reductions into one op, so this counts ops (each a
-  round of communication), not reduced arrays.
-
-  Args:
-    hlo_text: the text of an HLO module.
-
-  Returns:
-    The number of all-reduce instructions.
-
-  Example:
-
-  >>> from ssgd_optax import parallel
-  >>> parallel.count_all_reduces('%a = f32[] all-reduce(f32[] %x), to_apply=%sum')
-  1
-  """
-  if not isinstance(hlo_text, str):
-    raise TypeError(f'hlo_text must be a str; got {type(hlo_text).__name__}.')
-  return sum(1 for line in hlo_text.splitlines() if _ALL_REDUCE.search(line))
-
-

@@ -186,7 +186,6 @@ def per_example_grads(fun: Callable[..., Any],
       if i >= len(args):
         raise ValueError(f'batch_argnums contains {i} but only {len(args)} arguments were given.')
     batch = tuple(args[i] for i in batched)
-    size = _batch.batch_size(batch, 'the batched arguments')
     if mask is not None:
       mask = jnp.asarray(mask)
       if mask.ndim != 1:

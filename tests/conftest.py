@@ -14,9 +14,14 @@ calling the ``require_devices`` fixture (``require_devices(n)``).
 """
 
 import os
+import pathlib
 import re
+import sys
 
 import pytest
+
+# The examples' harness (ssgd_examples: cli, data, models, scripts) lives in examples/.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / 'examples'))
 
 _ENV = 'SSGD_TEST_DEVICES'
 _FLAG = '--xla_force_host_platform_device_count'

@@ -1,7 +1,6 @@
 # Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
 """Smoke test of benchmarks/accuracy.py (--quick) and its pieces."""
 
-import importlib.util
 import json
 import pathlib
 import sys
@@ -9,16 +8,14 @@ import sys
 import numpy as np
 import pytest
 
+from ssgd_examples.scripts import load
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope='module')
 def accuracy():
-  spec = importlib.util.spec_from_file_location(
-      'benchmarks_accuracy', ROOT / 'benchmarks' / 'accuracy.py')
-  module = importlib.util.module_from_spec(spec)
-  sys.modules['benchmarks_accuracy'] = module
-  spec.loader.exec_module(module)
+  module = load('benchmarks/accuracy.py', 'benchmarks_accuracy')
   yield module
   sys.modules.pop('benchmarks_accuracy', None)
 

@@ -281,7 +281,7 @@ def test_bad_observations_and_bins():
 
 @pytest.mark.slow  # benchmark smoke test: run with -m slow
 def test_leakage_benchmark_scaling_quick(tmp_path):
-  from scripts import load
+  from ssgd_examples.scripts import load
   bench = load('benchmarks/leakage.py')
   out = tmp_path / 'batch.md'
   text = bench.main(['--quick', '--scaling', '--out', str(out), '--png-dir', str(tmp_path)])

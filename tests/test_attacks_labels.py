@@ -9,14 +9,14 @@ from flax import nnx
 
 import ssgd_optax
 from ssgd_optax import attacks
-from ssgd_optax import data
-from ssgd_optax.attacks import models
+from ssgd_examples import data
+from ssgd_examples import models
 
 
 @pytest.fixture(scope='module')
 def setting():
   ds = data.load_dataset('digits')
-  f, p = models.as_functional(models.LeNetZhu((8, 8, 1), 10, rngs=nnx.Rngs(1)))
+  f, p = attacks.as_functional(models.LeNetZhu((8, 8, 1), 10, rngs=nnx.Rngs(1)))
   return f, p, jnp.asarray(ds.x_train[:40]), jnp.asarray(ds.y_train[:40])
 
 

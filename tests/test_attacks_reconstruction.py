@@ -18,8 +18,8 @@ from flax import nnx
 
 import ssgd_optax
 from ssgd_optax import attacks
-from ssgd_optax import data
-from ssgd_optax.attacks import models
+from ssgd_examples import data
+from ssgd_examples import models
 
 
 @pytest.fixture(scope='module')
@@ -30,7 +30,7 @@ def digits():
 
 @pytest.fixture(scope='module')
 def lenet():
-  return models.as_functional(models.LeNetZhu((8, 8, 1), 10, rngs=nnx.Rngs(0)))
+  return attacks.as_functional(models.LeNetZhu((8, 8, 1), 10, rngs=nnx.Rngs(0)))
 
 
 def test_inverting_gradients_recovers_single_image(digits, lenet):

@@ -4,7 +4,7 @@
 
 import numpy as np
 import pytest
-from scripts import load as _load
+from ssgd_examples.scripts import load as _load
 
 
 

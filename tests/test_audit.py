@@ -16,7 +16,7 @@ import pytest
 
 from ssgd_optax import audit
 from ssgd_optax import privacy
-from scripts import load as _load
+from ssgd_examples.scripts import load as _load
 
 DELTA = 1e-5
 CLAIMED = 1.0  # the epsilon every mechanism below claims
@@ -183,7 +183,7 @@ def test_multi_run_clopper_pearson_on_vectorised_gaussian_runs():
 
 
 def test_black_box_loss_audit_detects_memorisation():
-  from ssgd_optax import data
+  from ssgd_examples import data
   ds = data.load_digits()
   x, y = ds.x_train.reshape(len(ds.x_train), -1), ds.y_train
   x0, y0 = x.copy(), y.copy()

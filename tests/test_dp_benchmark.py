@@ -4,7 +4,7 @@
 import math
 
 import pytest
-from scripts import load as _load
+from ssgd_examples.scripts import load as _load
 
 
 @pytest.fixture(scope='module')

@@ -17,9 +17,9 @@ from ssgd_optax import privacy
 from ssgd_optax.privacy import unit_normalization as dp
 from ssgd_optax import grouping
 from ssgd_optax import per_example
-from scripts import load as _load
+from ssgd_optax import testing
+from ssgd_examples.scripts import load as _load
 
-import hlo
 
 SCOPES = ('global', 'per_leaf', 'per_layer')
 
@@ -528,7 +528,7 @@ def test_rows_at_the_float32_limits_have_unit_norm_in_both_forms(method, monkeyp
   assert np.linalg.norm(np.asarray(one_scale, np.float64)) < 0.5
 
 
-_hlo_counts = hlo.hlo_counts
+_hlo_counts = testing.hlo_op_counts
 
 
 @pytest.mark.parametrize('scope', SCOPES)

@@ -1,5 +1,5 @@
 # Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
-"""The examples' one command-line layer (ssgd_optax/_cli.py): bad flags end with
+"""The examples' one command-line layer (ssgd_optax/cli.py): bad flags end with
 status 2 and a message naming the flag, before any data is read.
 
 Every case parses in-process; the example's data loader is replaced by one
@@ -10,9 +10,9 @@ import dataclasses
 import re
 
 import pytest
-from scripts import load as _load
+from ssgd_examples.scripts import load as _load
 
-from ssgd_optax import _cli
+from ssgd_examples import cli
 
 
 def _no_work(*args, **kwargs):
@@ -129,7 +129,7 @@ def test_quickstart_accepts_the_whole_training_set_as_one_batch(capsys):
   quickstart = _load('examples/quickstart.py', 'cli_quickstart')
   (x_train, _), _ = quickstart.load(0)
   assert quickstart.TRAIN_SIZE == len(x_train) == 1438
-  config = _cli.parse(quickstart.Config, ['--batch-size', '1438'])
+  config = cli.parse(quickstart.Config, ['--batch-size', '1438'])
   assert config.batch_size == 1438
   _refused(quickstart.main, ['--batch-size', '1439'], r'--batch-size must be in \[1, 1438\]',
            capsys)
@@ -140,11 +140,11 @@ def test_quickstart_accepts_the_whole_training_set_as_one_batch(capsys):
 
 @dataclasses.dataclass(frozen=True)
 class _Example:
-  batch_size: int = _cli.flag(8, 'batch', check=_cli.at_least(1))
-  widths: tuple[int, ...] = _cli.flag((4, 2), 'widths', check=_cli.at_least(1))
-  rate: float | None = _cli.flag(None, 'rate', type=float, check=_cli.finite(positive=True))
-  verbose: bool = _cli.flag(False, 'talk', aliases=('--loud',))
-  progress: bool = _cli.flag(True, 'bar')
+  batch_size: int = cli.flag(8, 'batch', check=cli.at_least(1))
+  widths: tuple[int, ...] = cli.flag((4, 2), 'widths', check=cli.at_least(1))
+  rate: float | None = cli.flag(None, 'rate', type=float, check=cli.finite(positive=True))
+  verbose: bool = cli.flag(False, 'talk', aliases=('--loud',))
+  progress: bool = cli.flag(True, 'bar')
 
   def validate(self):
     if self.batch_size < sum(self.widths):
@@ -152,13 +152,13 @@ class _Example:
 
 
 def test_flags_are_built_from_the_fields():
-  c = _cli.parse(_Example, [])
+  c = cli.parse(_Example, [])
   assert c == _Example()
-  c = _cli.parse(_Example, ['--batch-size', '9', '--widths', '1', '2', '3', '--rate', '0.5',
+  c = cli.parse(_Example, ['--batch-size', '9', '--widths', '1', '2', '3', '--rate', '0.5',
                             '--loud', '--no-progress'])
   assert c == _Example(9, (1, 2, 3), 0.5, True, False)
-  parser = _cli.build_parser(_Example)
-  assert _cli.explicit_flags(parser, ['--batch-size', '8', '--loud']) == {'batch_size',
+  parser = cli.build_parser(_Example)
+  assert cli.explicit_flags(parser, ['--batch-size', '8', '--loud']) == {'batch_size',
                                                                           'verbose'}
 
 
@@ -170,11 +170,11 @@ def test_flags_are_built_from_the_fields():
   (['--batch-size', '5'], '--batch-size 5 must be >= sum of --widths'),
 ])
 def test_bad_values_exit_2_naming_the_flag(argv, match, capsys):
-  _refused(lambda a: _cli.parse(_Example, a), argv, match, capsys)
+  _refused(lambda a: cli.parse(_Example, a), argv, match, capsys)
 
 
 def test_distributed_flags_start_nothing_by_default():
-  flags = _cli.DistributedFlags()
+  flags = cli.DistributedFlags()
   flags.validate_distributed()
   assert not flags.multi_process
-  assert _cli.initialize_distributed(flags) is False
+  assert cli.initialize_distributed(flags) is False

@@ -350,14 +350,11 @@ def test_simulation_engine_stalled_node_times_out_and_its_late_reply_is_ignored(
 
 
 def _deploy_module():
-  import importlib.util
   import os
   import sys
+  from ssgd_examples.scripts import load
+  mod = load('examples/flower_deploy.py', 'ssgd_flower_deploy')
   root = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'examples')
-  spec = importlib.util.spec_from_file_location('ssgd_flower_deploy',
-                                                os.path.join(root, 'flower_deploy.py'))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
   sys.path.insert(0, os.path.join(root, 'flower_app'))
   from ssgd_flower_app import task  # pylint: disable=import-outside-toplevel
   sys.path.pop(0)

@@ -8,7 +8,7 @@ import optax
 import pytest
 from flax import nnx
 
-from ssgd_optax import models
+from ssgd_examples import models
 from ssgd_optax import per_example
 from ssgd_optax import privacy
 from ssgd_optax.privacy import ghost

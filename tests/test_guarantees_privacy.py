@@ -23,7 +23,8 @@ import optax
 import pytest
 import scipy.stats
 from flax import nnx
-from scripts import load as _load
+from ssgd_examples import models as models_lib
+from ssgd_examples.scripts import load as _load
 
 from ssgd_optax import privacy
 
@@ -314,7 +315,7 @@ class _TinyCNN(nnx.Module):
 def test_dp_train_feeds_the_accountant_the_noise_it_adds(monkeypatch):
   """examples/dp_train.py: one mechanism object (z, L, sensitivities) in noise and accountant."""
   dp_train = _load('examples/dp_train.py')
-  monkeypatch.setattr(privacy, 'StevensCNN', _TinyCNN)
+  monkeypatch.setattr(models_lib, 'StevensCNN', _TinyCNN)
   seen = {'noise': [], 'eps': [], 'tracker': [], 'updates': 0}
   real_noise, real_tracker = privacy.add_gaussian_noise, privacy.BudgetTracker
 

@@ -7,7 +7,6 @@ collectives over gloo. Subprocess timeouts are hang guards, not speed checks;
 every process is killed in ``finally``.
 """
 
-import importlib.util
 import os
 import pathlib
 import signal
@@ -18,6 +17,8 @@ import sys
 import jax
 import numpy as np
 import pytest
+
+from ssgd_examples.scripts import load
 
 pytestmark = pytest.mark.multiprocess
 
@@ -49,10 +50,7 @@ def _kill_all(procs):
 
 
 def _load_worker():
-  spec = importlib.util.spec_from_file_location('_multiprocess_worker', WORKER)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load('tests/_multiprocess_worker.py', '_multiprocess_worker')
 
 
 @pytest.mark.slow  # the train-example two-process test covers this in the default run
@@ -131,13 +129,8 @@ def _spawn_example(script, process_id, port, *flags):
 
 
 def _load_train():
-  spec = importlib.util.spec_from_file_location('mp_examples_train', ROOT / 'examples' / 'train.py')
-  module = importlib.util.module_from_spec(spec)
-  sys.modules['mp_examples_train'] = module
-  try:
-    spec.loader.exec_module(module)
-  finally:
-    sys.modules.pop('mp_examples_train', None)
+  module = load('examples/train.py', 'mp_examples_train')
+  sys.modules.pop('mp_examples_train', None)
   return module
 
 

@@ -18,8 +18,8 @@ import ssgd_optax
 from ssgd_optax import _numerics
 from ssgd_optax import grouping
 from ssgd_optax import normalize
+from ssgd_optax import testing
 
-import hlo
 
 SCOPES = ('global', 'per_leaf', 'per_layer')
 
@@ -699,7 +699,7 @@ def test_per_example_norm_rows_are_independent():
 # The compiled HLO of the common path, so that a regression shows on CPU.
 
 
-_hlo_counts = hlo.hlo_counts
+_hlo_counts = testing.hlo_op_counts
 
 
 def _big_tree(dtype=jnp.float32, layers=3):

@@ -21,7 +21,8 @@ from jax.sharding import PartitionSpec as P
 
 import ssgd_optax
 from ssgd_optax import parallel
-from scripts import load as _load
+from ssgd_optax import testing
+from ssgd_examples.scripts import load as _load
 
 SCOPES = ('global', 'per_leaf', 'per_layer')
 N = 8
@@ -297,19 +298,19 @@ def test_ssgd_adds_no_all_reduce(backend):
   axis = 'batch' if backend == 'pmap' else 'data'
   text = _pmap_text if backend == 'pmap' else _shard_map_text
   sgd = optax.chain(parallel.aggregate(axis), optax.sgd(0.1))
-  n_sgd = parallel.count_all_reduces(text(sgd))
+  n_sgd = testing.count_all_reduces(text(sgd))
   assert n_sgd >= 1
   for mode in ('privacy', 'optimization'):
     for scope in ('per_layer',):
       norm, share = ssgd_optax.unit_normalize(scope), parallel.aggregate(axis)
       parts = (norm, share) if mode == 'privacy' else (share, norm)
       tx = optax.chain(*parts, optax.sgd(0.1))
-      assert parallel.count_all_reduces(text(tx)) <= n_sgd, (mode, scope)
+      assert testing.count_all_reduces(text(tx)) <= n_sgd, (mode, scope)
   # The count does see extra communication: norms psum-med over the data axis
   # (a wrong use of axis_name) add all-reduces.
   leaky = optax.chain(ssgd_optax.unit_normalize(axis_name=axis), parallel.aggregate(axis),
                       optax.sgd(0.1))
-  assert parallel.count_all_reduces(text(leaky)) > n_sgd
+  assert testing.count_all_reduces(text(leaky)) > n_sgd
 
 
 def test_count_all_reduces_parses_hlo():
@@ -320,9 +321,9 @@ def test_count_all_reduces_parses_hlo():
       '%ard = f32[2]{0} all-reduce-done(f32[2]{0} %ars)',
       '%x = f32[] add(%p, %q)',
   ])
-  assert parallel.count_all_reduces(text) == 2
+  assert testing.count_all_reduces(text) == 2
   with pytest.raises(TypeError, match='hlo_text'):
-    parallel.count_all_reduces(None)
+    testing.count_all_reduces(None)
 
 
 # --------------------------------------------------------------------------
@@ -524,7 +525,7 @@ def test_accelerator_script_quick_on_cpu(tmp_path):
   import os
   import subprocess
   import sys
-  from scripts import ROOT
+  from ssgd_examples import ROOT
   out = tmp_path / 'results'
   env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'JAX_PLATFORMS')}
   env.update(JAX_PLATFORMS='cpu', PYTHON=sys.executable)

@@ -8,6 +8,7 @@ import optax
 import pytest
 from flax import nnx
 
+from ssgd_examples import models as models_lib
 from ssgd_optax import privacy
 
 C_IN, C_OUT = 3.0, 0.5
@@ -153,8 +154,8 @@ def test_padded_rows_change_nothing():
 
 @pytest.mark.slow
 def test_huge_bounds_give_the_plain_model():
-  plain = privacy.StevensCNN(rngs=nnx.Rngs(9))
-  clipped = privacy.clip_layers(privacy.StevensCNN(rngs=nnx.Rngs(9)), input_bound=1e6,
+  plain = models_lib.StevensCNN(rngs=nnx.Rngs(9))
+  clipped = privacy.clip_layers(models_lib.StevensCNN(rngs=nnx.Rngs(9)), input_bound=1e6,
                                 grad_bound=1e6)
   x = jax.random.uniform(jax.random.key(10), (2, 28, 28, 1))
   y = jnp.array([1, 2])
@@ -305,7 +306,7 @@ def test_clip_layers_is_idempotent_and_shares_parameters():
     (lambda: privacy.ClippedLinear(2, 2, input_bound=1.0, grad_bound=1.0, uses=0,
                                    rngs=nnx.Rngs(0)), ValueError, 'uses'),
     (lambda: privacy.check_model('model'), TypeError, 'nnx.Module'),
-    (lambda: privacy.StevensCNN(image_size=10, rngs=nnx.Rngs(0)), ValueError, 'image_size'),
+    (lambda: models_lib.StevensCNN(image_size=10, rngs=nnx.Rngs(0)), ValueError, 'image_size'),
 ])
 def test_layers_reject_bad_arguments(call, err, match):
   with pytest.raises(err, match=match):

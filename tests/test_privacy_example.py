@@ -4,7 +4,7 @@
 import math
 
 import pytest
-from scripts import load as _load
+from ssgd_examples.scripts import load as _load
 
 
 
@@ -33,7 +33,7 @@ def test_dp_train_example_tiny(capsys):
 @pytest.mark.slow
 def test_dp_train_nonprivate_and_bad_method():
   dp_train = _load('examples/dp_train.py')
-  from ssgd_optax import data  # pylint: disable=g-import-not-at-top
+  from ssgd_examples import data  # pylint: disable=g-import-not-at-top
   ds = data.load_dataset('mnist_subset')
   ds = ds._replace(x_train=ds.x_train[:256], y_train=ds.y_train[:256], x_test=ds.x_test[:100],
                    y_test=ds.y_test[:100])
@@ -79,7 +79,7 @@ class _Captured(Exception):
 
 def _dp_train_keys(monkeypatch, **kwargs):
   dp_train = _load('examples/dp_train.py', 'keys_dp_train')
-  from ssgd_optax import data  # pylint: disable=g-import-not-at-top
+  from ssgd_examples import data  # pylint: disable=g-import-not-at-top
   seen = {}
   noise = dp_train.privacy.add_gaussian_noise
 
@@ -144,7 +144,7 @@ def test_dp_ssgd_noise_keys_are_secret_by_default(monkeypatch):
 
 def test_the_examples_say_where_the_noise_keys_came_from(capsys):
   dp_train = _load('examples/dp_train.py', 'keys_dp_train_cli')
-  help_text = ' '.join(dp_train._cli.build_parser(dp_train.Config).format_help().split())
+  help_text = ' '.join(dp_train.cli.build_parser(dp_train.Config).format_help().split())
   assert '--reproducible-noise' in help_text and 'VOIDS THE PRIVACY GUARANTEE' in help_text
   assert 'operating system' in dp_train.noise_line(False, 0)
   assert 'NO privacy guarantee' in dp_train.noise_line(True, 0)

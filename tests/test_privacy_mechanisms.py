@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from ssgd_examples import models as models_lib
 import ssgd_optax
 from ssgd_optax import grouping
 from ssgd_optax import privacy
@@ -18,14 +19,14 @@ from ssgd_optax import selective
 from ssgd_optax.privacy import accounting
 from ssgd_optax.privacy import mechanisms
 from ssgd_optax.privacy import unit_normalization
-from scripts import load as _load
+from ssgd_examples.scripts import load as _load
 
 KEY = jax.random.key(0)
 ACC = dict(sampling_rate=0.02, steps=50, delta=1e-5, accountant='rdp')
 
 
 def _clipped_cnn():
-  return privacy.clip_layers(privacy.StevensCNN(rngs=nnx.Rngs(0)), input_bound=3.0,
+  return privacy.clip_layers(models_lib.StevensCNN(rngs=nnx.Rngs(0)), input_bound=3.0,
                              grad_bound=0.5)
 
 

@@ -3,7 +3,7 @@
 
 
 import pytest
-from scripts import load as _load
+from ssgd_examples.scripts import load as _load
 
 
 

@@ -1,7 +1,6 @@
 # Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
 """End-to-end tests of examples/train.py on tiny settings."""
 
-import importlib.util
 import json
 import re
 import pathlib
@@ -12,16 +11,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from ssgd_examples.scripts import load
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope='module')
 def train():
-  spec = importlib.util.spec_from_file_location('examples_train',
-                                                ROOT / 'examples' / 'train.py')
-  module = importlib.util.module_from_spec(spec)
-  sys.modules['examples_train'] = module
-  spec.loader.exec_module(module)
+  module = load('examples/train.py', 'examples_train')
   yield module
   sys.modules.pop('examples_train', None)
 

@@ -18,8 +18,9 @@ recovery :func:`recover_labels`; architecture analysis :func:`rank_analysis`
 and :func:`copa_index`; metrics :func:`score` (MSE, PSNR, SSIM, labels);
 defences registry :func:`make_defence`.
 
-Needs the ``attacks`` extra (dm-pix, scipy via scikit-image) and ``flax`` for
-:mod:`.models`.
+Needs the ``attacks`` extra (dm-pix, scipy via scikit-image), and ``flax`` for
+:func:`as_functional`. The victim models of the literature (DLG's sigmoid
+LeNet...) live with the examples (``examples/ssgd_examples/models.py``).
 """
 
 from ssgd_optax.attacks.analytic import analytic_attack
@@ -63,6 +64,7 @@ from ssgd_optax.attacks.recursive import LayerRank
 from ssgd_optax.attacks.recursive import rank_analysis
 from ssgd_optax.attacks.recursive import rgap
 from ssgd_optax.attacks.threat import AttackResult
+from ssgd_optax.attacks.threat import as_functional
 from ssgd_optax.attacks.threat import batch_gradient
 from ssgd_optax.attacks.threat import Defence
 from ssgd_optax.attacks.threat import Observation
@@ -71,7 +73,7 @@ from ssgd_optax.attacks.threat import shared_update
 from ssgd_optax.attacks.threat import THREAT_MODELS
 
 __all__ = [
-    'AttackResult', 'ConvSpec', 'Defence', 'ImprintedModel', 'LayerRank', 'LayeredCNN', 'Observation',
+    'AttackResult', 'ConvSpec', 'as_functional', 'Defence', 'ImprintedModel', 'LayerRank', 'LayeredCNN', 'Observation',
     'Scores', 'adaptive_dlg', 'analytic_attack', 'available_defences', 'batch_gradient',
     'copa_index', 'cosine_distance', 'dlg', 'expected_recovered', 'find_last_layer',
     'gaussian_noise', 'gradient_distance', 'idlg', 'idlg_label', 'imprint_attack',

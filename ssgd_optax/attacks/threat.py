@@ -17,6 +17,8 @@ imprint module (:mod:`.imprint`).
   mean cross-entropy, applies the defence and packs the observation, so that
   "attack X against defence Y" is ``X(apply_fn, observe(..., defence=Y))``.
 * :class:`AttackResult` is what every attack returns.
+* :func:`as_functional` turns a Flax NNX module into the ``(apply_fn,
+  params)`` pair the attacks take.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import optax
 __all__ = [
     'ApplyFn',
     'Observation',
+    'as_functional',
     'AttackResult',
     'Defence',
     'cross_entropy',
@@ -312,3 +315,33 @@ def check_update_matches(update: Any, params: Any, who: str = 'attack') -> None:
           f'{who}: the shared update does not match the parameters: leaf '
           f'{jax.tree_util.keystr(path)} has shape {np.shape(u)}, the parameter '
           f'{np.shape(p)}.')
+
+
+def as_functional(model: Any) -> tuple[Callable[[Any, jax.Array], jax.Array], Any]:
+  """``(apply_fn, params)`` for an NNX module: ``apply_fn(params, x) == model(x)``.
+
+  ``params`` is the module's ``nnx.Param`` state as a plain nested dict;
+  other state (e.g. batch statistics) is frozen into ``apply_fn``.
+
+  Example:
+
+  >>> from flax import nnx
+  >>> import jax.numpy as jnp
+  >>> from ssgd_optax.attacks import as_functional
+  >>> f, p = as_functional(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))
+  >>> sorted(p), f(p, jnp.ones((1, 3))).shape
+  (['bias', 'kernel'], (1, 2))
+  """
+  from flax import nnx  # pylint: disable=g-import-not-at-top (the flax extra)
+
+  if not isinstance(model, nnx.Module):
+    raise TypeError(f'model must be a flax.nnx.Module; got {type(model).__name__}.')
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  pure = nnx.to_pure_dict(params)
+
+  def apply_fn(p: Any, x: jax.Array) -> jax.Array:
+    state = jax.tree_util.tree_map(lambda v: v, params)
+    nnx.replace_by_pure_dict(state, p)
+    return nnx.merge(graphdef, state, rest)(x)
+
+  return apply_fn, pure

@@ -46,7 +46,7 @@ Modules:
   (``jax.custom_vjp``), the per-example clipping primitives on the batch axis.
 * :mod:`~ssgd_optax.privacy.layers`: ``ClippedLayer``/``ClippedLinear``/
   ``ClippedConv``, ``clip_layers`` (wrap an existing model), ``sensitivities``,
-  ``num_releases``, ``StevensCNN``.
+  ``num_releases``.
 * :mod:`~ssgd_optax.privacy.noise`: ``add_gaussian_noise``, the Gaussian
   mechanism as an optax transformation (key in state).
 * :mod:`~ssgd_optax.privacy.dpsgd`: ``backprop_clip_grad_sum`` and the
@@ -81,7 +81,6 @@ from ssgd_optax.privacy.dpsgd import dpsgd_grad_sum
 from ssgd_optax.privacy.layers import ClippedConv
 from ssgd_optax.privacy.layers import ClippedLayer
 from ssgd_optax.privacy.layers import ClippedLinear
-from ssgd_optax.privacy.layers import StevensCNN
 from ssgd_optax.privacy.layers import check_model
 from ssgd_optax.privacy.layers import clip_layers
 from ssgd_optax.privacy.layers import num_releases
@@ -125,7 +124,6 @@ __all__ = [
     'GaussianNoiseState',
     'NORMS',
     'SparseVectorMechanism',
-    'StevensCNN',
     'add_gaussian_noise',
     'backprop_clip_grad_sum',
     'backprop_clip_mechanism',

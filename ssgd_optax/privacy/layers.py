@@ -75,7 +75,6 @@ __all__ = [
     'ClippedConv',
     'ClippedLayer',
     'ClippedLinear',
-    'StevensCNN',
     'check_model',
     'clip_layers',
     'num_releases',
@@ -472,57 +471,12 @@ def num_releases(model: nnx.Module, wrt: Any = nnx.Param) -> int:
 
   Example:
     >>> from flax import nnx
-    >>> from ssgd_optax.privacy import StevensCNN, clip_layers, num_releases
-    >>> model = clip_layers(StevensCNN(rngs=nnx.Rngs(0)), input_bound=3.0,
-    ...                     grad_bound=1.0)
-    >>> num_releases(model)
-    4
+    >>> from ssgd_optax.privacy import clip_layers, num_releases
+    >>> model = nnx.Sequential(
+    ...     nnx.Conv(1, 4, (3, 3), use_bias=False, rngs=nnx.Rngs(0)), nnx.relu,
+    ...     lambda h: h.reshape(h.shape[0], -1),
+    ...     nnx.Linear(4 * 8 * 8, 10, rngs=nnx.Rngs(1)))   # with a bias
+    >>> num_releases(clip_layers(model, input_bound=3.0, grad_bound=1.0))
+    3
   """
   return len(jax.tree.leaves(sensitivities(model, wrt)))
-
-
-class StevensCNN(nnx.Module):
-  """The bias-free MNIST CNN of the backprop-clipping paper (authors' code).
-
-  ``Conv(c->16, 8x8, stride 2, VALID)``, ReLU, ``MaxPool(2, stride 1)``,
-  ``Conv(16->32, 4x4, stride 2, VALID)``, ReLU, ``MaxPool(2, stride 1)``,
-  ``Dense(288->32)``, ReLU, ``Dense(32->classes)``; no biases, no
-  normalisation layers, so it works plain, with :func:`clip_layers` and with
-  per-example DP-SGD. 28x28 inputs give the 3x3x32 = 288 features.
-
-  Args:
-    num_classes: outputs.
-    in_channels: input channels.
-    width: multiplies the channel widths (16, 32) and the hidden width 32.
-    rngs: ``nnx.Rngs``.
-
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from flax import nnx
-    >>> from ssgd_optax.privacy import StevensCNN
-    >>> model = nnx.eval_shape(lambda: StevensCNN(rngs=nnx.Rngs(0)))
-    >>> nnx.eval_shape(lambda m, x: m(x), model, jnp.zeros((2, 28, 28, 1))).shape
-    (2, 10)
-  """
-
-  def __init__(self, num_classes: int = 10, *, in_channels: int = 1, width: int = 1,
-               image_size: int = 28, rngs: nnx.Rngs):
-    for name, v in (('num_classes', num_classes), ('in_channels', in_channels),
-                    ('width', width), ('image_size', image_size)):
-      _validation.check_int(name, v, minimum=1)
-    s = (image_size - 8) // 2 + 1 - 1  # conv1 VALID stride 2, pool 2 stride 1
-    s = (s - 4) // 2 + 1 - 1
-    if s < 1:
-      raise ValueError(f'image_size must be >= 22 for StevensCNN; got {image_size}.')
-    self.conv1 = nnx.Conv(in_channels, 16 * width, (8, 8), strides=2, padding='VALID',
-                          use_bias=False, rngs=rngs)
-    self.conv2 = nnx.Conv(16 * width, 32 * width, (4, 4), strides=2, padding='VALID',
-                          use_bias=False, rngs=rngs)
-    self.fc1 = nnx.Linear(s * s * 32 * width, 32 * width, use_bias=False, rngs=rngs)
-    self.fc2 = nnx.Linear(32 * width, num_classes, use_bias=False, rngs=rngs)
-
-  def __call__(self, x: jax.Array) -> jax.Array:
-    x = nnx.max_pool(jax.nn.relu(self.conv1(x)), (2, 2), strides=(1, 1))
-    x = nnx.max_pool(jax.nn.relu(self.conv2(x)), (2, 2), strides=(1, 1))
-    x = jax.nn.relu(self.fc1(x.reshape(x.shape[0], -1)))
-    return self.fc2(x)

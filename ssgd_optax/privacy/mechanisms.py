@@ -324,12 +324,13 @@ def backprop_clip_mechanism(model: nnx.Module, noise_multiplier: Any = None, *,
   Example:
 
   >>> from flax import nnx
-  >>> from ssgd_optax.privacy import StevensCNN, clip_layers
-  >>> model = clip_layers(StevensCNN(rngs=nnx.Rngs(0)), input_bound=3.0,
-  ...                     grad_bound=1.0)
+  >>> from ssgd_optax.privacy import clip_layers
+  >>> model = nnx.Sequential(nnx.Linear(4, 8, use_bias=False, rngs=nnx.Rngs(0)), nnx.relu,
+  ...                        nnx.Linear(8, 2, rngs=nnx.Rngs(1)))
+  >>> model = clip_layers(model, input_bound=3.0, grad_bound=1.0)
   >>> m = backprop_clip_mechanism(model, 1.2)
   >>> m.num_releases, m.neighboring_relation
-  (4, 'add_remove_one')
+  (3, 'add_remove_one')
   """
   if not isinstance(model, nnx.Module):
     raise TypeError(f'model must be an nnx.Module; got {type(model).__name__}.')

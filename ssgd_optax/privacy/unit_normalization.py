@@ -63,7 +63,6 @@ Under several devices the noise is added once in total, see
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import jax

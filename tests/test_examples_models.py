@@ -8,7 +8,7 @@ import optax
 import pytest
 from flax import nnx
 
-from ssgd_optax import models
+from ssgd_examples import models
 
 
 SMALL = {

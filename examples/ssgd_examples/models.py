@@ -1,5 +1,5 @@
 # Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
-"""Small Flax NNX image classifiers for the examples, tests and benchmarks.
+"""Flax NNX image classifiers for the examples, tests and benchmarks.
 
 None of them uses BatchNorm: BatchNorm mixes the examples of a batch, which
 breaks per-example gradients (DP clipping, gradient-inversion attacks on one
@@ -19,6 +19,11 @@ model       layers                                           parameters (MNIST)
 All take NHWC float inputs (normalised images) and return logits
 ``[batch, num_classes]``; all are deterministic (no dropout), so one call
 signature ``model(x)`` fits every caller.
+
+The models of the papers reproduced here: :class:`StevensCNN` (backprop
+clipping, bias-free), :class:`LeNetZhu` (the sigmoid LeNet of DLG, the
+standard gradient-leakage victim) and :func:`relu_cnn` (a narrow ReLU CNN
+victim).
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-__all__ = ['MODELS', 'MLP', 'CNN', 'ResNet', 'make_model', 'count_params']
+__all__ = ['MODELS', 'MLP', 'CNN', 'LeNetZhu', 'ResNet', 'StevensCNN', 'count_params',
+           'make_model', 'relu_cnn']
 
 MODELS = ('mlp', 'cnn', 'resnet')
 
@@ -299,3 +305,115 @@ def count_params(model: nnx.Module) -> int:
   """
   params = nnx.state(model, nnx.Param)
   return sum(int(x.size) for x in jax.tree.leaves(params))
+
+
+class StevensCNN(nnx.Module):
+  """The bias-free MNIST CNN of the backprop-clipping paper (authors' code).
+
+  ``Conv(c->16, 8x8, stride 2, VALID)``, ReLU, ``MaxPool(2, stride 1)``,
+  ``Conv(16->32, 4x4, stride 2, VALID)``, ReLU, ``MaxPool(2, stride 1)``,
+  ``Dense(288->32)``, ReLU, ``Dense(32->classes)``; no biases, no
+  normalisation layers, so it works plain, with :func:`clip_layers` and with
+  per-example DP-SGD. 28x28 inputs give the 3x3x32 = 288 features.
+
+  Args:
+    num_classes: outputs.
+    in_channels: input channels.
+    width: multiplies the channel widths (16, 32) and the hidden width 32.
+    rngs: ``nnx.Rngs``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> model = nnx.eval_shape(lambda: StevensCNN(rngs=nnx.Rngs(0)))
+    >>> nnx.eval_shape(lambda m, x: m(x), model, jnp.zeros((2, 28, 28, 1))).shape
+    (2, 10)
+  """
+
+  def __init__(self, num_classes: int = 10, *, in_channels: int = 1, width: int = 1,
+               image_size: int = 28, rngs: nnx.Rngs):
+    for name, v in (('num_classes', num_classes), ('in_channels', in_channels),
+                    ('width', width), ('image_size', image_size)):
+      _check_positive_ints(name, [v])
+    s = (image_size - 8) // 2 + 1 - 1  # conv1 VALID stride 2, pool 2 stride 1
+    s = (s - 4) // 2 + 1 - 1
+    if s < 1:
+      raise ValueError(f'image_size must be >= 22 for StevensCNN; got {image_size}.')
+    self.conv1 = nnx.Conv(in_channels, 16 * width, (8, 8), strides=2, padding='VALID',
+                          use_bias=False, rngs=rngs)
+    self.conv2 = nnx.Conv(16 * width, 32 * width, (4, 4), strides=2, padding='VALID',
+                          use_bias=False, rngs=rngs)
+    self.fc1 = nnx.Linear(s * s * 32 * width, 32 * width, use_bias=False, rngs=rngs)
+    self.fc2 = nnx.Linear(32 * width, num_classes, use_bias=False, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = nnx.max_pool(jax.nn.relu(self.conv1(x)), (2, 2), strides=(1, 1))
+    x = nnx.max_pool(jax.nn.relu(self.conv2(x)), (2, 2), strides=(1, 1))
+    x = jax.nn.relu(self.fc1(x.reshape(x.shape[0], -1)))
+    return self.fc2(x)
+
+
+def _uniform(scale: float):
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -scale, scale)
+  return init
+
+
+class LeNetZhu(nnx.Module):
+  """The sigmoid LeNet of DLG, for ``H x W x C`` inputs with ``H, W`` divisible by 4.
+
+  ``Conv(C->12, 5, s2) -> Conv(12->12, 5, s2) -> Conv(12->12, 5, s1)`` (SAME
+  padding, sigmoid after each), flatten, ``Linear(12 H W / 16 -> classes)``.
+  Flax's SAME padding of the stride-2 convolutions is (1, 2) rather than the
+  symmetric 2 of DLG's PyTorch model; the shapes are the same.
+
+  Args:
+    input_shape: ``(H, W, C)``, e.g. ``(32, 32, 3)`` (768 features).
+    num_classes: outputs.
+    init_scale: weights and biases are ``U(-init_scale, init_scale)``.
+    rngs: ``nnx.Rngs``.
+
+  Example:
+
+  >>> from flax import nnx
+  >>> import jax.numpy as jnp
+  >>> m = LeNetZhu((16, 16, 1), 10, rngs=nnx.Rngs(0))
+  >>> m(jnp.zeros((2, 16, 16, 1))).shape
+  (2, 10)
+  """
+
+  def __init__(self, input_shape: Sequence[int], num_classes: int, *,
+               init_scale: float = 0.5, rngs: nnx.Rngs):
+    if len(input_shape) != 3 or any(int(d) < 1 for d in input_shape):
+      raise ValueError(f'input_shape must be (H, W, C) positive ints; got {input_shape!r}.')
+    h, w, c = (int(d) for d in input_shape)
+    if h % 4 or w % 4:
+      raise ValueError(f'LeNetZhu needs H and W divisible by 4; got {input_shape!r}.')
+    _check_classes(num_classes)
+    if not isinstance(init_scale, (int, float)) or not 0 < init_scale < math.inf:
+      raise ValueError(f'init_scale must be a finite number > 0; got {init_scale!r}.')
+    kw = dict(kernel_init=_uniform(init_scale), bias_init=_uniform(init_scale), rngs=rngs)
+    self.conv1 = nnx.Conv(c, 12, (5, 5), strides=2, padding='SAME', **kw)
+    self.conv2 = nnx.Conv(12, 12, (5, 5), strides=2, padding='SAME', **kw)
+    self.conv3 = nnx.Conv(12, 12, (5, 5), strides=1, padding='SAME', **kw)
+    self.head = nnx.Linear(12 * (h // 4) * (w // 4), num_classes, **kw)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = jax.nn.sigmoid(self.conv1(x))
+    x = jax.nn.sigmoid(self.conv2(x))
+    x = jax.nn.sigmoid(self.conv3(x))
+    return self.head(x.reshape(x.shape[0], -1))
+
+
+def relu_cnn(input_shape: Sequence[int], num_classes: int, *, rngs: nnx.Rngs) -> nnx.Module:
+  """A small ReLU CNN: :class:`CNN` with channels (8, 16), dense 32.
+
+  Example:
+
+  >>> from flax import nnx
+  >>> import jax.numpy as jnp
+  >>> relu_cnn((16, 16, 1), 10, rngs=nnx.Rngs(0))(jnp.zeros((1, 16, 16, 1))).shape
+  (1, 10)
+  """
+  return CNN(input_shape, num_classes, channels=(8, 16), dense=32,
+                    activation='relu', rngs=rngs)

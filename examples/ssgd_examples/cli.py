@@ -10,9 +10,7 @@ usage line, a message that names the flag, and exit status 2
 (``parser.error``). Checks that need several fields live in the dataclass's
 ``validate()`` method, which raises ``ValueError`` naming the flags.
 
-It lives in the package, not in ``examples/``, because the examples are run by
-path (``python examples/train.py``) and loaded by path in the tests; both find
-``ssgd_optax`` and neither would find a sibling module reliably.
+Examples, benchmarks and tests share it (``from ssgd_examples import cli``).
 
 Example:
 

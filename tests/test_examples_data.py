@@ -8,7 +8,7 @@ import pickle
 import numpy as np
 import pytest
 
-from ssgd_optax import data
+from ssgd_examples import data
 
 
 # ---------------------------------------------------------------- helpers
