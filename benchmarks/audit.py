@@ -62,8 +62,6 @@ from ssgd_optax import audit
 from ssgd_examples import data as data_lib
 from ssgd_examples import models as models_lib
 from ssgd_optax import privacy
-from ssgd_optax import selective
-
 HEURISTIC = ('none', 'ssgd_global', 'ssgd_per_layer', 'dssgd_10')
 DP = ('bp', 'dpsgd', 'dpssgd')
 BETA = 0.9  # decay of the running mean of past updates subtracted before scoring
@@ -232,7 +230,7 @@ def build_method(method: str, cfg: Config, prepared) -> Row:
     if method.startswith('ssgd_'):
       return ssgd_optax.unit_normalize(method.split('_', 1)[1])
     return optax.chain(optax.scale(1.0 / bsz),
-                       selective.selective_sharing(0.1, strategy='threshold_random', key=key))
+                       ssgd_optax.selective_sharing(0.1, strategy='threshold_random', key=key))
 
   def loss_sum(p, xb, yb, mask):
     return jnp.sum(jnp.where(mask, per_example_loss(nnx.merge(graphdef, p), xb, yb), 0))

@@ -11,14 +11,14 @@ after the private aggregate, and a noise multiplier calibrated for the target
 
 * ``sgd``: non-private (masked mean gradient), for reference.
 * ``dp_sgd_clip``: per-example gradients clipped to global norm ``C``
-  (:func:`ssgd_optax.privacy.dpsgd.dpsgd_grad_sum`), noise ``sigma C``.
+  (:func:`ssgd_optax.privacy.dpsgd_grad_sum`), noise ``sigma C``.
 * ``dp_ssgd`` / ``dp_ssgd_per_layer``: every example's gradient
   unit-normalised, globally (sensitivity 1) or per layer (sqrt(G)), Gaussian
   noise (:func:`ssgd_optax.privacy.dp_unit_normalize`).
 * ``dp_ssgd_auto_s`` / ``dp_ssgd_auto_s_per_layer``: the same with the AUTO-S
   stability constant, ``g / (||g|| + gamma)`` (``stability=gamma``).
 * ``backprop_clip``: every layer clipped (inputs to ``C_in``, output
-  cotangents to ``C_out``, :func:`ssgd_optax.privacy.layers.clip_layers`), one
+  cotangents to ``C_out``, :func:`ssgd_optax.privacy.clip_layers`), one
   batched gradient, noise per tensor; ``L`` = number of parameter tensors
   releases per step, accounted as such.
 
@@ -63,10 +63,9 @@ from ssgd_examples import models
 from ssgd_optax import per_example
 from ssgd_optax import privacy
 from ssgd_examples.data import load_dataset
-from ssgd_optax.privacy import dpsgd as dpsgd_lib
-from ssgd_optax.privacy import layers as layers_lib
-from ssgd_optax.privacy import noise as noise_lib
-
+from ssgd_optax.privacy import _dpsgd as dpsgd_lib
+from ssgd_optax.privacy import _layers as layers_lib
+from ssgd_optax.privacy import _noise as noise_lib
 DELTA = 1e-5
 TUNE_EPSILON = 3.0
 

@@ -33,8 +33,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'examples'))
 from ssgd_examples import scripts
 from ssgd_optax import federated
-from ssgd_optax.federated import server as server_lib
-from ssgd_optax.selective import selective_sharing
+from ssgd_optax import selective_sharing
 
 
 def _load_example():
@@ -66,7 +65,7 @@ def timing(setting: ex.Setting, participants: list[int], *, reps: int, batch_siz
     sc = federated.make_dssgd(ex.loss_fn, params, order='round_robin', **common)
     vm_round, sc_round = jax.jit(vm.round), jax.jit(sc.round)
     client = jax.jit(vm.client_update)
-    apply = jax.jit(server_lib.server_apply)
+    apply = jax.jit(federated.server_apply)
     mask = jnp.ones((vm.num_params,), bool)
 
     state = vm.init(jax.random.key(1))

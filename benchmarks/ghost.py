@@ -45,8 +45,7 @@ from flax import nnx
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'examples'))
 from ssgd_examples import models
 from ssgd_optax import privacy
-from ssgd_optax.privacy import ghost
-
+from ssgd_optax.privacy import _ghost as ghost
 VARIANTS = ('nonprivate', 'ghost_dpsgd', 'ghost_dpssgd', 'vmap_dpsgd')
 
 

@@ -32,7 +32,6 @@ import optax
 from flax import nnx
 
 from ssgd_examples import cli
-from ssgd_optax import _keys
 from ssgd_examples import models
 from ssgd_optax import per_example
 from ssgd_optax import privacy
@@ -120,7 +119,7 @@ def train(*, target_epsilon: float, delta: float = DELTA, epochs: int = 15,
     accountant: ``"pld"`` (tightest) or ``"rdp"`` (fast).
     verbose: print progress.
     noise_seed: seed of the noise and Poisson-sampling keys. ``None`` (the
-      default) draws it from the operating system (:func:`ssgd_optax._keys.os_seed`);
+      default) draws it from the operating system (:func:`ssgd_optax.privacy.os_seed`);
       a known value voids the privacy guarantee (use it only to reproduce a run).
 
   Returns:
@@ -141,7 +140,7 @@ def train(*, target_epsilon: float, delta: float = DELTA, epochs: int = 15,
   aggregator = aggregator or dp_ssgd_aggregator(scope, stability)
   key_init = jax.random.split(jax.random.key(seed), 3)[0]
   # The guarantee assumes noise nobody can regenerate: a secret seed.
-  secret = _keys.os_seed() if noise_seed is None else noise_seed
+  secret = privacy.os_seed() if noise_seed is None else noise_seed
   _, key_noise, key_sample = jax.random.split(jax.random.key(secret), 3)
   model = models.MLP(ds.image_shape, ds.num_classes, hidden=tuple(hidden),
                      rngs=nnx.Rngs(params=key_init))

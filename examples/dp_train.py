@@ -41,7 +41,6 @@ import optax
 from flax import nnx
 
 from ssgd_examples import cli
-from ssgd_optax import _keys
 from ssgd_examples import data as data_lib
 from ssgd_examples import models as models_lib
 from ssgd_optax import privacy
@@ -157,7 +156,7 @@ def train_and_evaluate(method: str, dataset: Any, *, target_epsilon: float | Non
     accountant: ``"pld"`` or ``"rdp"`` for calibration and the tracker.
     verbose: show a progress bar over the steps.
     noise_seed: seed of the noise and Poisson-sampling keys. ``None`` (the
-      default) draws it from the operating system (:func:`ssgd_optax._keys.os_seed`);
+      default) draws it from the operating system (:func:`ssgd_optax.privacy.os_seed`);
       a known value voids the privacy guarantee (use it only to reproduce a run).
 
   Returns:
@@ -175,7 +174,7 @@ def train_and_evaluate(method: str, dataset: Any, *, target_epsilon: float | Non
   model = make_model(method, seed=seed, input_bound=input_bound, grad_bound=grad_bound,
                      image_size=h, channels=c, num_classes=dataset.num_classes)
   # The guarantee assumes noise nobody can regenerate: a secret seed.
-  secret = _keys.os_seed() if noise_seed is None else noise_seed
+  secret = privacy.os_seed() if noise_seed is None else noise_seed
   key_noise, key_sample = jax.random.split(jax.random.key(secret))
   private = method != 'nonprivate'
   mechanism = make_mechanism(method, model, clip_norm=clip_norm)

@@ -35,7 +35,7 @@ import optax
 from ssgd_examples import cli
 from ssgd_examples import data as data_lib
 from ssgd_optax import federated
-from ssgd_optax.selective import selective_sharing
+from ssgd_optax import selective_sharing
 
 flag = cli.flag
 _EMBEDDED = ('mnist_subset', 'digits')

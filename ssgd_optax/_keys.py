@@ -82,8 +82,17 @@ def split_step(key: jax.Array) -> tuple[jax.Array, jax.Array]:
 def os_seed() -> int:
   """A 63-bit seed from the operating system's CSPRNG (``secrets``).
 
-  DP noise and sampling keys must be secret: the examples draw them from here
-  unless the user explicitly asks for a reproducible (and so void) guarantee.
+  DP noise and sampling keys must be secret: draw them from here unless you
+  explicitly want a reproducible run (whose guarantee is then void for anyone
+  who knows the seed). Public as :func:`ssgd_optax.privacy.os_seed`.
+
+  Returns:
+    An ``int`` in ``[0, 2**63)``.
+
+  Example:
+
+  >>> 0 <= os_seed() < 2 ** 63
+  True
   """
   import secrets  # pylint: disable=g-import-not-at-top
   return secrets.randbits(63)

@@ -68,11 +68,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ssgd_optax import _validation
-from ssgd_optax.normalize import AxisName
+from ssgd_optax._normalize import AxisName
 
 __all__ = [
-  'REDUCTIONS',
-  'aggregate',
   'data_mesh',
   'pmap_train_step',
   'replicate',

@@ -45,12 +45,11 @@ import optax
 import pytest
 
 import ssgd_optax
-from ssgd_optax import normalize
+from ssgd_optax import _normalize as normalize
 from ssgd_optax import parallel
 from ssgd_optax import privacy
-from ssgd_optax import selective
-from ssgd_optax.attacks import defences
-
+from ssgd_optax import _selective as selective
+from ssgd_optax.attacks import _defences as defences
 _AXIS = 'contract_devices'
 _DEVICES = 2
 _BATCH = 2
@@ -111,7 +110,7 @@ CASES = [
          dict(fraction=0.5, strategy='threshold_random', threshold=0.0, clip=0.5,
               key=KEY, scope='per_leaf'),
          traced=dict(threshold=0.3, clip=0.2), static=('fraction', 'key')),
-    Case('dp_selective_sharing', selective.dp_selective_sharing,
+    Case('dp_selective_sharing', privacy.dp_selective_sharing,
          dict(fraction=0.5, epsilon=1.0, clip=0.5, threshold=0.0, key=KEY),
          traced=dict(epsilon=100.0, clip=0.2, threshold=0.1), static=('fraction', 'key')),
     Case('add_gaussian_noise', privacy.add_gaussian_noise,

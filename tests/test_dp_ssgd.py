@@ -14,8 +14,8 @@ from jax.sharding import PartitionSpec as P
 
 import ssgd_optax
 from ssgd_optax import privacy
-from ssgd_optax.privacy import unit_normalization as dp
-from ssgd_optax import grouping
+from ssgd_optax.privacy import _unit_normalization as dp
+from ssgd_optax import _grouping as grouping
 from ssgd_optax import per_example
 from ssgd_optax import testing
 from ssgd_examples.scripts import load as _load

@@ -107,7 +107,7 @@ def test_smooth_activations_have_second_derivatives(activation):
 
 def test_ssgd_per_layer_groups_kernel_and_bias():
   """per_layer scope sees one group per Linear/Conv layer of these models."""
-  from ssgd_optax import grouping
+  from ssgd_optax import _grouping as grouping
   model = nnx.eval_shape(lambda: models.CNN((8, 8, 1), 10, channels=(2, 4),
                                             dense=8, rngs=nnx.Rngs(0)))
   params = nnx.state(model, nnx.Param)

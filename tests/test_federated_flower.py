@@ -14,9 +14,9 @@ pytest.importorskip('flwr')
 
 from ssgd_optax import federated  # noqa: E402
 from ssgd_optax.federated import flower  # noqa: E402
-from ssgd_optax.selective import dp_selective_sharing  # noqa: E402
-from ssgd_optax.selective import dp_selective_sharing_privacy  # noqa: E402
-from ssgd_optax.selective import selective_sharing  # noqa: E402
+from ssgd_optax.privacy import dp_selective_sharing  # noqa: E402
+from ssgd_optax.privacy import dp_selective_sharing_privacy  # noqa: E402
+from ssgd_optax import selective_sharing  # noqa: E402
 
 D, C, N = 5, 3, 3
 

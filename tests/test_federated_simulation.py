@@ -10,8 +10,8 @@ import optax
 import pytest
 
 from ssgd_optax import federated
-from ssgd_optax.federated import server as srv
-from ssgd_optax.selective import selective_sharing
+from ssgd_optax.federated import _server as srv
+from ssgd_optax import selective_sharing
 
 D, C = 6, 3
 
@@ -233,7 +233,8 @@ def test_shard_is_disjoint_and_equal():
 
 
 def test_dp_upload_in_the_vmapped_simulation_counts_rounds_per_participant():
-  from ssgd_optax.selective import dp_selective_sharing, num_shared
+  from ssgd_optax import num_shared
+  from ssgd_optax.privacy import dp_selective_sharing
   n = 4
   sim = _sim(n, order='asynchronous', upload=dp_selective_sharing(
       0.2, epsilon=1.0, clip=0.05, key=jax.random.key(0)))

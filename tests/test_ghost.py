@@ -11,9 +11,8 @@ from flax import nnx
 from ssgd_examples import models
 from ssgd_optax import per_example
 from ssgd_optax import privacy
-from ssgd_optax.privacy import ghost
-
-
+from ssgd_optax.privacy import _forward_pass as forward_pass
+from ssgd_optax.privacy import _ghost as ghost
 def _loss(m, x, y):
   return optax.softmax_cross_entropy_with_integer_labels(m(x), y)
 
@@ -25,7 +24,7 @@ def _reference(model, x, y, weights='clip', clip_norm=1.0, scope='global', stabi
   flat = jax.tree_util.tree_flatten_with_path(g)[0]
 
   def key(p):
-    parts = privacy.layers._keys(p)  # pylint: disable=protected-access
+    parts = forward_pass.path_keys(p)
     if scope == 'global':
       return 'all'
     return parts[:-1] if scope == 'per_layer' else parts

@@ -27,7 +27,7 @@ import optax
 import pytest
 from flax import nnx
 
-from ssgd_optax.privacy import unit_normalization as dp
+from ssgd_optax.privacy import _unit_normalization as dp
 from ssgd_optax import per_example
 
 SCOPES = ('global', 'per_leaf', 'per_layer')
@@ -201,8 +201,7 @@ def test_underflowing_squares_do_not_inflate_the_norm():
 
 @pytest.mark.parametrize('scope', SCOPES)
 def test_noise_std_is_sigma_times_sensitivity_over_expected_batch_size(scope, monkeypatch):
-  from ssgd_optax import privacy  # pylint: disable=import-outside-toplevel
-  import ssgd_optax.privacy.accounting  # pylint: disable=import-outside-toplevel,unused-import
+  from ssgd_optax.privacy import _accounting  # pylint: disable=import-outside-toplevel
   sigma, bbar = 0.8, 5.0
   params = {'a': {'w': jnp.zeros((300, 100)), 'b': jnp.zeros((50,))},
             'c': {'w': jnp.zeros((200, 100))}}
@@ -227,16 +226,18 @@ def test_noise_std_is_sigma_times_sensitivity_over_expected_batch_size(scope, mo
   # multiplier, one release per step.
   seen = {}
 
-  def spy(z, q, steps, num_releases, *args):
-    del q, steps, args
-    seen.update(noise_multiplier=z, num_releases=num_releases)
+  def spy(step, *args):
+    del args
+    # One Poisson-sampled Gaussian per step: its multiplier is what is accounted.
+    seen.update(noise_multiplier=step.event.noise_multiplier,
+                kind=(type(step).__name__, type(step.event).__name__))
     return 1.0
 
-  monkeypatch.setattr(privacy.accounting, '_epsilon', spy)
+  monkeypatch.setattr(_accounting, '_epsilon', spy)
   mechanism.epsilon(sampling_rate=0.01, steps=10, delta=1e-5)
   assert seen, 'the accountant was not reached'
   assert seen['noise_multiplier'] == pytest.approx(sigma)
-  assert seen.get('num_releases', 1) == 1
+  assert seen['kind'] == ('PoissonSampledDpEvent', 'GaussianDpEvent')
   assert seen['noise_multiplier'] == pytest.approx(noise.std() * bbar / mechanism.sensitivity,
                                                    rel=0.02)
 

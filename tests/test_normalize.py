@@ -16,8 +16,8 @@ from flax import nnx
 
 import ssgd_optax
 from ssgd_optax import _numerics
-from ssgd_optax import grouping
-from ssgd_optax import normalize
+from ssgd_optax import _grouping as grouping
+from ssgd_optax import _normalize as normalize
 from ssgd_optax import testing
 
 

@@ -13,12 +13,12 @@ from flax import nnx
 
 from ssgd_examples import models as models_lib
 import ssgd_optax
-from ssgd_optax import grouping
+from ssgd_optax import _grouping as grouping
 from ssgd_optax import privacy
-from ssgd_optax import selective
-from ssgd_optax.privacy import accounting
-from ssgd_optax.privacy import mechanisms
-from ssgd_optax.privacy import unit_normalization
+from ssgd_optax.privacy import _accounting as accounting
+from ssgd_optax.privacy import _mechanisms as mechanisms
+from ssgd_optax.privacy import _sparse_vector as sparse_vector
+from ssgd_optax.privacy import _unit_normalization as unit_normalization
 from ssgd_examples.scripts import load as _load
 
 KEY = jax.random.key(0)
@@ -80,10 +80,10 @@ def test_dp_ssgd_mechanism_counts_the_groups_of_the_scope(scope):
 
 
 def test_sparse_vector_mechanism_matches_the_transform_scales():
-  m = selective.sparse_vector_mechanism(0.1, epsilon=0.9, clip=0.5, threshold=0.01)
-  c = selective.num_shared(1000, 0.1)
+  m = privacy.sparse_vector_mechanism(0.1, epsilon=0.9, clip=0.5, threshold=0.01)
+  c = ssgd_optax.num_shared(1000, 0.1)
   # pylint: disable-next=protected-access
-  want = selective._sparse_vector_scales(c, 0.9, 0.5)
+  want = sparse_vector._sparse_vector_scales(c, 0.9, 0.5)
   assert m.num_shared(1000) == c == 100
   assert tuple(m.scales(1000)) == tuple(want)
   assert m.sensitivity == 1.0
@@ -127,9 +127,9 @@ def test_dp_unit_normalize_reads_the_mechanism():
 
 def test_dp_selective_sharing_reads_the_mechanism():
   g = {'w': jnp.arange(16.0) / 10}
-  m = selective.sparse_vector_mechanism(0.25, epsilon=2.0, clip=0.3, threshold=0.05)
-  by_hand = selective.dp_selective_sharing(0.25, epsilon=2.0, clip=0.3, threshold=0.05, key=KEY)
-  given = selective.dp_selective_sharing(mechanism=m, key=KEY)
+  m = privacy.sparse_vector_mechanism(0.25, epsilon=2.0, clip=0.3, threshold=0.05)
+  by_hand = privacy.dp_selective_sharing(0.25, epsilon=2.0, clip=0.3, threshold=0.05, key=KEY)
+  given = privacy.dp_selective_sharing(mechanism=m, key=KEY)
   _same(by_hand.update(g, by_hand.init(g))[0], given.update(g, given.init(g))[0])
 
 
@@ -177,8 +177,8 @@ def test_pld_accountant_reads_the_mechanism():
 
 
 def test_sparse_vector_accounting_is_the_exact_composition():
-  m = selective.sparse_vector_mechanism(0.1, epsilon=0.5, clip=0.1)
-  want = selective.dp_selective_sharing_privacy(0.5, 10, num_params=100, fraction=0.1,
+  m = privacy.sparse_vector_mechanism(0.1, epsilon=0.5, clip=0.1)
+  want = privacy.dp_selective_sharing_privacy(0.5, 10, num_params=100, fraction=0.1,
                                                 delta=1e-5)
   got = privacy.compute_epsilon(m, steps=10, delta=1e-5)
   assert got == want.total_epsilon_at_delta
@@ -251,10 +251,10 @@ def _uncalibrated():
     (lambda: privacy.dp_ssgd_mechanism(_params(), 1.0, 'per_row'), 'scope'),
     (lambda: privacy.backprop_clip_mechanism(_TinyMLP(), 1.0), 'ClippedLayer'),
     (lambda: privacy.backprop_clip_mechanism(_clipped_mlp(), -0.5), 'noise_multiplier'),
-    (lambda: selective.sparse_vector_mechanism(1.5, epsilon=1.0, clip=0.1), 'fraction'),
-    (lambda: selective.sparse_vector_mechanism(0.1, epsilon=0.0, clip=0.1), 'epsilon'),
-    (lambda: selective.sparse_vector_mechanism(0.1, epsilon=1.0, clip=None), 'clip'),
-    (lambda: selective.sparse_vector_mechanism(0.1, epsilon=1.0, clip=0.1, threshold=-1),
+    (lambda: privacy.sparse_vector_mechanism(1.5, epsilon=1.0, clip=0.1), 'fraction'),
+    (lambda: privacy.sparse_vector_mechanism(0.1, epsilon=0.0, clip=0.1), 'epsilon'),
+    (lambda: privacy.sparse_vector_mechanism(0.1, epsilon=1.0, clip=None), 'clip'),
+    (lambda: privacy.sparse_vector_mechanism(0.1, epsilon=1.0, clip=0.1, threshold=-1),
      'threshold'),
     (lambda: privacy.compute_epsilon(_uncalibrated(), **ACC), 'noise_multiplier'),
     (lambda: privacy.compute_epsilon(privacy.dpsgd_mechanism(1.0, 1.0), noise_multiplier=1.0,
@@ -263,18 +263,12 @@ def _uncalibrated():
      'noise_multiplier'),
     (lambda: privacy.compute_epsilon(privacy.dpsgd_mechanism(1.0, 1.0), steps=1, delta=1e-5),
      'sampling_rate'),
-    (lambda: privacy.compute_epsilon(selective.sparse_vector_mechanism(0.1, epsilon=1.0,
+    (lambda: privacy.compute_epsilon(privacy.sparse_vector_mechanism(0.1, epsilon=1.0,
                                                                        clip=0.1),
                                      sampling_rate=0.5, steps=2, delta=1e-5), 'sampling_rate'),
-    (lambda: privacy.compute_epsilon(selective.sparse_vector_mechanism(0.1, epsilon=1.0,
+    (lambda: privacy.compute_epsilon(privacy.sparse_vector_mechanism(0.1, epsilon=1.0,
                                                                        clip=0.1),
-                                     steps=2, delta=1e-5, accountant='rdp'), 'accountant'),
-    (lambda: privacy.calibrate_noise_multiplier(
-        1.0, mechanism=selective.sparse_vector_mechanism(0.1, epsilon=1.0, clip=0.1),
-        sampling_rate=0.1, steps=2, delta=1e-5), 'sparse-vector'),
-    (lambda: privacy.make_dp_event(selective.sparse_vector_mechanism(0.1, epsilon=1.0,
-                                                                     clip=0.1),
-                                   sampling_rate=1.0, steps=2), 'sparse-vector'),
+                                     steps=2, delta=1e-5, accountant='zcdp'), 'accountant'),
     (lambda: privacy.add_gaussian_noise(1.0, mechanism=privacy.dpsgd_mechanism(1.0, 1.0),
                                         expected_batch_size=2.0, key=KEY), 'noise_multiplier'),
     (lambda: privacy.add_gaussian_noise(mechanism=_uncalibrated(), expected_batch_size=2.0,
@@ -287,10 +281,10 @@ def _uncalibrated():
     (lambda: privacy.dp_unit_normalize(1.0, mechanism=privacy.dp_ssgd_mechanism(_params(), 1.0),
                                        expected_batch_size=2.0, key=KEY), 'noise_multiplier'),
     (lambda: privacy.dp_unit_normalize(expected_batch_size=2.0, key=KEY), 'noise_multiplier'),
-    (lambda: selective.dp_selective_sharing(
-        mechanism=selective.sparse_vector_mechanism(0.1, epsilon=1.0, clip=0.1), epsilon=2.0,
+    (lambda: privacy.dp_selective_sharing(
+        mechanism=privacy.sparse_vector_mechanism(0.1, epsilon=1.0, clip=0.1), epsilon=2.0,
         key=KEY), 'epsilon'),
-    (lambda: selective.dp_selective_sharing(epsilon=1.0, clip=0.1, key=KEY), 'fraction'),
+    (lambda: privacy.dp_selective_sharing(epsilon=1.0, clip=0.1, key=KEY), 'fraction'),
 ])
 def test_bad_inputs_name_the_argument(call, match):
   with pytest.raises(ValueError, match=match):
@@ -298,47 +292,33 @@ def test_bad_inputs_name_the_argument(call, match):
 
 
 def test_wrong_mechanism_types_are_refused():
+  with pytest.raises(TypeError, match='no Gaussian noise multiplier'):
+    privacy.calibrate_noise_multiplier(
+        1.0, mechanism=privacy.sparse_vector_mechanism(0.1, epsilon=1.0, clip=0.1),
+        sampling_rate=0.1, steps=2, delta=1e-5)
+  with pytest.raises(TypeError, match='dp_event'):
+    privacy.compute_epsilon(object(), sampling_rate=0.1, steps=2, delta=1e-5)
   with pytest.raises(TypeError, match='mechanism'):
     privacy.compute_epsilon(1.1, **ACC)
   with pytest.raises(TypeError, match='DPSSGDMechanism'):
     privacy.dp_unit_normalize(mechanism=privacy.dpsgd_mechanism(1.0, 1.0),
                               expected_batch_size=2.0, key=KEY)
   with pytest.raises(TypeError, match='SparseVectorMechanism'):
-    selective.dp_selective_sharing(mechanism=privacy.dpsgd_mechanism(1.0, 1.0), key=KEY)
+    privacy.dp_selective_sharing(mechanism=privacy.dpsgd_mechanism(1.0, 1.0), key=KEY)
 
 
 # ---------------------------------------------------------------------------
-# Names: old ones warn for one release; no public name is both a module and a function.
+# Names: no public name is both a module and a function.
 
 
-def test_old_module_path_warns_and_points_to_the_new_module():
-  with pytest.warns(DeprecationWarning, match='ssgd_optax.privacy.unit_normalization'):
-    old = ssgd_optax.dp_ssgd
-  assert old is unit_normalization
-  with pytest.warns(DeprecationWarning, match='dp_ssgd'):
-    from ssgd_optax import dp_ssgd  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  assert dp_ssgd.dp_ssgd is privacy.dp_ssgd
-  # No sys.modules alias: the old path is not a module any more.
+def test_the_unreleased_0_1_names_are_gone():
+  """0.1.0 was never released: its shims were deleted, not kept (CHANGELOG)."""
+  with pytest.raises(AttributeError):
+    ssgd_optax.dp_ssgd  # pylint: disable=pointless-statement
   with pytest.raises(ModuleNotFoundError):
     importlib.import_module('ssgd_optax.dp_ssgd')
-
-
-@pytest.mark.parametrize('old, new', [
-    ('DpSsgdMechanism', 'DPSSGDMechanism'),
-    ('DpUnitNormalizeState', 'DPUnitNormalizeState'),
-])
-def test_old_class_names_warn(old, new):
-  with pytest.warns(DeprecationWarning, match=new):
-    got = getattr(unit_normalization, old)
-  assert got is getattr(privacy, new)
-
-
-def test_old_calibrate_noise_multiplier_warns_and_is_the_one_in_accounting():
-  with pytest.warns(DeprecationWarning, match='ssgd_optax.privacy.calibrate_noise_multiplier'):
-    old = unit_normalization.calibrate_noise_multiplier
-  assert old is accounting.calibrate_noise_multiplier is privacy.calibrate_noise_multiplier
-  with pytest.raises(AttributeError):
-    unit_normalization.no_such_name  # pylint: disable=pointless-statement
+  for old in ('DpSsgdMechanism', 'DpUnitNormalizeState'):
+    assert not hasattr(privacy, old)
 
 
 def test_new_names_do_not_warn():

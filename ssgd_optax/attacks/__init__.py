@@ -23,63 +23,102 @@ Needs the ``attacks`` extra (dm-pix, scipy via scikit-image), and ``flax`` for
 LeNet...) live with the examples (``examples/ssgd_examples/models.py``).
 """
 
-from ssgd_optax.attacks.analytic import analytic_attack
-from ssgd_optax.attacks.analytic import invert_dense
-from ssgd_optax.attacks.defences import available_defences
-from ssgd_optax.attacks.defences import gaussian_noise
-from ssgd_optax.attacks.defences import make_defence
-from ssgd_optax.attacks.defences import prune
-from ssgd_optax.attacks.defences import register_defence
-from ssgd_optax.attacks.defences import unregister_defence
-from ssgd_optax.attacks.deep_leakage import adaptive_dlg
-from ssgd_optax.attacks.deep_leakage import dlg
-from ssgd_optax.attacks.deep_leakage import idlg
-from ssgd_optax.attacks.imprint import expected_recovered
-from ssgd_optax.attacks.imprint import imprint_attack
-from ssgd_optax.attacks.imprint import imprint_model
-from ssgd_optax.attacks.imprint import imprint_readout
-from ssgd_optax.attacks.imprint import imprint_thresholds
-from ssgd_optax.attacks.imprint import ImprintedModel
-from ssgd_optax.attacks.imprint import measurement_vector
-from ssgd_optax.attacks.imprint import secure_aggregate
-from ssgd_optax.attacks.inverting import inverting_gradients
-from ssgd_optax.attacks.labels import find_last_layer
-from ssgd_optax.attacks.labels import idlg_label
-from ssgd_optax.attacks.labels import recover_labels
-from ssgd_optax.attacks.metrics import label_accuracy
-from ssgd_optax.attacks.metrics import match_batch
-from ssgd_optax.attacks.metrics import mse
-from ssgd_optax.attacks.metrics import psnr
-from ssgd_optax.attacks.metrics import score
-from ssgd_optax.attacks.metrics import Scores
-from ssgd_optax.attacks.metrics import ssim
-from ssgd_optax.attacks.objectives import cosine_distance
-from ssgd_optax.attacks.objectives import gradient_distance
-from ssgd_optax.attacks.objectives import l2_distance
-from ssgd_optax.attacks.objectives import total_variation
-from ssgd_optax.attacks.recursive import ConvSpec
-from ssgd_optax.attacks.recursive import copa_index
-from ssgd_optax.attacks.recursive import LayeredCNN
-from ssgd_optax.attacks.recursive import LayerRank
-from ssgd_optax.attacks.recursive import rank_analysis
-from ssgd_optax.attacks.recursive import rgap
-from ssgd_optax.attacks.threat import AttackResult
-from ssgd_optax.attacks.threat import as_functional
-from ssgd_optax.attacks.threat import batch_gradient
-from ssgd_optax.attacks.threat import Defence
-from ssgd_optax.attacks.threat import Observation
-from ssgd_optax.attacks.threat import observe
-from ssgd_optax.attacks.threat import shared_update
-from ssgd_optax.attacks.threat import THREAT_MODELS
+from ssgd_optax.attacks._analytic import analytic_attack
+from ssgd_optax.attacks._analytic import invert_dense
+from ssgd_optax.attacks._defences import available_defences
+from ssgd_optax.attacks._defences import gaussian_noise
+from ssgd_optax.attacks._defences import make_defence
+from ssgd_optax.attacks._defences import prune
+from ssgd_optax.attacks._defences import register_defence
+from ssgd_optax.attacks._defences import unregister_defence
+from ssgd_optax.attacks._deep_leakage import adaptive_dlg
+from ssgd_optax.attacks._deep_leakage import dlg
+from ssgd_optax.attacks._deep_leakage import idlg
+from ssgd_optax.attacks._imprint import expected_recovered
+from ssgd_optax.attacks._imprint import imprint_attack
+from ssgd_optax.attacks._imprint import imprint_model
+from ssgd_optax.attacks._imprint import imprint_readout
+from ssgd_optax.attacks._imprint import imprint_thresholds
+from ssgd_optax.attacks._imprint import ImprintedModel
+from ssgd_optax.attacks._imprint import measurement_vector
+from ssgd_optax.attacks._imprint import secure_aggregate
+from ssgd_optax.attacks._inverting import inverting_gradients
+from ssgd_optax.attacks._labels import find_last_layer
+from ssgd_optax.attacks._labels import idlg_label
+from ssgd_optax.attacks._labels import recover_labels
+from ssgd_optax.attacks._metrics import label_accuracy
+from ssgd_optax.attacks._metrics import match_batch
+from ssgd_optax.attacks._metrics import mse
+from ssgd_optax.attacks._metrics import psnr
+from ssgd_optax.attacks._metrics import score
+from ssgd_optax.attacks._metrics import Scores
+from ssgd_optax.attacks._metrics import ssim
+from ssgd_optax.attacks._objectives import cosine_distance
+from ssgd_optax.attacks._objectives import gradient_distance
+from ssgd_optax.attacks._objectives import l2_distance
+from ssgd_optax.attacks._objectives import total_variation
+from ssgd_optax.attacks._recursive import ConvSpec
+from ssgd_optax.attacks._recursive import copa_index
+from ssgd_optax.attacks._recursive import LayeredCNN
+from ssgd_optax.attacks._recursive import LayerRank
+from ssgd_optax.attacks._recursive import rank_analysis
+from ssgd_optax.attacks._recursive import rgap
+from ssgd_optax.attacks._threat import AttackResult
+from ssgd_optax.attacks._threat import as_functional
+from ssgd_optax.attacks._threat import batch_gradient
+from ssgd_optax.attacks._threat import Defence
+from ssgd_optax.attacks._threat import Observation
+from ssgd_optax.attacks._threat import observe
+from ssgd_optax.attacks._threat import shared_update
+from ssgd_optax.attacks._threat import THREAT_MODELS
 
 __all__ = [
-    'AttackResult', 'ConvSpec', 'as_functional', 'Defence', 'ImprintedModel', 'LayerRank', 'LayeredCNN', 'Observation',
-    'Scores', 'adaptive_dlg', 'analytic_attack', 'available_defences', 'batch_gradient',
-    'copa_index', 'cosine_distance', 'dlg', 'expected_recovered', 'find_last_layer',
-    'gaussian_noise', 'gradient_distance', 'idlg', 'idlg_label', 'imprint_attack',
-    'imprint_model', 'imprint_readout', 'imprint_thresholds', 'invert_dense',
-    'inverting_gradients', 'l2_distance', 'label_accuracy', 'make_defence', 'match_batch',
-    'measurement_vector', 'mse', 'observe', 'prune', 'psnr', 'rank_analysis',
-    'recover_labels', 'register_defence', 'rgap', 'score', 'secure_aggregate',
-    'shared_update', 'ssim', 'THREAT_MODELS', 'total_variation', 'unregister_defence',
+    'adaptive_dlg',
+    'analytic_attack',
+    'as_functional',
+    'AttackResult',
+    'available_defences',
+    'batch_gradient',
+    'ConvSpec',
+    'copa_index',
+    'cosine_distance',
+    'Defence',
+    'dlg',
+    'expected_recovered',
+    'find_last_layer',
+    'gaussian_noise',
+    'gradient_distance',
+    'idlg',
+    'idlg_label',
+    'imprint_attack',
+    'imprint_model',
+    'imprint_readout',
+    'imprint_thresholds',
+    'ImprintedModel',
+    'invert_dense',
+    'inverting_gradients',
+    'l2_distance',
+    'label_accuracy',
+    'LayeredCNN',
+    'LayerRank',
+    'make_defence',
+    'match_batch',
+    'measurement_vector',
+    'mse',
+    'Observation',
+    'observe',
+    'prune',
+    'psnr',
+    'rank_analysis',
+    'recover_labels',
+    'register_defence',
+    'rgap',
+    'score',
+    'Scores',
+    'secure_aggregate',
+    'shared_update',
+    'ssim',
+    'THREAT_MODELS',
+    'total_variation',
+    'unregister_defence',
 ]

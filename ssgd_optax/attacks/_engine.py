@@ -17,9 +17,8 @@ import jax.numpy as jnp
 import optax
 
 from ssgd_optax import _validation
-from ssgd_optax.attacks import objectives
-from ssgd_optax.attacks import threat
-
+from ssgd_optax.attacks import _objectives as objectives
+from ssgd_optax.attacks import _threat as threat
 LOOPS = ('scan', 'python')
 
 

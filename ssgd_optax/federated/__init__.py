@@ -1,12 +1,12 @@
 # Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
 """Federated training: DSSGD simulation, parameter server, secure aggregation.
 
-* :mod:`~ssgd_optax.federated.simulation`: ``N`` participants vectorised with
+* the simulation (``make_dssgd``): ``N`` participants vectorised with
   ``vmap`` (or scanned in turn), each with a data shard, uploading through any
   optax transform (``selective_sharing``, ``unit_normalize``...); centralized
   and standalone baselines. Core dependencies only.
-* :mod:`~ssgd_optax.federated.server`: the parameter server (adds uploads,
-  per-parameter statistics, ``theta_d`` downloads).
+* the parameter server (``server_init``, ``server_apply``, ``download_mask``:
+  adds uploads, per-parameter statistics, ``theta_d`` downloads).
 * :mod:`~ssgd_optax.federated.secure_aggregation`: Bonawitz-style masking
   with X25519 key agreement, Shamir-shared seeds for dropout recovery and
   authenticated messages (needs the ``federated`` extra: ``cryptography``).
@@ -21,24 +21,24 @@ The two last modules are imported on first access.
 
 import importlib as _importlib
 
-from ssgd_optax.federated.server import DOWNLOAD_CRITERIA
-from ssgd_optax.federated.server import ServerState
-from ssgd_optax.federated.server import download_mask
-from ssgd_optax.federated.server import server_apply
-from ssgd_optax.federated.server import server_apply_many
-from ssgd_optax.federated.server import server_init
-from ssgd_optax.federated.simulation import DSSGD
-from ssgd_optax.federated.simulation import ORDERS
-from ssgd_optax.federated.simulation import ClientStates
-from ssgd_optax.federated.simulation import RoundInfo
-from ssgd_optax.federated.simulation import SimulationState
-from ssgd_optax.federated.simulation import local_sgd
-from ssgd_optax.federated.simulation import make_dssgd
-from ssgd_optax.federated.simulation import shard
-from ssgd_optax.federated.simulation import train_centralized
-from ssgd_optax.federated.simulation import train_standalone
+from ssgd_optax.federated._server import DOWNLOAD_CRITERIA
+from ssgd_optax.federated._server import ServerState
+from ssgd_optax.federated._server import download_mask
+from ssgd_optax.federated._server import server_apply
+from ssgd_optax.federated._server import server_apply_many
+from ssgd_optax.federated._server import server_init
+from ssgd_optax.federated._simulation import DSSGD
+from ssgd_optax.federated._simulation import ORDERS
+from ssgd_optax.federated._simulation import ClientStates
+from ssgd_optax.federated._simulation import RoundInfo
+from ssgd_optax.federated._simulation import SimulationState
+from ssgd_optax.federated._simulation import local_sgd
+from ssgd_optax.federated._simulation import make_dssgd
+from ssgd_optax.federated._simulation import shard
+from ssgd_optax.federated._simulation import train_centralized
+from ssgd_optax.federated._simulation import train_standalone
 
-_LAZY = ('secure_aggregation', 'flower', 'server', 'simulation')
+_LAZY = ('secure_aggregation', 'flower')
 
 __all__ = [
     'DOWNLOAD_CRITERIA', 'ORDERS', 'ClientStates', 'DSSGD', 'RoundInfo', 'ServerState',

@@ -91,8 +91,8 @@ except ImportError as _e:  # pragma: no cover - depends on the install
   Grid = object
 
 from ssgd_optax import _validation
-from ssgd_optax.federated import server as server_lib
-from ssgd_optax.federated.simulation import DSSGD
+from ssgd_optax.federated import _server as server_lib
+from ssgd_optax.federated._simulation import DSSGD
 
 __all__ = ['FederatedRunError', 'RoundReport', 'RunSummary', 'make_client_app',
            'make_server_app', 'LoopbackGrid', 'run_loopback', 'MIN_FLWR_VERSION']
@@ -152,7 +152,7 @@ class RunSummary(NamedTuple):
   """The outcome of a :func:`make_server_app` run (passed to ``on_end``).
 
   Attributes:
-    server: the final :class:`~ssgd_optax.federated.server.ServerState`.
+    server: the final :class:`~ssgd_optax.federated.ServerState`.
     node_ids: ``node_ids[i]`` is the Flower node id of participant ``i``.
     rounds: one :class:`RoundReport` per round.
     privacy: ``None``, or with ``dp_epsilon``: ``{participant:
@@ -212,7 +212,7 @@ def _sa_to_config(m: Any) -> dict:
 
 def _sa_from_config(cfg: Any) -> Any:
   from ssgd_optax.federated import secure_aggregation as sa
-  return sa.Message(bytes(cfg['sa_session']), int(cfg['sa_round']), str(cfg['sa_step']),
+  return sa.ProtocolMessage(bytes(cfg['sa_session']), int(cfg['sa_round']), str(cfg['sa_step']),
                     int(cfg['sa_sender']), int(cfg['sa_recipient']), bytes(cfg['sa_payload']),
                     bytes(cfg['sa_tag']))
 
@@ -495,7 +495,7 @@ def make_server_app(sim: DSSGD, initial_params: Any, *, rounds: int, key: jax.Ar
     from ssgd_optax.federated import secure_aggregation as sa
     sa.quantize(0.0, frac_bits=frac_bits)  # validates frac_bits now
   if dp_epsilon is not None:
-    from ssgd_optax.selective import dp_selective_sharing_privacy
+    from ssgd_optax.privacy import dp_selective_sharing_privacy
     # Validates epsilon, fraction and delta now rather than after the run.
     dp_selective_sharing_privacy(dp_epsilon, 0, num_params=sim.num_params,
                                  fraction=dp_fraction, delta=dp_delta)
@@ -713,7 +713,7 @@ def make_server_app(sim: DSSGD, initial_params: Any, *, rounds: int, key: jax.Ar
                                 f'{list(rep.dropped)}).')
     privacy = None
     if dp_epsilon is not None:
-      from ssgd_optax.selective import dp_selective_sharing_privacy
+      from ssgd_optax.privacy import dp_selective_sharing_privacy
       privacy = {i: dp_selective_sharing_privacy(dp_epsilon, asked_count[i],
                                                  num_params=p, fraction=dp_fraction,
                                                  delta=dp_delta) for i in range(n)}

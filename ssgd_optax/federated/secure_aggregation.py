@@ -101,7 +101,7 @@ def _require_crypto() -> None:
 
 __all__ = [
   'PRIME', 'SecureAggregationError', 'TamperedMessageError', 'ReplayedMessageError',
-  'DropoutError', 'SignatureError', 'ConsistencyError', 'Message', 'quantize', 'dequantize',
+  'DropoutError', 'SignatureError', 'ConsistencyError', 'ProtocolMessage', 'quantize', 'dequantize',
   'prg', 'shamir_split', 'shamir_reconstruct', 'generate_identities', 'Participant', 'Server',
   'secure_sum',
 ]
@@ -159,7 +159,7 @@ class ConsistencyError(SecureAggregationError):
   """
 
 
-class Message(NamedTuple):
+class ProtocolMessage(NamedTuple):
   """An authenticated protocol message.
 
   Attributes:
@@ -390,10 +390,10 @@ def _mac_input(session, rnd, step, sender, recipient, payload) -> bytes:
   return head + hashlib.sha256(payload).digest()
 
 
-def _authenticate(key: bytes, session, rnd, step, sender, recipient, payload) -> Message:
+def _authenticate(key: bytes, session, rnd, step, sender, recipient, payload) -> ProtocolMessage:
   tag = hmac.new(key, _mac_input(session, rnd, step, sender, recipient, payload),
                  hashlib.sha256).digest()
-  return Message(session, rnd, step, sender, recipient, payload, tag)
+  return ProtocolMessage(session, rnd, step, sender, recipient, payload, tag)
 
 
 def _context(label: bytes, session: bytes, round_: int) -> bytes:
@@ -420,9 +420,9 @@ class _Inbox:
     self.owner = owner
     self.seen: set[tuple[int, str, int]] = set()
 
-  def check(self, msg: Message, key: bytes, *, round_: int, step: str) -> None:
-    if not isinstance(msg, Message):
-      raise TypeError(f'expected a Message; got {type(msg).__name__}.')
+  def check(self, msg: ProtocolMessage, key: bytes, *, round_: int, step: str) -> None:
+    if not isinstance(msg, ProtocolMessage):
+      raise TypeError(f'expected a ProtocolMessage; got {type(msg).__name__}.')
     if msg.step not in _STEPS:
       raise SecureAggregationError(f'unknown step {msg.step!r} from sender {msg.sender}.')
     expected = hmac.new(key, _mac_input(msg.session, msg.round, msg.step, msg.sender,
@@ -633,7 +633,7 @@ class Participant:
     self._u2: frozenset[int] = frozenset()
     self._u3: frozenset[int] = frozenset()
 
-  def _send(self, step: str, payload: bytes) -> Message:
+  def _send(self, step: str, payload: bytes) -> ProtocolMessage:
     return _authenticate(self._auth_key, self.session, self.round, step, self.index, _SERVER,
                          payload)
 
@@ -647,7 +647,7 @@ class Participant:
           f'signature by its registered identity key (substituted, forged, or replayed from '
           f'another session or round); refusing to continue round {self.round}.') from None
 
-  def advertise(self, round_: int) -> Message:
+  def advertise(self, round_: int) -> ProtocolMessage:
     """Round 0: fresh encryption and masking keys, signed with the identity key."""
     if isinstance(round_, bool) or not isinstance(round_, int) or round_ < 0:
       raise ValueError(f'round_ must be an int >= 0; got {round_!r}.')
@@ -669,7 +669,7 @@ class Participant:
     return self._send('advertise', c_pk + s_pk + signature)
 
   @_protocol_step('advertise', 'share')
-  def share(self, keys_msg: Message) -> Message:
+  def share(self, keys_msg: ProtocolMessage) -> ProtocolMessage:
     """Round 1: verify ``U1``'s keys, Shamir-share ``s_u^SK`` and ``b_u`` to each peer."""
     self._inbox.check(keys_msg, self._auth_key, round_=self.round, step='keys')
     entries = _unpack_blobs(keys_msg.payload, _ADVERTISED_BYTES)
@@ -710,7 +710,7 @@ class Participant:
     return self.session + struct.pack('>qqq', self.round, u, v)
 
   @_protocol_step('share', 'masked')
-  def masked_input(self, forward_msg: Message, update: Any) -> Message:
+  def masked_input(self, forward_msg: ProtocolMessage, update: Any) -> ProtocolMessage:
     """Round 2: keep the ciphertexts of ``U2`` for later, upload the masked update."""
     self._inbox.check(forward_msg, self._auth_key, round_=self.round, step='forward')
     ciphertexts = _unpack_blobs(forward_msg.payload)
@@ -730,7 +730,7 @@ class Participant:
     return self._send('masked', y.tobytes())
 
   @_protocol_step('masked', 'consistency')
-  def consistency_check(self, survivors_msg: Message) -> Message:
+  def consistency_check(self, survivors_msg: ProtocolMessage) -> ProtocolMessage:
     """Round 3: sign the survivor set ``U3`` the server announced to this participant."""
     self._inbox.check(survivors_msg, self._auth_key, round_=self.round, step='survivors')
     u3 = _unpack_ids(survivors_msg.payload)
@@ -744,7 +744,7 @@ class Participant:
         _consistency_statement(self.session, self.round, self.index, u3)))
 
   @_protocol_step('consistency', 'unmask')
-  def unmask(self, signatures_msg: Message) -> Message:
+  def unmask(self, signatures_msg: ProtocolMessage) -> ProtocolMessage:
     """Round 4: given ``t`` signatures of ``U3``, reveal the shares that unmask the sum.
 
     Shares of ``b_v`` for ``v`` in ``U3`` and of ``s_v^SK`` for ``v`` in
@@ -829,14 +829,14 @@ class Server:
         X25519PublicKey.from_public_bytes(channel_public_key)),
         b'ssgd_optax secagg auth|' + self.session)
 
-  def _key(self, msg: Message) -> bytes:
-    if not isinstance(msg, Message):
-      raise TypeError(f'expected a Message; got {type(msg).__name__}.')
+  def _key(self, msg: ProtocolMessage) -> bytes:
+    if not isinstance(msg, ProtocolMessage):
+      raise TypeError(f'expected a ProtocolMessage; got {type(msg).__name__}.')
     if msg.sender not in self._auth:
       raise SecureAggregationError(f'message from unregistered sender {msg.sender}.')
     return self._auth[msg.sender]
 
-  def _receive(self, msgs: Iterable[Message], step: str, allowed: Iterable[int] | None,
+  def _receive(self, msgs: Iterable[ProtocolMessage], step: str, allowed: Iterable[int] | None,
                set_name: str) -> dict[int, bytes]:
     out = {}
     allowed = None if allowed is None else set(allowed)
@@ -851,7 +851,7 @@ class Server:
                          f'{self.t}.')
     return out
 
-  def _send(self, step: str, to: int, payload: bytes) -> Message:
+  def _send(self, step: str, to: int, payload: bytes) -> ProtocolMessage:
     return _authenticate(self._auth[to], self.session, self.round, step, _SERVER, to, payload)
 
   def start_round(self, round_: int) -> None:
@@ -864,7 +864,7 @@ class Server:
     self._advertised, self._u2, self._masked, self._u4 = {}, [], {}, []
     self.sum_quantized = None
 
-  def collect_keys(self, msgs: Iterable[Message]) -> dict[int, Message]:
+  def collect_keys(self, msgs: Iterable[ProtocolMessage]) -> dict[int, ProtocolMessage]:
     """Round 0 -> 1: the signed keys of ``U1``, broadcast to every member."""
     keys = self._receive(msgs, 'advertise', None, 'U1')
     for u, payload in keys.items():
@@ -874,7 +874,7 @@ class Server:
     payload = _pack_blobs(keys)
     return {u: self._send('keys', u, payload) for u in sorted(keys)}
 
-  def collect_shares(self, msgs: Iterable[Message]) -> dict[int, Message]:
+  def collect_shares(self, msgs: Iterable[ProtocolMessage]) -> dict[int, ProtocolMessage]:
     """Round 1 -> 2: forward each encrypted share to its recipient in ``U2``."""
     shares = self._receive(msgs, 'share', self._advertised, 'U1')
     self._u2 = sorted(shares)
@@ -885,7 +885,7 @@ class Server:
           boxes[v][u] = blob
     return {v: self._send('forward', v, _pack_blobs(b)) for v, b in boxes.items()}
 
-  def collect_masked(self, msgs: Iterable[Message]) -> dict[int, Message]:
+  def collect_masked(self, msgs: Iterable[ProtocolMessage]) -> dict[int, ProtocolMessage]:
     """Round 2 -> 3: store the masked inputs, announce the survivor set ``U3``."""
     masked = self._receive(msgs, 'masked', self._u2, 'U2')
     dtype = _dtype(self.bits)
@@ -897,7 +897,7 @@ class Server:
     payload = _pack_ids(self._masked)
     return {u: self._send('survivors', u, payload) for u in sorted(self._masked)}
 
-  def collect_consistency(self, msgs: Iterable[Message]) -> dict[int, Message]:
+  def collect_consistency(self, msgs: Iterable[ProtocolMessage]) -> dict[int, ProtocolMessage]:
     """Round 3 -> 4: relay the signatures of ``U3`` from ``U4`` to every member of ``U4``."""
     signatures = self._receive(msgs, 'consistency', self._masked, 'U3')
     for u, signature in signatures.items():
@@ -907,7 +907,7 @@ class Server:
     payload = _pack_blobs(signatures)
     return {u: self._send('signatures', u, payload) for u in self._u4}
 
-  def finish(self, msgs: Iterable[Message]) -> np.ndarray:
+  def finish(self, msgs: Iterable[ProtocolMessage]) -> np.ndarray:
     """Round 4: reconstruct the secrets from ``U5`` and return the exact sum (float64)."""
     revealed = self._receive(msgs, 'unmask', self._u4, 'U4')
     u3 = set(self._masked)

@@ -4,10 +4,13 @@
 Needs the ``privacy`` extra (``dp-accounting``, ``scipy``, ``flax``).
 
 Every DP path has a **mechanism object** holding what its guarantee rests on
-(noise multiplier, sensitivity, releases per step, neighbouring relation).
-Build it once; pass it to the transform that adds the noise and to the
-accountant (``compute_epsilon(mechanism, ...)``, ``BudgetTracker(mechanism=...)``,
-``calibrate_noise_multiplier(..., mechanism=...)``), so they cannot disagree.
+(noise multiplier, sensitivity, releases per step, neighbouring relation, the
+``dp_accounting`` event of one step: the :class:`Mechanism` protocol). Build
+it once; pass it to the transform that adds the noise and to the accountant
+(``compute_epsilon(mechanism, ...)``, ``BudgetTracker(mechanism=...)``,
+``calibrate_noise_multiplier(..., mechanism=...)``), so they cannot disagree;
+the accountant asks the object for its event and never switches on its type
+(:class:`GaussianMechanism` covers a Gaussian release of your own).
 
 =========  ======================  =======================  ==========  ===========  ===============
 mechanism  noise / gradients       object, factory          L2 sens.    relation     accountant
@@ -21,7 +24,7 @@ backprop   backprop_clip_grad_sum  BackpropClipMechanism    Delta_l     add/remo
 DP-SSGD    dp_unit_normalize,      DPSSGDMechanism          sqrt(G);    add/remove   compute_epsilon
            dp_ssgd                 dp_ssgd_mechanism        1 release   one example
 DSSGD SVT  dp_selective_sharing    SparseVectorMechanism    2 gamma;    replace one  compute_epsilon
-           (ssgd_optax core)       sparse_vector_mechanism  c values    participant  (steps=rounds)
+                                   sparse_vector_mechanism  c values    participant  (steps=rounds)
                                                                         per round
 =========  ======================  =======================  ==========  ===========  ===============
 
@@ -39,94 +42,94 @@ The Gaussian mechanisms assume Poisson sampling at rate ``q``
 vector has no sampling and guarantees epsilon per participant per round.
 Each mechanism class states its guarantee in a "Guarantees" section.
 
-Modules:
+What lives where (implementation modules are private; import from here):
 
-* :mod:`~ssgd_optax.privacy.mechanisms`: the mechanism objects above.
-* :mod:`~ssgd_optax.privacy.clipping`: ``clip_inputs``, ``clip_upstream``
-  (``jax.custom_vjp``), the per-example clipping primitives on the batch axis.
-* :mod:`~ssgd_optax.privacy.layers`: ``ClippedLayer``/``ClippedLinear``/
-  ``ClippedConv``, ``clip_layers`` (wrap an existing model), ``sensitivities``,
-  ``num_releases``.
-* :mod:`~ssgd_optax.privacy.noise`: ``add_gaussian_noise``, the Gaussian
-  mechanism as an optax transformation (key in state).
-* :mod:`~ssgd_optax.privacy.dpsgd`: ``backprop_clip_grad_sum`` and the
-  per-example DP-SGD baseline ``dpsgd_grad_sum``.
-* :mod:`~ssgd_optax.privacy.unit_normalization`: DP-SSGD, per-example unit
-  normalisation plus Gaussian noise (``dp_ssgd``, ``dp_unit_normalize``,
-  ``normalize_per_example``, ``noisy_normalized_mean``).
-* :mod:`~ssgd_optax.privacy.sampling`: ``poisson_sample`` into fixed-size
-  masked batches under ``jit``, ``max_batch_size_for``.
-* :mod:`~ssgd_optax.privacy.accounting`: ``compute_epsilon``,
-  ``calibrate_noise_multiplier`` (the only one), ``BudgetTracker``
-  (``dp_accounting``, PLD/RDP).
-* :func:`ssgd_optax.selective.dp_selective_sharing` lives in the core package
-  (no extra needed); its mechanism object is re-exported here.
+* mechanism objects (``DPSGDMechanism``...), their factories;
+* per-example clipping primitives on the batch axis (``clip_inputs``,
+  ``clip_upstream`` as ``jax.custom_vjp``, ``clip_per_example``,
+  ``per_example_norm``);
+* backprop-clipping layers (``ClippedLayer``/``ClippedLinear``/
+  ``ClippedConv``, ``clip_layers``, ``sensitivities``, ``num_releases``,
+  ``check_model``);
+* the Gaussian noise step (``add_gaussian_noise``, key in state);
+* gradient sums (``backprop_clip_grad_sum``, ``dpsgd_grad_sum``,
+  ``ghost_grad_sum``/``ghost_norms``);
+* DP-SSGD (``dp_ssgd``, ``dp_unit_normalize``, ``normalize_per_example``,
+  ``noisy_normalized_mean``);
+* Poisson sampling (``poisson_sample``, ``max_batch_size_for``...);
+* accounting (``compute_epsilon``, ``calibrate_noise_multiplier``,
+  ``BudgetTracker``; ``dp_accounting``, PLD/RDP).
 """
 
-from ssgd_optax.privacy.accounting import ACCOUNTANTS
-from ssgd_optax.privacy.accounting import BudgetExhaustedError
-from ssgd_optax.privacy.accounting import BudgetTracker
-from ssgd_optax.privacy.accounting import calibrate_noise_multiplier
-from ssgd_optax.privacy.accounting import compute_delta
-from ssgd_optax.privacy.accounting import compute_epsilon
-from ssgd_optax.privacy.accounting import make_dp_event
-from ssgd_optax.privacy.clipping import NORMS
-from ssgd_optax.privacy.clipping import clip_inputs
-from ssgd_optax.privacy.clipping import clip_per_example
-from ssgd_optax.privacy.clipping import clip_upstream
-from ssgd_optax.privacy.clipping import per_example_norm
-from ssgd_optax.privacy.dpsgd import backprop_clip_grad_sum
-from ssgd_optax.privacy.dpsgd import clip_global_per_example
-from ssgd_optax.privacy.dpsgd import dpsgd_grad_sum
-from ssgd_optax.privacy.layers import ClippedConv
-from ssgd_optax.privacy.layers import ClippedLayer
-from ssgd_optax.privacy.layers import ClippedLinear
-from ssgd_optax.privacy.layers import check_model
-from ssgd_optax.privacy.layers import clip_layers
-from ssgd_optax.privacy.layers import num_releases
-from ssgd_optax.privacy.layers import sensitivities
-from ssgd_optax.privacy.ghost import GhostGradSum
-from ssgd_optax.privacy.ghost import GhostNorms
-from ssgd_optax.privacy.ghost import ghost_grad_sum
-from ssgd_optax.privacy.ghost import ghost_norms
-from ssgd_optax.privacy.ghost import ghost_supported
-from ssgd_optax.privacy.mechanisms import BackpropClipMechanism
-from ssgd_optax.privacy.mechanisms import DPSGDMechanism
-from ssgd_optax.privacy.mechanisms import backprop_clip_mechanism
-from ssgd_optax.privacy.mechanisms import dpsgd_mechanism
-from ssgd_optax.privacy.noise import GaussianNoiseState
-from ssgd_optax.privacy.noise import add_gaussian_noise
-from ssgd_optax.privacy.sampling import max_batch_size_for
-from ssgd_optax.privacy.sampling import overflow_probability
-from ssgd_optax.privacy.sampling import poisson_sample
-from ssgd_optax.privacy.sampling import truncation_delta
-from ssgd_optax.privacy.mechanisms import DPSSGDMechanism
-from ssgd_optax.privacy.unit_normalization import DPUnitNormalizeState
-from ssgd_optax.privacy.unit_normalization import dp_ssgd
-from ssgd_optax.privacy.mechanisms import dp_ssgd_mechanism
-from ssgd_optax.privacy.unit_normalization import dp_unit_normalize
-from ssgd_optax.privacy.unit_normalization import noisy_normalized_mean
-from ssgd_optax.privacy.unit_normalization import normalize_per_example
-from ssgd_optax.selective import SparseVectorMechanism
-from ssgd_optax.selective import sparse_vector_mechanism
+from ssgd_optax.privacy._accounting import ACCOUNTANTS
+from ssgd_optax.privacy._accounting import BudgetExhaustedError
+from ssgd_optax.privacy._accounting import BudgetTracker
+from ssgd_optax.privacy._accounting import calibrate_noise_multiplier
+from ssgd_optax.privacy._accounting import compute_delta
+from ssgd_optax.privacy._accounting import compute_epsilon
+from ssgd_optax.privacy._accounting import make_dp_event
+from ssgd_optax.privacy._clipping import NONFINITE
+from ssgd_optax.privacy._clipping import NORMS
+from ssgd_optax.privacy._clipping import clip_inputs
+from ssgd_optax.privacy._clipping import clip_per_example
+from ssgd_optax.privacy._clipping import clip_upstream
+from ssgd_optax.privacy._clipping import per_example_norm
+from ssgd_optax.privacy._dpsgd import backprop_clip_grad_sum
+from ssgd_optax.privacy._dpsgd import clip_global_per_example
+from ssgd_optax.privacy._dpsgd import dpsgd_grad_sum
+from ssgd_optax.privacy._layers import ClippedConv
+from ssgd_optax.privacy._layers import ClippedLayer
+from ssgd_optax.privacy._layers import ClippedLinear
+from ssgd_optax.privacy._layers import check_model
+from ssgd_optax.privacy._layers import clip_layers
+from ssgd_optax.privacy._layers import num_releases
+from ssgd_optax.privacy._layers import sensitivities
+from ssgd_optax.privacy._ghost import GhostGradSum
+from ssgd_optax.privacy._ghost import GhostNorms
+from ssgd_optax.privacy._ghost import ghost_grad_sum
+from ssgd_optax.privacy._ghost import ghost_norms
+from ssgd_optax.privacy._ghost import ghost_supported
+from ssgd_optax.privacy._mechanisms import BackpropClipMechanism
+from ssgd_optax.privacy._mechanisms import DPSGDMechanism
+from ssgd_optax.privacy._mechanisms import backprop_clip_mechanism
+from ssgd_optax.privacy._mechanisms import dpsgd_mechanism
+from ssgd_optax.privacy._noise import GaussianNoiseState
+from ssgd_optax.privacy._noise import add_gaussian_noise
+from ssgd_optax.privacy._sampling import max_batch_size_for
+from ssgd_optax.privacy._sampling import overflow_probability
+from ssgd_optax.privacy._sampling import poisson_sample
+from ssgd_optax.privacy._sampling import truncation_delta
+from ssgd_optax.privacy._mechanisms import DPSSGDMechanism
+from ssgd_optax.privacy._unit_normalization import DPUnitNormalizeState
+from ssgd_optax.privacy._unit_normalization import dp_ssgd
+from ssgd_optax.privacy._mechanisms import dp_ssgd_mechanism
+from ssgd_optax.privacy._unit_normalization import dp_unit_normalize
+from ssgd_optax.privacy._unit_normalization import noisy_normalized_mean
+from ssgd_optax.privacy._unit_normalization import normalize_per_example
+from ssgd_optax._keys import os_seed
+from ssgd_optax.privacy._mechanisms import ADD_REMOVE_ONE
+from ssgd_optax.privacy._mechanisms import GaussianMechanism
+from ssgd_optax.privacy._mechanisms import Mechanism
+from ssgd_optax.privacy._mechanisms import NEIGHBORING_RELATIONS
+from ssgd_optax.privacy._mechanisms import REPLACE_ONE
+from ssgd_optax.privacy._mechanisms import gaussian_step_event
+from ssgd_optax.privacy._sparse_vector import DPSelectiveSharingState
+from ssgd_optax.privacy._sparse_vector import DPSparseVectorPrivacy
+from ssgd_optax.privacy._sparse_vector import SparseVectorMechanism
+from ssgd_optax.privacy._sparse_vector import dp_selective_sharing
+from ssgd_optax.privacy._sparse_vector import dp_selective_sharing_privacy
+from ssgd_optax.privacy._sparse_vector import epsilon_from_per_parameter
+from ssgd_optax.privacy._sparse_vector import sparse_vector_mechanism
 
 __all__ = [
     'ACCOUNTANTS',
+    'add_gaussian_noise',
+    'ADD_REMOVE_ONE',
+    'backprop_clip_grad_sum',
+    'backprop_clip_mechanism',
     'BackpropClipMechanism',
     'BudgetExhaustedError',
     'BudgetTracker',
-    'ClippedConv',
-    'ClippedLayer',
-    'ClippedLinear',
-    'DPSGDMechanism',
-    'DPSSGDMechanism',
-    'DPUnitNormalizeState',
-    'GaussianNoiseState',
-    'NORMS',
-    'SparseVectorMechanism',
-    'add_gaussian_noise',
-    'backprop_clip_grad_sum',
-    'backprop_clip_mechanism',
     'calibrate_noise_multiplier',
     'check_model',
     'clip_global_per_example',
@@ -134,27 +137,48 @@ __all__ = [
     'clip_layers',
     'clip_per_example',
     'clip_upstream',
+    'ClippedConv',
+    'ClippedLayer',
+    'ClippedLinear',
     'compute_delta',
     'compute_epsilon',
+    'dp_selective_sharing',
+    'dp_selective_sharing_privacy',
     'dp_ssgd',
     'dp_ssgd_mechanism',
     'dp_unit_normalize',
+    'DPSelectiveSharingState',
     'dpsgd_grad_sum',
-    'GhostGradSum',
-    'GhostNorms',
+    'dpsgd_mechanism',
+    'DPSGDMechanism',
+    'DPSparseVectorPrivacy',
+    'DPSSGDMechanism',
+    'DPUnitNormalizeState',
+    'epsilon_from_per_parameter',
+    'gaussian_step_event',
+    'GaussianMechanism',
+    'GaussianNoiseState',
     'ghost_grad_sum',
     'ghost_norms',
     'ghost_supported',
-    'dpsgd_mechanism',
+    'GhostGradSum',
+    'GhostNorms',
     'make_dp_event',
     'max_batch_size_for',
+    'Mechanism',
+    'NEIGHBORING_RELATIONS',
     'noisy_normalized_mean',
+    'NONFINITE',
     'normalize_per_example',
+    'NORMS',
     'num_releases',
+    'os_seed',
     'overflow_probability',
     'per_example_norm',
     'poisson_sample',
+    'REPLACE_ONE',
     'sensitivities',
     'sparse_vector_mechanism',
+    'SparseVectorMechanism',
     'truncation_delta',
 ]

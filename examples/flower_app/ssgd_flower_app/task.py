@@ -19,7 +19,8 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from ssgd_optax import federated  # noqa: E402
-from ssgd_optax.selective import dp_selective_sharing, selective_sharing  # noqa: E402
+from ssgd_optax import selective_sharing  # noqa: E402
+from ssgd_optax.privacy import dp_selective_sharing
 
 
 class Task(NamedTuple):

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from ssgd_optax import _validation
-from ssgd_optax.selective import num_shared
+from ssgd_optax._selective import num_shared
 
 __all__ = ['DOWNLOAD_CRITERIA', 'ServerState', 'server_init', 'download_mask',
            'server_apply', 'server_apply_many']

@@ -29,12 +29,11 @@ import jax.numpy as jnp
 import optax
 
 from ssgd_optax import _validation
-from ssgd_optax import grouping as grouping_lib
+from ssgd_optax import _grouping as grouping_lib
 from ssgd_optax.attacks import _engine
-from ssgd_optax.attacks import deep_leakage as dlg_lib
-from ssgd_optax.attacks import labels as labels_lib
-from ssgd_optax.attacks import threat
-
+from ssgd_optax.attacks import _deep_leakage as dlg_lib
+from ssgd_optax.attacks import _labels as labels_lib
+from ssgd_optax.attacks import _threat as threat
 __all__ = ['inverting_gradients', 'step_schedule']
 
 

@@ -23,8 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from ssgd_optax import grouping as grouping_lib
-
+from ssgd_optax import _grouping as grouping_lib
 __all__ = ['DISTANCES', 'l2_distance', 'cosine_distance', 'gradient_distance',
            'total_variation']
 

@@ -33,8 +33,7 @@ import optax
 
 from ssgd_optax import _numerics
 from ssgd_optax import _validation
-from ssgd_optax import grouping as grouping_lib
-
+from ssgd_optax import _grouping as grouping_lib
 __all__ = ['unit_normalize', 'ssgd', 'group_norms', 'AxisName']
 
 AxisName = Optional[Hashable | tuple[Hashable, ...]]
@@ -137,7 +136,7 @@ def group_norms(updates: optax.Updates,
     updates: a pytree of floating-point arrays (``None`` and
       ``optax.MaskedNode`` leaves are skipped).
     scope: ``"global"``, ``"per_leaf"``, ``"per_layer"`` or a callable
-      ``(path, leaf) -> hashable`` (see :mod:`ssgd_optax.grouping`).
+      ``(path, leaf) -> hashable`` (see :data:`ssgd_optax.SCOPES`).
     axis_name: mapped axis name(s) over which leaves are sharded; the norm
       then covers the whole leaf (``psum`` of squared norms).
 

@@ -52,8 +52,7 @@ import numpy as np
 from ssgd_optax import _keys
 from ssgd_optax import _validation
 from ssgd_optax.attacks import _engine
-from ssgd_optax.attacks import threat
-
+from ssgd_optax.attacks import _threat as threat
 __all__ = ['STATISTICS', 'RESCALES', 'ImprintedModel', 'measurement_vector',
            'imprint_thresholds', 'imprint_model', 'imprint_readout', 'imprint_attack',
            'expected_recovered', 'secure_aggregate']
@@ -378,7 +377,7 @@ def imprint_attack(apply_fn: threat.ApplyFn, observation: threat.Observation, *,
   >>> bool(jnp.allclose(jnp.sort(r.inputs, 0), jnp.sort(x, 0), atol=1e-5))
   True
   """
-  from ssgd_optax.attacks import labels as labels_lib
+  from ssgd_optax.attacks import _labels as labels_lib
   if not isinstance(observation, threat.Observation):
     raise TypeError(f'imprint_attack: observation must be an ssgd_optax.attacks.Observation; '
                     f'got {type(observation).__name__}.')

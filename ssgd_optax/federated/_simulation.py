@@ -44,8 +44,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from ssgd_optax import _validation
-from ssgd_optax.federated import server as server_lib
-
+from ssgd_optax.federated import _server as server_lib
 __all__ = ['ORDERS', 'ClientStates', 'SimulationState', 'RoundInfo', 'DSSGD', 'make_dssgd',
            'local_sgd', 'train_centralized', 'train_standalone', 'shard']
 
@@ -70,7 +69,7 @@ class SimulationState(NamedTuple):
   """State of a DSSGD simulation.
 
   Attributes:
-    server: the :class:`~ssgd_optax.federated.server.ServerState`.
+    server: the :class:`~ssgd_optax.federated.ServerState`.
     clients: the :class:`ClientStates`.
     history: ``(max_staleness + 1, P)`` past global parameters, newest first
       (asynchronous order; a single row otherwise).
@@ -252,7 +251,7 @@ def make_dssgd(loss_fn: LossFn,
 
   >>> import jax, jax.numpy as jnp
   >>> from ssgd_optax.federated import make_dssgd
-  >>> from ssgd_optax.selective import selective_sharing
+  >>> from ssgd_optax._selective import selective_sharing
   >>> loss = lambda p, x, y: jnp.mean((x @ p['w'] - y) ** 2)
   >>> sim = make_dssgd(loss, {'w': jnp.zeros(2)}, num_participants=3,
   ...                  learning_rate=0.1, batch_size=2,

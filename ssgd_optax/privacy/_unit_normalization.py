@@ -14,7 +14,7 @@ Clipping", arXiv 2206.07136, with a stability constant ``gamma``):
      + \sigma \Delta\, \xi\Big), \quad \xi \sim \mathcal N(0, I),
   \qquad N_\gamma(g)_k = \frac{g_k}{\lVert g_k \rVert + \gamma}
 
-over the groups ``k`` of the scope (:mod:`ssgd_optax.grouping`), with
+over the groups ``k`` of the scope (:data:`ssgd_optax.SCOPES`), with
 ``Bbar`` the *expected* batch size of Poisson sampling and sensitivity
 
 * ``scope="global"``: one group, ``Delta = 1``;
@@ -73,15 +73,14 @@ from ssgd_optax import _batch
 from ssgd_optax import _keys
 from ssgd_optax import _numerics
 from ssgd_optax import _validation
-from ssgd_optax import grouping as grouping_lib
-from ssgd_optax import normalize as normalize_lib
-from ssgd_optax.privacy.mechanisms import DPSSGDMechanism
-from ssgd_optax.privacy.mechanisms import dp_ssgd_mechanism
+from ssgd_optax import _grouping as grouping_lib
+from ssgd_optax import _normalize as normalize_lib
+from ssgd_optax.privacy import _noise as noise_lib
+from ssgd_optax.privacy._mechanisms import DPSSGDMechanism
+from ssgd_optax.privacy._mechanisms import dp_ssgd_mechanism
 
 __all__ = [
-    'DPSSGDMechanism',
     'DPUnitNormalizeState',
-    'dp_ssgd_mechanism',
     'normalize_per_example',
     'noisy_normalized_mean',
     'dp_unit_normalize',
@@ -217,17 +216,6 @@ def _kept(x: jax.Array, keep: jax.Array) -> jax.Array:
   return jnp.where(keep.reshape(keep.shape + (1,) * (x.ndim - 1)), x, jnp.zeros((), x.dtype))
 
 
-def _explicit_sharding(x: jax.Array) -> Any:
-  """``x``'s sharding when it lives on a mesh with ``Explicit`` axes, else None."""
-  sharding = getattr(jax.typeof(x), 'sharding', None)
-  mesh = getattr(sharding, 'mesh', None)
-  if mesh is None or getattr(mesh, 'empty', True):
-    return None
-  if not any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types):
-    return None
-  return sharding
-
-
 def _weighted_row_sum(scale: jax.Array, x: jax.Array) -> jax.Array:
   """``sum_i scale_i x_i`` as one contraction (the scaled rows are never stored).
 
@@ -237,7 +225,7 @@ def _weighted_row_sum(scale: jax.Array, x: jax.Array) -> jax.Array:
   output sharding is the input's without its first entry (JAX refuses to
   guess it: "Contracting dimensions are sharded").
   """
-  sharding = _explicit_sharding(x)
+  sharding = noise_lib.explicit_sharding(x)
   kwargs = {}
   if sharding is not None:
     spec = tuple(sharding.spec) + (None,) * (x.ndim - len(sharding.spec))
@@ -300,10 +288,6 @@ def normalize_per_example(per_example_grads: Any,
   out = _numerics.per_row(prep.leaves, prep.dtypes, prep.members, scale, stability=stability,
                           include=prep.mask, method=_METHOD)
   return jax.tree.unflatten(prep.treedef, out)
-
-
-def _axis_size_and_index(axis_name):
-  return jax.lax.psum(1, axis_name), jax.lax.axis_index(axis_name)
 
 
 def noisy_normalized_mean(per_example_grads: Any,
@@ -396,25 +380,10 @@ def noisy_normalized_mean(per_example_grads: Any,
   leaves = _numerics.per_row(prep.leaves, prep.dtypes, prep.members, selected,
                              plain=[plain, selected], choose=choose, stability=stability,
                              include=prep.mask, method=_METHOD)
-  stddev = mechanism.stddev
-  if axis_name is not None:
-    # Each device adds an independent share of variance stddev^2 / D before
-    # the psum, so the total noise has variance stddev^2 exactly once.
-    size, index = _axis_size_and_index(axis_name)
-    key = jax.random.fold_in(key, index)
-    stddev = stddev / jnp.sqrt(jnp.asarray(size, jnp.float32))
-  keys = jax.random.split(key, len(leaves))
-  noisy = []
-  for s, k in zip(leaves, keys):
-    sharding = _explicit_sharding(s)
-    kwargs = {} if sharding is None else {'out_sharding': sharding}
-    noisy.append(s + jnp.asarray(stddev, s.dtype) * jax.random.normal(k, s.shape, s.dtype,
-                                                                      **kwargs))
-  if axis_name is not None:
-    noisy = jax.lax.psum(noisy, axis_name)
   dtypes = [jnp.result_type(x) for x in jax.tree.leaves(per_example_grads)]
-  out = [(n / jnp.asarray(expected_batch_size, n.dtype)).astype(d)
-         for n, d in zip(noisy, dtypes)]
+  out = noise_lib.noisy_mean(leaves, [mechanism.stddev] * len(leaves), key,
+                             expected_batch_size=expected_batch_size, axis_name=axis_name,
+                             dtypes=dtypes)
   return jax.tree.unflatten(prep.treedef, out)
 
 
@@ -587,28 +556,3 @@ def dp_ssgd(learning_rate: optax.ScalarOrSchedule,
                              scope=scope, stability=stability, nonfinite=nonfinite,
                              axis_name=axis_name, mechanism=mechanism), *tail]
   return optax.chain(*parts)
-
-
-# Names of the 0.1 module `ssgd_optax.dp_ssgd`, kept for one release.
-_DEPRECATED = {
-    'DpSsgdMechanism': 'DPSSGDMechanism',
-    'DpUnitNormalizeState': 'DPUnitNormalizeState',
-}
-
-
-def __getattr__(name):
-  if name == 'calibrate_noise_multiplier':
-    import warnings  # pylint: disable=g-import-not-at-top
-    from ssgd_optax.privacy import accounting  # pylint: disable=g-import-not-at-top
-    warnings.warn('ssgd_optax.dp_ssgd.calibrate_noise_multiplier is deprecated and will be '
-                  'removed in 0.3: use ssgd_optax.privacy.calibrate_noise_multiplier (same '
-                  'arguments; num_releases defaults to 1, or pass mechanism=).',
-                  DeprecationWarning, stacklevel=2)
-    return accounting.calibrate_noise_multiplier
-  if name in _DEPRECATED:
-    import warnings  # pylint: disable=g-import-not-at-top
-    new = _DEPRECATED[name]
-    warnings.warn(f'{name} is deprecated and will be removed in 0.3: use '
-                  f'ssgd_optax.privacy.{new}.', DeprecationWarning, stacklevel=2)
-    return globals()[new]
-  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

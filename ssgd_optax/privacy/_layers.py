@@ -57,19 +57,17 @@ author; the counts above hold only for gradients computed by
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.extend
 import jax.numpy as jnp
 from flax import nnx
 
 from ssgd_optax import _batch
 from ssgd_optax import _validation
-from ssgd_optax.privacy import clipping
+from ssgd_optax.privacy import _clipping as clipping
+from ssgd_optax.privacy import _forward_pass as forward_pass
 
 __all__ = [
     'ClippedConv',
@@ -84,71 +82,6 @@ __all__ = [
 # Padding modes that repeat input pixels inside one patch would break
 # ||patch_p(x)|| <= ||x||.
 _BAD_PADDING = ('CIRCULAR', 'REFLECT')
-
-
-# The forward pass being traced by backprop_clip_grad_sum, if any.
-_PASS: contextvars.ContextVar[_ForwardPass | None] = contextvars.ContextVar(
-    'ssgd_optax_backprop_clip_pass', default=None)
-
-
-def _current_trace() -> Any:
-  return jax.extend.core.get_opaque_trace_state(convention='nnx')
-
-
-def _where(model: Any, node: Any) -> str:
-  for path, n in nnx.iter_graph(model):
-    if n is node:
-      return '/'.join(map(str, path)) or 'model'
-  return type(node).__name__
-
-
-class _ForwardPass:
-  """Counts ClippedLayer calls and collects non-finite flags in one forward pass."""
-
-  def __init__(self, model: Any, nonfinite: str):
-    self.model = model
-    self.nonfinite = nonfinite
-    self.trace = _current_trace()
-    self.calls: dict[int, int] = {}
-    # Holding the layers keeps their ids unique for the life of the pass.
-    self.flags: list[tuple[ClippedLayer, jax.Array]] = []
-
-  def record(self, layer: ClippedLayer, x: jax.Array) -> None:
-    if _current_trace() != self.trace:
-      raise ValueError(
-          f'ClippedLayer at {_where(self.model, layer)!r} is called inside a JAX '
-          'transformation nested in the forward pass (lax.scan/fori_loop/while_loop/cond, '
-          'vmap, remat, nnx.scan...). One Python call there can run any number of '
-          'times, so its uses (and the sensitivity) cannot be counted. Unroll the loop '
-          'in Python, or apply the layer outside the transformation.')
-    count = self.calls.get(id(layer), 0) + 1
-    if count > layer.uses:
-      raise ValueError(
-          f'ClippedLayer at {_where(self.model, layer)!r} is applied {count} times in one '
-          f'forward pass but declares uses={layer.uses}. Each application adds up to '
-          'C_in * C_out to one example\'s kernel gradient, so the sensitivity is '
-          f'{count} * C_in * C_out, not what sensitivities() reports. Declare '
-          f'ClippedLayer(..., uses={count}) (its bounds are then multiplied by {count}) or '
-          'use a separate layer for each application.')
-    self.calls[id(layer)] = count
-    self.flags.append((layer, ~_batch.finite_examples(x)))
-
-  def where(self, layer: ClippedLayer) -> str:
-    return _where(self.model, layer)
-
-
-@contextlib.contextmanager
-def _forward_pass(model: Any, nonfinite: str) -> Iterator[_ForwardPass]:
-  """Scope of one traced forward pass (used by ``backprop_clip_grad_sum``)."""
-  if _PASS.get() is not None:
-    raise ValueError('backprop_clip_grad_sum cannot be nested inside another one\'s '
-                     'forward pass.')
-  scope = _ForwardPass(model, nonfinite)
-  token = _PASS.set(scope)
-  try:
-    yield scope
-  finally:
-    _PASS.reset(token)
 
 
 def _check_bounds(input_bound: Any, grad_bound: Any) -> tuple[float, float]:
@@ -212,7 +145,7 @@ class ClippedLayer(nnx.Module):
     self.uses = int(uses)
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    scope = _PASS.get()
+    scope = forward_pass.current()
     nonfinite = 'drop'
     if scope is not None:
       scope.record(self, x)
@@ -394,21 +327,6 @@ def clip_layers(model: nnx.Module, *, input_bound: float, grad_bound: float) -> 
   return model
 
 
-def _keys(path: Sequence[Any]) -> tuple[Any, ...]:
-  out = []
-  for k in path:
-    if isinstance(k, jax.tree_util.DictKey):
-      out.append(k.key)
-    elif isinstance(k, jax.tree_util.SequenceKey):
-      out.append(k.idx)
-    elif isinstance(k, jax.tree_util.GetAttrKey):
-      if k.name != 'value':
-        out.append(k.name)
-    else:
-      out.append(str(k))
-  return tuple(out)
-
-
 def sensitivities(model: nnx.Module, wrt: Any = nnx.Param) -> Any:
   """The L2 sensitivity of each parameter's batch-summed gradient, as a tree.
 
@@ -448,7 +366,7 @@ def sensitivities(model: nnx.Module, wrt: Any = nnx.Param) -> Any:
   state = nnx.state(model, wrt)
 
   def leaf(path, _):
-    key = _keys(path)
+    key = forward_pass.path_keys(path)
     if key not in bounds:
       raise ValueError(
           f'Parameter {"/".join(map(str, key))!r} is not inside a ClippedLayer, so its '

@@ -31,15 +31,22 @@ and ``max_batch_size`` to account for that truncation exactly (PLD only), or
 see :func:`ssgd_optax.privacy.overflow_probability`.
 
 Every function here takes either a **mechanism object** as its first argument
-(:mod:`ssgd_optax.privacy.mechanisms`: ``DPSGDMechanism``, ``DPSSGDMechanism``,
-``BackpropClipMechanism``; :class:`ssgd_optax.selective.SparseVectorMechanism`),
-from which it reads ``noise_multiplier`` and ``num_releases``, or those numbers
-as keywords, never both: the preferred form builds the mechanism once and passes
-it to the noise transform and to the accountant, so the two cannot disagree.
-The sparse-vector release (pure ``epsilon``-DP per round, replace-one
-participant) is accounted by the exact composition of
-:func:`ssgd_optax.selective.dp_selective_sharing_privacy`, with
-``steps`` = rounds and no sampling.
+(any object of the :class:`~ssgd_optax.privacy.Mechanism` protocol:
+``DPSGDMechanism``, ``DPSSGDMechanism``, ``BackpropClipMechanism``,
+``SparseVectorMechanism``...) or the numbers of a Gaussian mechanism as
+keywords (``noise_multiplier``, ``num_releases``), never both: the preferred
+form builds the mechanism once and passes it to the noise transform and to the
+accountant, so the two cannot disagree. The accountant never looks at the
+mechanism's type: it asks for the ``dp_event`` of one step, composes
+``steps`` of them with ``dp_accounting`` under the mechanism's
+``neighboring_relation``, and needs a ``sampling_rate`` only when the
+mechanism is ``sampled``.
+
+dp_accounting 0.6.0's PLD accountant ignores the count of a
+``SelfComposedDpEvent`` of a ``RandomizedResponseDpEvent`` (it reports one
+step's epsilon for any count); steps are therefore self-composed here, on the
+one-step privacy-loss distribution, for every event (which is also what makes
+repeated evaluations over ``steps`` cheap).
 
 Everything here runs on the host (Python floats), never under ``jit``.
 """
@@ -59,7 +66,7 @@ from dp_accounting import rdp as _rdp
 from dp_accounting.pld import privacy_loss_distribution as _pld_lib
 
 from ssgd_optax import _validation
-from ssgd_optax import selective as _selective
+from ssgd_optax.privacy import _mechanisms as mechanisms
 
 __all__ = [
     'ACCOUNTANTS',
@@ -135,63 +142,63 @@ def _check_truncation(num_examples: Any, max_batch_size: Any, accountant: str) -
   return True
 
 
-def _is_sparse_vector(mechanism: Any) -> bool:
-  return isinstance(mechanism, _selective.SparseVectorMechanism)
-
-
 def _resolve(mechanism: Any, noise_multiplier: Any, num_releases: Any, caller: str, *,
-             need_noise: bool = True) -> tuple[Any, int]:
-  """``(noise_multiplier, num_releases)`` from a Gaussian mechanism or the keywords."""
+             need_noise: bool = True) -> Any:
+  """The mechanism object given, or a Gaussian one built from the keywords."""
   if mechanism is None:
     if need_noise and noise_multiplier is None:
       raise ValueError(f'{caller} needs noise_multiplier= (or a mechanism object as its first '
                        'argument, e.g. privacy.dpsgd_mechanism(...)); got neither.')
-    return noise_multiplier, 1 if num_releases is None else num_releases
+    if num_releases is not None:
+      _validation.check_int('num_releases', num_releases, minimum=1)
+    return mechanisms.GaussianMechanism(noise_multiplier,
+                                        1 if num_releases is None else num_releases)
   given = [n for n, v in (('noise_multiplier', noise_multiplier),
                           ('num_releases', num_releases)) if v is not None]
   if given:
     raise ValueError(
         f'{caller} got a mechanism and {" and ".join(given)}: the mechanism fixes them; pass '
         'one or the other, not both (a hand-passed num_releases can disagree with the noise).')
-  if _is_sparse_vector(mechanism):
-    raise ValueError(
-        f'{caller} does not apply to the sparse-vector release (SparseVectorMechanism): it is '
-        'pure epsilon-DP per round, with no noise multiplier or Gaussian event; use '
-        'compute_epsilon(mechanism, steps=rounds, delta=...) or BudgetTracker(mechanism=...).')
-  if not (hasattr(mechanism, 'noise_multiplier') and hasattr(mechanism, 'num_releases')):
-    raise TypeError(
-        'mechanism must be a mechanism object with noise_multiplier and num_releases '
-        '(DPSGDMechanism, DPSSGDMechanism, BackpropClipMechanism, SparseVectorMechanism); '
-        f'got {type(mechanism).__name__}.')
-  z = mechanism.noise_multiplier
-  if need_noise and z is None:
+  mechanisms.check_mechanism(mechanism, caller)
+  if need_noise and mechanism.sampled and mechanism.noise_multiplier is None:
     raise ValueError(
         f'mechanism.noise_multiplier is None ({type(mechanism).__name__}): calibrate it first, '
         'z = calibrate_noise_multiplier(target_epsilon, mechanism=m, ...), then '
         'm = m._replace(noise_multiplier=z).')
-  return z, mechanism.num_releases
+  return mechanism
 
 
-def _sparse_vector_epsilon(mechanism: Any, sampling_rate: Any, steps: Any, delta: Any,
-                           accountant: Any, num_examples: Any, max_batch_size: Any) -> float:
+def _check_mechanism_numbers(m: Any, sampling_rate: Any, steps: Any, accountant: Any,
+                             num_examples: Any, max_batch_size: Any) -> float | None:
+  """Validates the numbers the accountant needs for ``m``; the sampling rate (or None)."""
   _validation.check_choice('accountant', accountant, ACCOUNTANTS)
-  if accountant != 'pld':
-    raise ValueError(
-        "The sparse-vector release is accounted exactly (privacy-loss distribution of pure "
-        f"epsilon-DP rounds): use accountant='pld'; got accountant={accountant!r}.")
-  if sampling_rate is not None and _concrete('sampling_rate', sampling_rate) != 1:
-    raise ValueError(
-        'The sparse-vector release has no sampling: every round releases the participant\'s '
-        'update (replace-one participant); sampling_rate must be None or 1, got '
-        f'{sampling_rate!r}.')
-  if num_examples is not None or max_batch_size is not None:
-    raise ValueError('num_examples and max_batch_size (truncated Poisson batches) do not apply '
-                     'to the sparse-vector release.')
   _validation.check_int('steps', steps, minimum=0)
-  d = _check_delta(delta)
-  eps = _concrete('mechanism.epsilon', mechanism.epsilon)
-  return _selective.dp_selective_sharing_privacy(
-      eps, steps, num_params=0, fraction=mechanism.fraction, delta=d).total_epsilon_at_delta
+  if not m.sampled:
+    if sampling_rate is not None and _concrete('sampling_rate', sampling_rate) != 1:
+      raise ValueError(
+          f'{type(m).__name__} is not Poisson-sampled (every step releases; '
+          f'relation {m.neighboring_relation!r}): sampling_rate must be None or 1, got '
+          f'{sampling_rate!r}.')
+    if num_examples is not None or max_batch_size is not None:
+      raise ValueError('num_examples and max_batch_size (truncated Poisson batches) do not apply '
+                       f'to {type(m).__name__}, which is not Poisson-sampled.')
+    return None
+  if sampling_rate is None:
+    raise ValueError(f'{type(m).__name__} is Poisson-sampled: pass sampling_rate= (the '
+                     'Poisson rate q).')
+  z = m.noise_multiplier
+  if z is not None:
+    _check_common(z, sampling_rate, steps, m.num_releases, accountant)
+  q = _concrete('sampling_rate', sampling_rate)
+  _validation.check_probability('sampling_rate', q)
+  _check_truncation(num_examples, max_batch_size, accountant)
+  return q
+
+
+def _step_event(m: Any, q: float | None, accountant: str, num_examples: Any,
+                max_batch_size: Any) -> dp_accounting.DpEvent:
+  return m.dp_event(sampling_rate=q, accountant=accountant, num_examples=num_examples,
+                    max_batch_size=max_batch_size)
 
 
 # ----------------------------------------------------------------------------
@@ -201,27 +208,28 @@ def _sparse_vector_epsilon(mechanism: Any, sampling_rate: Any, steps: Any, delta
 def make_dp_event(mechanism: Any = None,
                   *,
                   noise_multiplier: float | None = None,
-                  sampling_rate: float,
+                  sampling_rate: float | None = None,
                   steps: int,
                   num_releases: int | None = None,
                   accountant: Accountant = 'pld',
                   num_examples: int | None = None,
                   max_batch_size: int | None = None) -> dp_accounting.DpEvent:
-  r"""The ``dp_accounting`` event of ``steps`` Poisson-sampled training steps.
+  r"""The ``dp_accounting`` event of ``steps`` steps of a mechanism.
 
-  .. math::
+  .. math:: \text{run} = \text{step}^{\otimes T}, \qquad \text{step} =
+     \texttt{mechanism.dp\_event(...)}
 
-     \text{step} = \mathrm{Poisson}_q\big(\textstyle\bigotimes_{l=1}^{L}
-     \mathcal{N}(0, z^2)\big) \equiv \mathrm{Poisson}_q\big(\mathcal{N}(0,
-     (z/\sqrt{L})^2)\big), \qquad \text{run} = \text{step}^{\otimes T}.
+  For a Gaussian mechanism the step is
+  ``Poisson_q(N(0, z^2)^{(x) L}) = Poisson_q(N(0, (z/sqrt(L))^2))``
+  (:func:`ssgd_optax.privacy.gaussian_step_event`).
 
   Args:
-    mechanism: a Gaussian mechanism object (``DPSGDMechanism``,
-      ``DPSSGDMechanism``, ``BackpropClipMechanism``) giving
-      ``noise_multiplier`` and ``num_releases``; or ``None`` and pass them.
+    mechanism: a mechanism object; or ``None`` and pass ``noise_multiplier``
+      (and ``num_releases``) of a Gaussian mechanism.
     noise_multiplier: ``z``, the noise std of each release divided by its
       sensitivity, ``> 0``.
-    sampling_rate: Poisson sampling probability ``q`` (expected batch / N).
+    sampling_rate: Poisson sampling probability ``q`` (expected batch / N);
+      ``None`` for a mechanism that is not sampled.
     steps: number of steps ``T >= 0``.
     num_releases: ``L``, Gaussian mechanisms released per step on the same
       batch (layers with their own sensitivity), ``>= 1``.
@@ -242,65 +250,77 @@ def make_dp_event(mechanism: Any = None,
     >>> type(event).__name__, event.count
     ('SelfComposedDpEvent', 10)
   """
-  noise_multiplier, num_releases = _resolve(mechanism, noise_multiplier, num_releases,
-                                            'make_dp_event')
-  z, q = _check_common(noise_multiplier, sampling_rate, steps, num_releases, accountant)
-  if z == 0:
+  m = _resolve(mechanism, noise_multiplier, num_releases, 'make_dp_event')
+  q = _check_mechanism_numbers(m, sampling_rate, steps, accountant, num_examples, max_batch_size)
+  step = _step_event(m, q, accountant, num_examples, max_batch_size)
+  if isinstance(step, dp_accounting.NonPrivateDpEvent):
     raise ValueError('make_dp_event needs noise_multiplier > 0; noise 0 is not private.')
-  truncated = _check_truncation(num_examples, max_batch_size, accountant)
-  if truncated:
-    step = dp_accounting.TruncatedSubsampledGaussianDpEvent(
-        dataset_size=num_examples, sampling_probability=q,
-        truncated_batch_size=max_batch_size,
-        noise_multiplier=z / math.sqrt(num_releases))
-  elif accountant == 'rdp':
-    inner = (dp_accounting.GaussianDpEvent(z) if num_releases == 1 else
-             dp_accounting.ComposedDpEvent([dp_accounting.GaussianDpEvent(z)] * num_releases))
-    step = dp_accounting.PoissonSampledDpEvent(q, inner)
-  else:
-    step = dp_accounting.PoissonSampledDpEvent(
-        q, dp_accounting.GaussianDpEvent(z / math.sqrt(num_releases)))
+  if isinstance(step, dp_accounting.RandomizedResponseDpEvent):
+    # dp_accounting 0.6.0's PLD accountant ignores the count of a
+    # SelfComposedDpEvent of randomized response (see the module docstring):
+    # spelled out, the event is composed correctly by any accountant.
+    return dp_accounting.ComposedDpEvent([step] * steps)
   return dp_accounting.SelfComposedDpEvent(step, steps)
 
 
-def _fresh_accountant(accountant: str) -> dp_accounting.PrivacyAccountant:
-  return _pld.PLDAccountant() if accountant == 'pld' else _rdp.RdpAccountant()
+def _relation(name: str) -> dp_accounting.NeighboringRelation:
+  return {mechanisms.ADD_REMOVE_ONE: dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
+          mechanisms.REPLACE_ONE: dp_accounting.NeighboringRelation.REPLACE_ONE}[name]
 
 
-def _trivial(z: float, q: float, steps: int) -> str | None:
-  """'zero' when nothing is released, 'inf' when released without noise."""
-  if steps == 0 or q == 0 or math.isinf(z):
-    return 'zero'
-  if z == 0:
-    return 'inf'
-  return None
+def _fresh_accountant(accountant: str, relation: str) -> dp_accounting.PrivacyAccountant:
+  rel = _relation(relation)
+  if accountant == 'pld':
+    return _pld.PLDAccountant(neighboring_relation=rel)
+  return _rdp.RdpAccountant(neighboring_relation=rel)
 
 
-@functools.lru_cache(maxsize=4096)
-def _epsilon(z: float, q: float, steps: int, num_releases: int, delta: float,
-             accountant: str, num_examples: int | None,
-             max_batch_size: int | None) -> float:
-  # Pure function of floats: cached because BudgetTracker and calibration
-  # re-evaluate the same settings, and one PLD evaluation can take seconds.
-  if accountant == 'pld' and num_examples is None:
-    # What PLDAccountant does for this event, with the one-step PLD kept, so
-    # that a bisection over `steps` (BudgetTracker) builds it only once.
-    pld_one_step = _subsampled_gaussian_pld(z / math.sqrt(num_releases), q)
-    return float(pld_one_step.self_compose(steps).get_epsilon_for_delta(delta))
-  event = make_dp_event(noise_multiplier=z, sampling_rate=q, steps=steps,
-                        num_releases=num_releases, accountant=accountant,
-                        num_examples=num_examples, max_batch_size=max_batch_size)
-  return float(_fresh_accountant(accountant).compose(event).get_epsilon(delta))
+# One-step privacy-loss distributions and epsilons, keyed by the event's repr
+# (events holding lists are unhashable): BudgetTracker and calibration
+# re-evaluate the same settings, and one PLD can take a second to build.
+_PLD_CACHE: dict[tuple[str, str], Any] = {}
+_EPS_CACHE: dict[tuple, float] = {}
+_CACHE_SIZE = 4096
 
 
-@functools.lru_cache(maxsize=8)
-def _subsampled_gaussian_pld(noise_multiplier: float, sampling_rate: float) -> Any:
-  default = _pld.PLDAccountant()
-  return _pld_lib.from_gaussian_mechanism(
-      standard_deviation=noise_multiplier,
-      value_discretization_interval=default._value_discretization_interval,  # pylint: disable=protected-access
-      sampling_prob=sampling_rate,
-      neighboring_relation=default.neighboring_relation)
+def _one_step_pld(step: dp_accounting.DpEvent, relation: str) -> Any:
+  key = (repr(step), relation)
+  if key not in _PLD_CACHE:
+    if len(_PLD_CACHE) >= 64:
+      _PLD_CACHE.clear()
+    acc = _pld.PLDAccountant(neighboring_relation=_relation(relation))
+    interval = acc._value_discretization_interval  # pylint: disable=protected-access
+    if (isinstance(step, dp_accounting.PoissonSampledDpEvent)
+        and isinstance(step.event, dp_accounting.GaussianDpEvent)):
+      pld = _pld_lib.from_gaussian_mechanism(
+          standard_deviation=step.event.noise_multiplier,
+          value_discretization_interval=interval, sampling_prob=step.sampling_probability,
+          neighboring_relation=_relation(relation))
+    elif isinstance(step, dp_accounting.RandomizedResponseDpEvent):
+      pld = _pld_lib.from_randomized_response(
+          noise_parameter=step.noise_parameter, num_buckets=step.num_buckets,
+          value_discretization_interval=interval, neighboring_relation=_relation(relation))
+    else:
+      pld = None  # composed by dp_accounting itself (see _epsilon)
+    _PLD_CACHE[key] = pld
+  return _PLD_CACHE[key]
+
+
+def _epsilon(step: dp_accounting.DpEvent, steps: int, delta: float, accountant: str,
+             relation: str) -> float:
+  key = (repr(step), steps, delta, accountant, relation)
+  if key in _EPS_CACHE:
+    return _EPS_CACHE[key]
+  pld = _one_step_pld(step, relation) if accountant == 'pld' else None
+  if pld is not None:
+    eps = float(pld.self_compose(steps).get_epsilon_for_delta(delta))
+  else:
+    acc = _fresh_accountant(accountant, relation)
+    eps = float(acc.compose(dp_accounting.SelfComposedDpEvent(step, steps)).get_epsilon(delta))
+  if len(_EPS_CACHE) >= _CACHE_SIZE:
+    _EPS_CACHE.clear()
+  _EPS_CACHE[key] = eps
+  return eps
 
 
 def compute_epsilon(mechanism: Any = None,
@@ -322,7 +342,7 @@ def compute_epsilon(mechanism: Any = None,
   Edge cases: ``steps == 0``, ``sampling_rate == 0`` or ``noise_multiplier ==
   inf`` give ``0.0``; ``noise_multiplier == 0`` (otherwise) gives ``inf``.
 
-  Given a :class:`~ssgd_optax.selective.SparseVectorMechanism`, ``steps`` is
+  Given a :class:`~ssgd_optax.privacy.SparseVectorMechanism`, ``steps`` is
   the number of rounds, ``sampling_rate`` must be ``None`` (or 1) and the
   result is the exact ``(epsilon, delta)`` of ``steps`` pure
   ``mechanism.epsilon``-DP rounds (replace-one participant).
@@ -355,32 +375,23 @@ def compute_epsilon(mechanism: Any = None,
     ...                        steps=100, delta=1e-5, accountant='rdp')
     True
   """
-  if _is_sparse_vector(mechanism):
-    if noise_multiplier is not None or num_releases is not None:
-      raise ValueError('compute_epsilon got a SparseVectorMechanism and noise_multiplier/'
-                       'num_releases: the sparse vector has neither; pass only the mechanism.')
-    return _sparse_vector_epsilon(mechanism, sampling_rate, steps, delta, accountant,
-                                  num_examples, max_batch_size)
-  noise_multiplier, num_releases = _resolve(mechanism, noise_multiplier, num_releases,
-                                            'compute_epsilon')
-  if sampling_rate is None:
-    raise ValueError('compute_epsilon needs sampling_rate= (the Poisson rate q) for a '
-                     'Gaussian mechanism.')
-  z, q = _check_common(noise_multiplier, sampling_rate, steps, num_releases, accountant)
+  m = _resolve(mechanism, noise_multiplier, num_releases, 'compute_epsilon')
+  q = _check_mechanism_numbers(m, sampling_rate, steps, accountant, num_examples, max_batch_size)
   d = _check_delta(delta)
-  _check_truncation(num_examples, max_batch_size, accountant)
-  trivial = _trivial(z, q, steps)
-  if trivial == 'zero':
+  if steps == 0:
     return 0.0
-  if trivial == 'inf':
+  step = _step_event(m, q, accountant, num_examples, max_batch_size)
+  if isinstance(step, dp_accounting.NoOpDpEvent):
+    return 0.0
+  if isinstance(step, dp_accounting.NonPrivateDpEvent):
     return math.inf
-  return _epsilon(z, q, steps, num_releases, d, accountant, num_examples, max_batch_size)
+  return _epsilon(step, steps, d, accountant, m.neighboring_relation)
 
 
 def compute_delta(mechanism: Any = None,
                   *,
                   noise_multiplier: float | None = None,
-                  sampling_rate: float,
+                  sampling_rate: float | None = None,
                   steps: int,
                   epsilon: float,
                   num_releases: int | None = None,
@@ -409,20 +420,23 @@ def compute_delta(mechanism: Any = None,
     >>> 0 < d < 1e-4
     True
   """
-  noise_multiplier, num_releases = _resolve(mechanism, noise_multiplier, num_releases,
-                                            'compute_delta')
-  z, q = _check_common(noise_multiplier, sampling_rate, steps, num_releases, accountant)
+  m = _resolve(mechanism, noise_multiplier, num_releases, 'compute_delta')
+  q = _check_mechanism_numbers(m, sampling_rate, steps, accountant, None, None)
   eps = _concrete('epsilon', epsilon)
   if math.isnan(eps) or eps < 0:
     raise ValueError(f'epsilon must be a number >= 0; got {eps!r}.')
-  trivial = _trivial(z, q, steps)
-  if trivial == 'zero':
+  if steps == 0:
     return 0.0
-  if trivial == 'inf':
+  step = _step_event(m, q, accountant, None, None)
+  if isinstance(step, dp_accounting.NoOpDpEvent):
+    return 0.0
+  if isinstance(step, dp_accounting.NonPrivateDpEvent):
     return 1.0
-  event = make_dp_event(noise_multiplier=z, sampling_rate=q, steps=steps,
-                        num_releases=num_releases, accountant=accountant)
-  return float(min(1.0, _fresh_accountant(accountant).compose(event).get_delta(eps)))
+  pld = _one_step_pld(step, m.neighboring_relation) if accountant == 'pld' else None
+  if pld is not None:
+    return float(min(1.0, pld.self_compose(steps).get_delta_for_epsilon(eps)))
+  acc = _fresh_accountant(accountant, m.neighboring_relation)
+  return float(min(1.0, acc.compose(dp_accounting.SelfComposedDpEvent(step, steps)).get_delta(eps)))
 
 
 def calibrate_noise_multiplier(target_epsilon: float,
@@ -478,8 +492,13 @@ def calibrate_noise_multiplier(target_epsilon: float,
     ...                 delta=1e-5, accountant='rdp') <= 1.0
     True
   """
-  _, num_releases = _resolve(mechanism, None, num_releases, 'calibrate_noise_multiplier',
-                             need_noise=False)
+  m = _resolve(mechanism, None, num_releases, 'calibrate_noise_multiplier', need_noise=False)
+  if not (m.sampled and 'noise_multiplier' in getattr(m, '_fields', ())):
+    raise TypeError(
+        f'calibrate_noise_multiplier: {type(m).__name__} has no Gaussian noise multiplier to '
+        'calibrate (a pure-DP mechanism such as SparseVectorMechanism sets its epsilon '
+        'directly).')
+  num_releases = m.num_releases
   eps = _concrete('target_epsilon', target_epsilon)
   if not (eps > 0 and math.isfinite(eps)):
     raise ValueError(f'target_epsilon must be a finite number > 0; got {eps!r}.')
@@ -494,7 +513,8 @@ def calibrate_noise_multiplier(target_epsilon: float,
   zmax = float(max_noise_multiplier)
 
   def eps_of(z: float, acc: str = accountant) -> float:
-    return _epsilon(float(z), q, steps, num_releases, d, acc, None, None)
+    step = m._replace(noise_multiplier=float(z)).dp_event(sampling_rate=q, accountant=acc)
+    return _epsilon(step, steps, d, acc, m.neighboring_relation)
 
   if eps_of(zmax) > eps:
     raise ValueError(
@@ -552,7 +572,7 @@ class BudgetTracker:
 
   Give it the mechanism object that the noise transform reads
   (``mechanism=``; preferred) or ``noise_multiplier`` and ``num_releases``,
-  not both. With a :class:`~ssgd_optax.selective.SparseVectorMechanism` a
+  not both. With a :class:`~ssgd_optax.privacy.SparseVectorMechanism` a
   step is one round and ``sampling_rate`` stays ``None``.
 
   Attributes:
@@ -597,44 +617,27 @@ class BudgetTracker:
     eps = _concrete('target_epsilon', self.target_epsilon)
     if not (eps > 0 and math.isfinite(eps)):
       raise ValueError(f'target_epsilon must be a finite number > 0; got {eps!r}.')
-    if _is_sparse_vector(self.mechanism):
-      if self.noise_multiplier is not None or self.num_releases is not None:
-        raise ValueError('BudgetTracker got a SparseVectorMechanism and noise_multiplier/'
-                         'num_releases: the sparse vector has neither; pass only the mechanism.')
-      _validation.check_choice('on_exhausted', self.on_exhausted, _ON_EXHAUSTED)
-      _validation.check_int('max_steps_limit', self.max_steps_limit, minimum=1)
-      self.delta = _check_delta(self.delta)
-      # Validates sampling_rate (None or 1), the accountant and the epsilon.
-      _sparse_vector_epsilon(self.mechanism, self.sampling_rate, 0, self.delta, self.accountant,
-                             None, None)
-      self.target_epsilon = eps
-      self.max_steps = self._find_max_steps()
-      return
-    z, self.num_releases = _resolve(self.mechanism, self.noise_multiplier, self.num_releases,
-                                    'BudgetTracker')
-    if self.sampling_rate is None:
-      raise ValueError('BudgetTracker needs sampling_rate= (the Poisson rate q).')
-    z, q = _check_common(z, self.sampling_rate, 0, self.num_releases, self.accountant)
-    if z == 0:
-      raise ValueError('noise_multiplier must be > 0 for a finite budget; got 0.')
-    if q == 0:
-      raise ValueError('sampling_rate must be in (0, 1]; got 0.')
+    m = _resolve(self.mechanism, self.noise_multiplier, self.num_releases, 'BudgetTracker')
     _validation.check_choice('on_exhausted', self.on_exhausted, _ON_EXHAUSTED)
     _validation.check_int('max_steps_limit', self.max_steps_limit, minimum=1)
-    self.target_epsilon, self.noise_multiplier, self.sampling_rate = eps, z, q
+    q = _check_mechanism_numbers(m, self.sampling_rate, 0, self.accountant, None, None)
+    if m.sampled:
+      if m.noise_multiplier is None or _concrete('noise_multiplier', m.noise_multiplier) == 0:
+        raise ValueError('noise_multiplier must be > 0 for a finite budget; got '
+                         f'{m.noise_multiplier!r}.')
+      if q == 0:
+        raise ValueError('sampling_rate must be in (0, 1]; got 0.')
+      self.noise_multiplier = _concrete('noise_multiplier', m.noise_multiplier)
+    self.num_releases = m.num_releases
+    self._mechanism = m
+    self.target_epsilon, self.sampling_rate = eps, q
     self.delta = _check_delta(self.delta)
     self.max_steps = self._find_max_steps()
 
   def _epsilon_at(self, steps: int, accountant: str | None = None) -> float:
     """Epsilon after ``steps`` steps under this tracker's settings."""
-    accountant = accountant or self.accountant
-    if _is_sparse_vector(self.mechanism):
-      return compute_epsilon(self.mechanism, sampling_rate=self.sampling_rate, steps=steps,
-                             delta=self.delta, accountant=accountant)
-    return compute_epsilon(noise_multiplier=self.noise_multiplier,
-                           sampling_rate=self.sampling_rate, steps=steps,
-                           delta=self.delta, num_releases=self.num_releases,
-                           accountant=accountant)
+    return compute_epsilon(self._mechanism, sampling_rate=self.sampling_rate, steps=steps,
+                           delta=self.delta, accountant=accountant or self.accountant)
 
   def _find_max_steps(self) -> int:
     eps = self.target_epsilon
@@ -664,8 +667,6 @@ class BudgetTracker:
           hi = mid
       return lo
 
-    if _is_sparse_vector(self.mechanism):
-      return largest('pld', 1)
     # The cheap RDP answer is a good first guess for the (tighter) PLD one.
     steps_rdp = largest('rdp', 1)
     if self.accountant == 'rdp':
@@ -707,9 +708,9 @@ class BudgetTracker:
         f'Privacy budget exhausted: {self.steps} steps taken, {num_steps} more '
         f'would exceed epsilon={self.target_epsilon} at delta={self.delta} '
         f'(the budget allows {self.max_steps} steps at '
-        + (f'{self.mechanism!r}' if _is_sparse_vector(self.mechanism) else
-           f'noise_multiplier={self.noise_multiplier}, sampling_rate={self.sampling_rate}, '
-           f'num_releases={self.num_releases}')
+        + (f'noise_multiplier={self.noise_multiplier}, sampling_rate={self.sampling_rate}, '
+           f'num_releases={self.num_releases}' if self._mechanism.sampled else
+           f'{self._mechanism!r}')
         + f', accountant={self.accountant!r}).')
     if self.on_exhausted == 'raise':
       raise BudgetExhaustedError(message)

@@ -30,12 +30,11 @@ import jax.numpy as jnp
 import optax
 
 from ssgd_optax import _validation
-from ssgd_optax import grouping as grouping_lib
-from ssgd_optax import normalize as normalize_lib
+from ssgd_optax import _grouping as grouping_lib
+from ssgd_optax import _normalize as normalize_lib
 from ssgd_optax.attacks import _engine
-from ssgd_optax.attacks import labels as labels_lib
-from ssgd_optax.attacks import threat
-
+from ssgd_optax.attacks import _labels as labels_lib
+from ssgd_optax.attacks import _threat as threat
 __all__ = ['OPTIMIZERS', 'dlg', 'idlg', 'adaptive_dlg', 'initial_inputs']
 
 OPTIMIZERS = ('lbfgs', 'adam')

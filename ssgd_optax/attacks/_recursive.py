@@ -48,9 +48,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ssgd_optax import _validation
-from ssgd_optax.attacks import analytic
-from ssgd_optax.attacks import threat
-
+from ssgd_optax.attacks import _analytic as analytic
+from ssgd_optax.attacks import _threat as threat
 __all__ = ['ACTIVATIONS', 'ConvSpec', 'LayeredCNN', 'LayerRank', 'rank_analysis',
            'copa_index', 'rgap']
 
@@ -289,7 +288,7 @@ def rgap(model: LayeredCNN, observation: threat.Observation) -> threat.AttackRes
   >>> bool(jnp.abs(r.inputs - x).max() < 1e-3)
   True
   """
-  from ssgd_optax.attacks import labels as labels_lib
+  from ssgd_optax.attacks import _labels as labels_lib
   model._validate()
   obs = observation
   if not isinstance(obs, threat.Observation):

@@ -36,9 +36,8 @@ from ssgd_optax import _batch
 from ssgd_optax import _numerics
 from ssgd_optax import _validation
 from ssgd_optax import per_example as per_example_lib
-from ssgd_optax.privacy import clipping
-from ssgd_optax.privacy import layers
-
+from ssgd_optax.privacy import _clipping as clipping
+from ssgd_optax.privacy import _forward_pass as forward_pass
 __all__ = ['backprop_clip_grad_sum', 'clip_global_per_example', 'dpsgd_grad_sum']
 
 
@@ -92,7 +91,7 @@ def backprop_clip_grad_sum(per_example_loss: Callable[..., jax.Array], model: nn
   _validation.check_choice('nonfinite', nonfinite, clipping.NONFINITE)
 
   def total(m):
-    with layers._forward_pass(m, nonfinite) as scope:  # pylint: disable=protected-access
+    with forward_pass.scope(m, nonfinite) as scope:
       losses = _batch.per_example_losses(per_example_loss(m, *batch), batch)
     if nonfinite == 'propagate':
       return _batch.masked_sum(losses, mask)

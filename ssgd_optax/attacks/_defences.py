@@ -26,7 +26,7 @@ name              shared update
                   "gradient pruning"); ``prune_90`` keeps 10 %
 ``noise_1e-3``    plus ``N(0, sigma^2)`` per entry, sigma = 1e-3; also
                   ``noise_1e-2``, ``noise_1e-1``
-``dssgd_10``      :func:`ssgd_optax.selective.selective_sharing` 10 %,
+``dssgd_10``      :func:`ssgd_optax.selective_sharing` 10 %,
                   ``threshold_random`` (if that module is installed)
 ``dp_ssgd_1``     :func:`ssgd_optax.privacy.dp_unit_normalize`, noise
                   multiplier 1, per-example (if installed)
@@ -43,8 +43,8 @@ import optax
 
 from ssgd_optax import _keys
 from ssgd_optax import _validation
-from ssgd_optax import normalize as normalize_lib
-from ssgd_optax.attacks.threat import Defence
+from ssgd_optax import _normalize as normalize_lib
+from ssgd_optax.attacks._threat import Defence
 
 __all__ = ['DefenceFactory', 'register_defence', 'unregister_defence', 'make_defence',
            'available_defences', 'gaussian_noise', 'prune']
@@ -119,7 +119,7 @@ def prune(keep_fraction: float) -> optax.GradientTransformation:
   """Keeps the ``ceil(keep_fraction * n)`` largest-magnitude entries of each tensor.
 
   Magnitude pruning as in DLG's defence experiments; it is
-  :func:`ssgd_optax.selective.selective_sharing` with ``scope="per_leaf"``.
+  :func:`ssgd_optax.selective_sharing` with ``scope="per_leaf"``.
 
   Example:
 
@@ -128,7 +128,7 @@ def prune(keep_fraction: float) -> optax.GradientTransformation:
   >>> tx.update(jnp.array([1., -3., 2., 0.5]), tx.init(None))[0]
   Array([ 0., -3.,  2.,  0.], dtype=float32)
   """
-  from ssgd_optax import selective
+  from ssgd_optax import _selective as selective
   return selective.selective_sharing(keep_fraction, strategy='largest', scope='per_leaf')
 
 
@@ -138,7 +138,7 @@ def _register_builtins() -> None:
     register_defence(f'ssgd_{scope}',
                      lambda key, b, s=scope: Defence(normalize_lib.unit_normalize(s)))
   try:
-    from ssgd_optax import selective
+    from ssgd_optax import _selective as selective
   except ImportError:  # pragma: no cover - the module ships with the package
     selective = None
   if selective is not None:

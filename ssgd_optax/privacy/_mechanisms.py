@@ -1,13 +1,26 @@
 # Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
 r"""Mechanism objects: what one DP step releases, read by the noise and the accountant.
 
-A mechanism object holds the numbers that the privacy of one training step
-rests on: the noise multiplier ``z`` (noise std of each release divided by
-its L2 sensitivity), the sensitivity (a scalar or a tree, one per release)
-and the number ``L`` of Gaussian releases computed on the same batch. The
-transform that adds the noise and the accountant that converts it into
-``(epsilon, delta)`` read the **same** object, so nobody copies
-``num_releases`` or a sensitivity by hand::
+Every DP path of the package is one **mechanism object** that states what its
+guarantee rests on, through one protocol (:class:`Mechanism`):
+
+==========================  ===================================================
+``sensitivity``             L2 sensitivity of each release (a scalar or a tree)
+``noise_multiplier``        ``z``: noise std of each release / its sensitivity
+                            (``None`` for a mechanism with no Gaussian noise,
+                            or before calibration)
+``stddev``                  the noise std added (``z * sensitivity``)
+``num_releases``            releases per step on the same data
+``neighboring_relation``    ``"add_remove_one"`` (an example) or
+                            ``"replace_one"`` (a participant's contribution)
+``sampled``                 whether a step is Poisson-sampled at a rate ``q``
+``dp_event(...)``           the ``dp_accounting`` event of **one** step
+==========================  ===================================================
+
+The transform that adds the noise and the accountant that converts the
+events into ``(epsilon, delta)`` read the **same** object, and the accountant
+asks it (``dp_event``, ``neighboring_relation``, ``sampled``) instead of
+switching on its type, so a new mechanism needs no change in the accountant::
 
   mechanism = backprop_clip_mechanism(model)                 # L, Delta_l
   z = calibrate_noise_multiplier(3.0, mechanism=mechanism, sampling_rate=q,
@@ -26,15 +39,15 @@ mechanism (factory)               sensitivity            releases    relation
 (:func:`dp_ssgd_mechanism`)
 :class:`BackpropClipMechanism`    ``Delta_l`` per tensor ``L``       add/remove one
 (:func:`backprop_clip_mechanism`)
-``SparseVectorMechanism``         ``2 gamma`` per query  ``c``       replace one
-(:func:`ssgd_optax.selective.sparse_vector_mechanism`)                (participant)
+``SparseVectorMechanism``         ``2 gamma`` per query  1 (pure     replace one
+(``sparse_vector_mechanism``)                            eps-DP)     (participant)
 ================================  =====================  ==========  ===============
 
-The three Gaussian mechanisms share one reading interface: ``noise_multiplier``,
-``num_releases``, ``sensitivity``, ``stddev``, ``neighboring_relation`` and
-``epsilon(sampling_rate=, steps=, delta=)``. A factory may leave
-``noise_multiplier`` as ``None`` (the structure is known, the noise is still to
-be calibrated); transforms and the accountant refuse such an object except
+A Gaussian mechanism's step is ``Poisson_q(N(0, z^2)^{(x) L})``: the ``L``
+releases share one batch, so they compose exactly into one Gaussian of
+multiplier ``z / sqrt(L)`` (:func:`gaussian_step_event`). A factory may leave
+``noise_multiplier`` as ``None`` (the structure is known, the noise is still
+to be calibrated); transforms and the accountant refuse such an object except
 :func:`~ssgd_optax.privacy.calibrate_noise_multiplier`, which only reads its
 structure.
 """
@@ -42,20 +55,25 @@ structure.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
+import dp_accounting
 import jax
 from flax import nnx
 
 from ssgd_optax import _validation
-from ssgd_optax import grouping as grouping_lib
-from ssgd_optax.privacy import accounting
-from ssgd_optax.privacy import layers as layers_lib
-
+from ssgd_optax import _grouping as grouping_lib
+from ssgd_optax.privacy import _accounting as accounting
+from ssgd_optax.privacy import _layers as layers_lib
 __all__ = [
     'ADD_REMOVE_ONE',
+    'NEIGHBORING_RELATIONS',
     'REPLACE_ONE',
     'BackpropClipMechanism',
+    'GaussianMechanism',
+    'Mechanism',
+    'check_mechanism',
+    'gaussian_step_event',
     'DPSGDMechanism',
     'DPSSGDMechanism',
     'backprop_clip_mechanism',
@@ -66,6 +84,122 @@ __all__ = [
 # Neighbouring relations, named as dp_accounting.NeighboringRelation does.
 ADD_REMOVE_ONE = 'add_remove_one'
 REPLACE_ONE = 'replace_one'
+NEIGHBORING_RELATIONS = (ADD_REMOVE_ONE, REPLACE_ONE)
+
+
+@runtime_checkable
+class Mechanism(Protocol):
+  """What every DP mechanism object states (see the module docstring).
+
+  The accountant (:func:`~ssgd_optax.privacy.compute_epsilon`,
+  :class:`~ssgd_optax.privacy.BudgetTracker`) and the noise transforms read
+  only these members.
+  """
+
+  @property
+  def sensitivity(self) -> Any: ...
+
+  @property
+  def noise_multiplier(self) -> Any: ...
+
+  @property
+  def stddev(self) -> Any: ...
+
+  @property
+  def num_releases(self) -> int: ...
+
+  @property
+  def neighboring_relation(self) -> str: ...
+
+  @property
+  def sampled(self) -> bool: ...
+
+  def dp_event(self, *, sampling_rate: float | None = None, accountant: str = 'pld',
+               num_examples: int | None = None,
+               max_batch_size: int | None = None) -> dp_accounting.DpEvent: ...
+
+
+def check_mechanism(mechanism: Any, who: str) -> Any:
+  """``mechanism`` if it follows the :class:`Mechanism` protocol, else a ``TypeError``."""
+  if not isinstance(mechanism, Mechanism):
+    missing = [n for n in ('sensitivity', 'noise_multiplier', 'stddev', 'num_releases',
+                           'neighboring_relation', 'sampled', 'dp_event')
+               if not hasattr(mechanism, n)]
+    raise TypeError(
+        f'{who}: mechanism must be a mechanism object (DPSGDMechanism, DPSSGDMechanism, '
+        'BackpropClipMechanism, SparseVectorMechanism, or any object with '
+        f'{", ".join(missing)}); got {type(mechanism).__name__}.')
+  if mechanism.neighboring_relation not in NEIGHBORING_RELATIONS:
+    raise ValueError(f'{who}: mechanism.neighboring_relation must be one of '
+                     f'{NEIGHBORING_RELATIONS}; got {mechanism.neighboring_relation!r}.')
+  return mechanism
+
+
+def gaussian_step_event(noise_multiplier: float, num_releases: int, sampling_rate: float, *,
+                        accountant: str = 'pld', num_examples: int | None = None,
+                        max_batch_size: int | None = None) -> dp_accounting.DpEvent:
+  r"""One Poisson-sampled step of ``L`` Gaussian releases on the same batch.
+
+  .. math:: \mathrm{Poisson}_q\big(\textstyle\bigotimes_{l=1}^{L}
+     \mathcal{N}(0, z^2)\big) \equiv \mathrm{Poisson}_q\big(\mathcal{N}(0,
+     (z/\sqrt{L})^2)\big)
+
+  ``accountant="rdp"`` gets the composed form as written; ``"pld"`` the
+  equivalent single Gaussian (dp_accounting's PLD accountant rejects a
+  ``ComposedDpEvent`` inside a ``PoissonSampledDpEvent``); with
+  ``num_examples`` and ``max_batch_size`` the truncated-Poisson event (PLD).
+  Nothing released (``q = 0`` or ``z = inf``) is a ``NoOpDpEvent``; ``z = 0``
+  a ``NonPrivateDpEvent``.
+
+  Args:
+    noise_multiplier: ``z >= 0`` (a concrete float).
+    num_releases: ``L >= 1``.
+    sampling_rate: ``q`` in ``[0, 1]``.
+    accountant: ``"pld"`` or ``"rdp"``.
+    num_examples: ``N`` of a truncated Poisson batch (with ``max_batch_size``).
+    max_batch_size: the padded batch size.
+
+  Returns:
+    A ``dp_accounting.DpEvent``.
+
+  Example:
+
+  >>> e = gaussian_step_event(1.0, 4, 0.01, accountant='pld')
+  >>> type(e).__name__, e.event.noise_multiplier
+  ('PoissonSampledDpEvent', 0.5)
+  """
+  z, q, num_releases = float(noise_multiplier), float(sampling_rate), int(num_releases)
+  if q == 0 or math.isinf(z):
+    return dp_accounting.NoOpDpEvent()
+  if z == 0:
+    return dp_accounting.NonPrivateDpEvent()
+  if num_examples is not None:
+    return dp_accounting.TruncatedSubsampledGaussianDpEvent(
+        dataset_size=num_examples, sampling_probability=q, truncated_batch_size=max_batch_size,
+        noise_multiplier=z / math.sqrt(num_releases))
+  if accountant == 'rdp':
+    inner = (dp_accounting.GaussianDpEvent(z) if num_releases == 1 else
+             dp_accounting.ComposedDpEvent([dp_accounting.GaussianDpEvent(z)] * num_releases))
+    return dp_accounting.PoissonSampledDpEvent(q, inner)
+  return dp_accounting.PoissonSampledDpEvent(
+      q, dp_accounting.GaussianDpEvent(z / math.sqrt(num_releases)))
+
+
+def _gaussian_dp_event(self: Any, *, sampling_rate: float | None = None, accountant: str = 'pld',
+                       num_examples: int | None = None,
+                       max_batch_size: int | None = None) -> dp_accounting.DpEvent:
+  """The ``dp_accounting`` event of one Poisson-sampled step (:func:`gaussian_step_event`)."""
+  if self.noise_multiplier is None:
+    raise ValueError(
+        f'{type(self).__name__}.noise_multiplier is None: calibrate it first, '
+        'z = calibrate_noise_multiplier(target_epsilon, mechanism=m, ...), then '
+        'm = m._replace(noise_multiplier=z).')
+  if sampling_rate is None:
+    raise ValueError(f'{type(self).__name__} is Poisson-sampled: its event needs '
+                     'sampling_rate= (the rate q).')
+  return gaussian_step_event(self.noise_multiplier, self.num_releases, sampling_rate,
+                             accountant=accountant, num_examples=num_examples,
+                             max_batch_size=max_batch_size)
 
 
 def _check_noise_multiplier(noise_multiplier: Any) -> None:
@@ -77,6 +211,56 @@ def _epsilon(mechanism: Any, sampling_rate: float, steps: int, delta: float,
              accountant: str) -> float:
   return accounting.compute_epsilon(mechanism, sampling_rate=sampling_rate, steps=steps,
                                     delta=delta, accountant=accountant)
+
+
+class GaussianMechanism(NamedTuple):
+  r"""A Gaussian mechanism given by its numbers: ``L`` releases of noise ``z * Delta``.
+
+  The generic member of the protocol, for a release of your own (and what
+  the accountant builds from ``noise_multiplier=``/``num_releases=``
+  keywords).
+
+  Attributes:
+    noise_multiplier: ``z >= 0`` (``None`` before calibration).
+    num_releases: ``L >= 1`` Gaussian releases per step on the same batch.
+    sensitivity: ``Delta``, the L2 sensitivity of each release.
+
+  Guarantees:
+    * Neighbouring relation: **add/remove one example**, Poisson sampling at
+      rate ``q``; ``L`` releases of ``N(0, (z Delta)^2 I)`` per step, each of
+      L2 sensitivity ``Delta`` (which you must enforce).
+
+  Example:
+
+  >>> m = GaussianMechanism(1.0, num_releases=4)
+  >>> m.dp_event(sampling_rate=0.01).event.noise_multiplier
+  0.5
+  """
+
+  noise_multiplier: Any
+  num_releases: int = 1
+  sensitivity: Any = 1.0
+
+  @property
+  def stddev(self) -> Any:
+    """``z * Delta`` (``None`` before calibration)."""
+    return None if self.noise_multiplier is None else self.noise_multiplier * self.sensitivity
+
+  @property
+  def neighboring_relation(self) -> str:
+    return ADD_REMOVE_ONE
+
+  @property
+  def sampled(self) -> bool:
+    """Poisson-sampled at a rate ``q``: the accountant needs ``sampling_rate``."""
+    return True
+
+  dp_event = _gaussian_dp_event
+
+  def epsilon(self, *, sampling_rate: float, steps: int, delta: float,
+              accountant: str = 'pld') -> float:
+    """Epsilon after ``steps`` Poisson-sampled steps at ``sampling_rate``."""
+    return _epsilon(self, sampling_rate, steps, delta, accountant)
 
 
 class DPSSGDMechanism(NamedTuple):
@@ -114,8 +298,8 @@ class DPSSGDMechanism(NamedTuple):
 
   @property
   def stddev(self) -> Any:
-    """``sigma * sqrt(G)``: the std of the noise added to the sum."""
-    return self.noise_multiplier * self.sensitivity
+    """``sigma * sqrt(G)``: the std of the noise added to the sum (``None`` before calibration)."""
+    return None if self.noise_multiplier is None else self.noise_multiplier * self.sensitivity
 
   @property
   def num_releases(self) -> int:
@@ -125,6 +309,13 @@ class DPSSGDMechanism(NamedTuple):
   @property
   def neighboring_relation(self) -> str:
     return ADD_REMOVE_ONE
+
+  @property
+  def sampled(self) -> bool:
+    """Poisson-sampled at a rate ``q``: the accountant needs ``sampling_rate``."""
+    return True
+
+  dp_event = _gaussian_dp_event
 
   def epsilon(self, *, sampling_rate: float, steps: int, delta: float,
               accountant: str = 'pld') -> float:
@@ -207,8 +398,8 @@ class DPSGDMechanism(NamedTuple):
 
   @property
   def stddev(self) -> Any:
-    """``z C``: the std of the noise added to the clipped sum."""
-    return self.noise_multiplier * self.clip_norm
+    """``z C``: the std of the noise added to the clipped sum (``None`` before calibration)."""
+    return None if self.noise_multiplier is None else self.noise_multiplier * self.clip_norm
 
   @property
   def num_releases(self) -> int:
@@ -218,6 +409,13 @@ class DPSGDMechanism(NamedTuple):
   @property
   def neighboring_relation(self) -> str:
     return ADD_REMOVE_ONE
+
+  @property
+  def sampled(self) -> bool:
+    """Poisson-sampled at a rate ``q``: the accountant needs ``sampling_rate``."""
+    return True
+
+  dp_event = _gaussian_dp_event
 
   def epsilon(self, *, sampling_rate: float, steps: int, delta: float,
               accountant: str = 'pld') -> float:
@@ -292,12 +490,21 @@ class BackpropClipMechanism(NamedTuple):
 
   @property
   def stddev(self) -> Any:
-    """The tree of noise stds ``z Delta_l``."""
+    """The tree of noise stds ``z Delta_l`` (``None`` before calibration)."""
+    if self.noise_multiplier is None:
+      return None
     return jax.tree.map(lambda s: self.noise_multiplier * s, self.sensitivities)
 
   @property
   def neighboring_relation(self) -> str:
     return ADD_REMOVE_ONE
+
+  @property
+  def sampled(self) -> bool:
+    """Poisson-sampled at a rate ``q``: the accountant needs ``sampling_rate``."""
+    return True
+
+  dp_event = _gaussian_dp_event
 
   def epsilon(self, *, sampling_rate: float, steps: int, delta: float,
               accountant: str = 'pld') -> float:

@@ -23,8 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from ssgd_optax.attacks import _engine
-from ssgd_optax.attacks import threat
-
+from ssgd_optax.attacks import _threat as threat
 __all__ = ['RESCALES', 'invert_dense', 'analytic_attack']
 
 RESCALES = ('none', 'max')
@@ -103,7 +102,7 @@ def analytic_attack(apply_fn: threat.ApplyFn,
   >>> bool(jnp.allclose(r.inputs, x, atol=1e-5))
   True
   """
-  from ssgd_optax.attacks import labels as labels_lib
+  from ssgd_optax.attacks import _labels as labels_lib
   _engine.check_observation(apply_fn, observation, 'analytic_attack')
   if rescale not in RESCALES:
     raise ValueError(f'rescale must be one of {", ".join(map(repr, RESCALES))}; '

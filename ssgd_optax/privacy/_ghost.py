@@ -69,9 +69,9 @@ from ssgd_optax import _batch
 from ssgd_optax import _numerics
 from ssgd_optax import _validation
 from ssgd_optax import per_example as per_example_lib
-from ssgd_optax.privacy import clipping
-from ssgd_optax.privacy import layers
-
+from ssgd_optax.privacy import _clipping as clipping
+from ssgd_optax.privacy import _forward_pass as forward_pass
+from ssgd_optax.privacy import _layers as layers
 __all__ = ['GhostGradSum', 'GhostNorms', 'ghost_grad_sum', 'ghost_norms',
            'ghost_supported']
 
@@ -124,7 +124,7 @@ def _path_str(path: Sequence[Any]) -> str:
 
 def _param_paths(model: nnx.Module, wrt: Any) -> list[tuple[Any, ...]]:
   state = nnx.state(model, wrt)
-  return [layers._keys(p) for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]]  # pylint: disable=protected-access
+  return [forward_pass.path_keys(p) for p, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
 
 
 def ghost_supported(model: nnx.Module, wrt: Any = nnx.Param) -> list[str]:
@@ -170,7 +170,7 @@ class _Tap(nnx.Module):
     self.uses = sys.maxsize
 
   def __call__(self, x, *args, **kwargs):
-    scope = layers._PASS.get()  # pylint: disable=protected-access
+    scope = forward_pass.current()
     tapper = getattr(scope, 'ghost_tapper', None)
     if tapper is None:
       return self.layer(x, *args, **kwargs)
@@ -239,7 +239,7 @@ def _capture(per_example_loss, model, batch) -> _Capture:
   def run(state, probes):
     clone = _tapped_copy(graphdef, state)
     tapper = _Tapper(probes)
-    with layers._forward_pass(clone, 'drop') as scope:  # pylint: disable=protected-access
+    with forward_pass.scope(clone, 'drop') as scope:
       scope.ghost_tapper = tapper
       losses = _batch.per_example_losses(per_example_loss(clone, *batch), batch)
     flags = []
@@ -375,7 +375,7 @@ def _conv_rows(layer, x, delta):
   g = layer.feature_group_count
   if any(d != 1 for d in in_dil) or (
       not isinstance(padding, str) and any(p < 0 for pair in padding for p in pair)):
-    dn = nnx_linear._conv_dimension_numbers(x.shape)  # pylint: disable=protected-access
+    dn = nnx_linear._conv_dimension_numbers(x.shape)
     patches = jax.lax.conv_general_dilated_patches(
         x, ks, strides, padding, lhs_dilation=in_dil, rhs_dilation=k_dil,
         dimension_numbers=dn, precision=jax.lax.Precision.HIGHEST)
@@ -427,11 +427,11 @@ def _local_grads(layer, xs, ds, wrt):
   several).
   """
   _, params, _ = nnx.split(layer, wrt, ...)
-  names = {layers._keys(p)[-1] for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]}  # pylint: disable=protected-access
+  names = {forward_pass.path_keys(p)[-1] for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]}
   full_gd, full = nnx.split(layer)
 
   def unit(p, v):
-    name = layers._keys(p)[-1]  # pylint: disable=protected-access
+    name = forward_pass.path_keys(p)[-1]
     if name == 'scale':
       return jnp.ones_like(v)
     return jnp.zeros_like(v) if name == 'bias' else v
@@ -452,7 +452,7 @@ def _local_grads(layer, xs, ds, wrt):
       total[k] = v if k not in total else total[k] + v
 
   def leaf(p, v):
-    name = layers._keys(p)[-1]  # pylint: disable=protected-access
+    name = forward_pass.path_keys(p)[-1]
     return total[name].reshape((-1,) + jnp.shape(v))
 
   return jax.tree_util.tree_map_with_path(leaf, params)
@@ -503,7 +503,7 @@ def _module_norms(module, names, xs, ds, wrt) -> tuple[dict[str, jax.Array], Any
   else:
     grads = _local_grads(module, xs, ds, wrt)
     for p, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
-      norms[layers._keys(p)[-1]] = _numerics.per_example_norm(g)  # pylint: disable=protected-access
+      norms[forward_pass.path_keys(p)[-1]] = _numerics.per_example_norm(g)
   return {n: norms[n] for n in names}, grads
 
 
@@ -549,7 +549,7 @@ def _vmap_layers(per_example_loss, model, batch, mask, wrt):
   losses = losses.reshape(losses.shape[0], -1).sum(-1)
   norms: dict[str, dict[str, jax.Array]] = {}
   for p, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
-    key = layers._keys(p)  # pylint: disable=protected-access
+    key = forward_pass.path_keys(p)
     norms.setdefault(_path_str(key[:-1]), {})[key[-1]] = _numerics.per_example_norm(g)
   return grads, losses, norms
 
@@ -665,7 +665,7 @@ def ghost_grad_sum(per_example_loss: Callable[..., jax.Array], model: nnx.Module
 
   over the groups ``k`` of ``scope`` (``"global"``: all parameters;
   ``"per_layer"``: a layer's kernel and bias, as in
-  :mod:`ssgd_optax.grouping`; ``"per_leaf"``: each tensor); ``m_i`` is the
+  :data:`ssgd_optax.SCOPES`; ``"per_leaf"``: each tensor); ``m_i`` is the
   mask and ``f_i = 0`` drops an example with a NaN/Inf batch entry, loss,
   layer input, cotangent or norm. Norms come from :func:`ghost_norms`, the
   sum from each layer's VJP at the weighted cotangents (no per-example
@@ -772,7 +772,7 @@ def ghost_grad_sum(per_example_loss: Callable[..., jax.Array], model: nnx.Module
 
   if path == 'vmap':
     def wsum(p, x):
-      key = layers._keys(p)  # pylint: disable=protected-access
+      key = forward_pass.path_keys(p)
       ww = w[(_path_str(key[:-1]), key[-1])]
       rows = keep.reshape((-1,) + (1,) * (x.ndim - 1))
       x = jnp.where(rows, x, 0)
@@ -800,7 +800,7 @@ def _weighted_sum(model, layer_list, w, keep, wrt, nonfinite):
     gd, params, rest = nnx.split(l.module, wrt, ...)
     if l.per_example is not None:
       for p, g in jax.tree_util.tree_flatten_with_path(l.per_example)[0]:
-        name = layers._keys(p)[-1]  # pylint: disable=protected-access
+        name = forward_pass.path_keys(p)[-1]
         ww = w[(l.path, name)]
         if nonfinite == 'drop':
           g = jnp.where(_rows(keep, g), g, 0)
@@ -808,7 +808,7 @@ def _weighted_sum(model, layer_list, w, keep, wrt, nonfinite):
       continue
     if not l.xs:
       for p, v in jax.tree_util.tree_flatten_with_path(params)[0]:
-        sums[(l.path, layers._keys(p)[-1])] = jnp.zeros_like(v)  # pylint: disable=protected-access
+        sums[(l.path, forward_pass.path_keys(p)[-1])] = jnp.zeros_like(v)
       continue
     # Parameters sharing one weight vector share one VJP.
     distinct: dict[int, list[str]] = {}
@@ -828,13 +828,13 @@ def _weighted_sum(model, layer_list, w, keep, wrt, nonfinite):
         (g,) = vjp(ct)
         acc = g if acc is None else jax.tree.map(jnp.add, acc, g)
       for p, v in jax.tree_util.tree_flatten_with_path(acc)[0]:
-        name = layers._keys(p)[-1]  # pylint: disable=protected-access
+        name = forward_pass.path_keys(p)[-1]
         if name in names:
           sums[(l.path, name)] = v
   state = nnx.state(model, wrt)
 
   def leaf(p, v):
-    key = layers._keys(p)  # pylint: disable=protected-access
+    key = forward_pass.path_keys(p)
     return sums[(_path_str(key[:-1]), key[-1])].astype(jnp.asarray(v).dtype)
 
   return jax.tree_util.tree_map_with_path(leaf, state)

@@ -1,49 +1,17 @@
 # Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
-"""Selective sharing (Shokri & Shmatikov, CCS 2015): upload only a few entries.
+"""The sparse-vector release of DSSGD: differentially private selective sharing.
 
-:func:`selective_sharing` keeps at most ``ceil(fraction * size)`` entries of an
-update (DSSGD's ``theta_u``), chosen by largest magnitude or at random among
-the entries above a threshold ``tau``, truncates them to ``[-gamma, gamma]``
-and zeroes the rest. It is also the "gradient pruning" defence of the attack
-benchmarks. :func:`dp_selective_sharing` is its differentially private
-variant (Dwork & Roth's NumericSparse, as in the paper's DP experiments) and
-:func:`dp_selective_sharing_privacy` reports what that variant guarantees:
+:func:`dp_selective_sharing` is the DP variant of
+:func:`ssgd_optax.selective_sharing` used in Shokri & Shmatikov's DP
+experiments (Dwork & Roth's NumericSparse), :class:`SparseVectorMechanism`
+the mechanism object that the transform and the accountant read, and
+:func:`dp_selective_sharing_privacy` the report of what it guarantees:
 ``epsilon`` per participant per round and in total, never "per parameter".
 
-Conventions shared by both transforms:
-
-* ``fraction`` is **static** (a Python number): it fixes the top-k shape.
-  Under ``optax.inject_hyperparams`` list it in ``static_args``, and ``key``
-  too: optax would keep the caller's key buffer, uncopied, in its
-  ``hyperparams``, where a donated state deletes it.
-* ``scope="global"`` ranks all leaves as one vector (the paper's ``|w|``);
-  ``"per_leaf"``/``"per_layer"``/callable keep ``ceil(fraction * n_k)`` in
-  every group ``k`` (see :mod:`ssgd_optax.grouping`).
-* Ties are broken deterministically: among equal magnitudes, the entry that
-  comes first (leaf flattening order, then row-major) wins.
-* ``None`` leaves and ``optax.MaskedNode`` pass through; empty leaves and
-  empty trees are returned unchanged; integer or complex leaves raise.
-
-Edge cases of :func:`selective_sharing` (``x`` an entry, ``tau`` the
-threshold, ``gamma`` the clip):
-
-=======================  ===================================================
-entry                    result
-=======================  ===================================================
-``|x| <= tau``           never shared (0), whatever the strategy
-NaN                      ranks above every number, so it is shared (as
-                         NaN): ``optax.apply_if_finite`` notices
-``+-Inf``                ranks first; shared as ``+-gamma`` (``+-Inf``
-                         without a clip)
-bf16 / fp16              ranked and clipped in the leaf's dtype, no upcast
-                         of the values (rank is by magnitude only)
-=======================  ===================================================
-
-:func:`dp_selective_sharing` instead **drops** every non-finite entry (NaN,
-``+-Inf`` count as 0) before its noisy selection, so its release is always
-finite and never reveals that an entry was non-finite. Both transforms keep
-a copy of their key in the state (``init`` may follow a ``jit`` that donated
-an earlier state) and split it on every update (:mod:`ssgd_optax._keys`).
+Every non-finite entry (NaN, ``+-Inf``) is **dropped** (counts as 0) before the
+noisy selection, so the release is always finite and never reveals that an
+entry was non-finite. The transform keeps a copy of its key in the state and
+splits it on every update (:mod:`ssgd_optax._keys`).
 """
 
 from __future__ import annotations
@@ -51,39 +19,27 @@ from __future__ import annotations
 import math
 from typing import Any, NamedTuple
 
+import dp_accounting
 import jax
 import jax.numpy as jnp
 import optax
 
 from ssgd_optax import _keys
+from ssgd_optax import _selective as selective
 from ssgd_optax import _validation
-from ssgd_optax import grouping as grouping_lib
+from ssgd_optax import _grouping as grouping_lib
+from ssgd_optax.privacy import _accounting as accounting
+from ssgd_optax.privacy import _mechanisms as mechanisms
 
 __all__ = [
-  'STRATEGIES',
-  'SelectiveSharingState',
-  'DPSelectiveSharingState',
-  'DPSparseVectorPrivacy',
-  'SparseVectorMechanism',
-  'num_shared',
-  'selective_sharing',
-  'dp_selective_sharing',
-  'dp_selective_sharing_privacy',
-  'sparse_vector_mechanism',
-  'epsilon_from_per_parameter',
+    'DPSelectiveSharingState',
+    'DPSparseVectorPrivacy',
+    'SparseVectorMechanism',
+    'dp_selective_sharing',
+    'dp_selective_sharing_privacy',
+    'epsilon_from_per_parameter',
+    'sparse_vector_mechanism',
 ]
-
-STRATEGIES = ('largest', 'threshold_random')
-
-
-class SelectiveSharingState(NamedTuple):
-  """State of :func:`selective_sharing` with a random strategy.
-
-  Attributes:
-    key: a typed PRNG key (``jax.random.key``), split on every update so
-      that no key is used twice.
-  """
-  key: jax.Array
 
 
 class DPSelectiveSharingState(NamedTuple):
@@ -98,213 +54,6 @@ class DPSelectiveSharingState(NamedTuple):
   key: jax.Array
   rounds: jax.Array
 
-
-def num_shared(size: int, fraction: float) -> int:
-  """How many entries a group of ``size`` entries shares: ``ceil(fraction*size)``.
-
-  Computed in exact rational arithmetic on the float's value, so e.g.
-  ``num_shared(100, 0.07)`` is 7, not 8 (``0.07 * 100 = 7.000000000000001``
-  in floating point).
-
-  Args:
-    size: number of entries (``>= 0``).
-    fraction: a Python number in ``[0, 1]``.
-
-  Returns:
-    An ``int`` in ``[0, size]``.
-
-  Example:
-
-  >>> num_shared(105_506, 0.01), num_shared(10, 0.01), num_shared(0, 0.5)
-  (1056, 1, 0)
-  """
-  _validation.check_int('size', size, minimum=0)
-  _check_fraction(fraction)
-  # Round to 9 decimals first: 0.07 is stored as 0.07000000000000000666,
-  # which would otherwise round 7 up to 8.
-  k = math.ceil(round(float(fraction) * size, 9))
-  return int(min(max(k, 0), size))
-
-
-def _check_fraction(fraction: Any) -> None:
-  if isinstance(fraction, jax.core.Tracer):
-    raise TypeError(
-        'fraction must be a concrete Python number in [0, 1]: it fixes the '
-        'shape of the top-k selection. Under optax.inject_hyperparams pass '
-        "static_args=('fraction',).")
-  _validation.check_probability('fraction', fraction)
-  if _validation.concrete_float(fraction) is None:
-    raise TypeError(f'fraction must be a concrete number in [0, 1]; got {fraction!r}.')
-
-
-def _check_leaves(grouping: grouping_lib.Grouping, who: str) -> None:
-  for path, leaf in zip(grouping.paths, grouping.leaves):
-    dtype = jnp.result_type(leaf)
-    if not jnp.issubdtype(dtype, jnp.floating):
-      raise TypeError(
-          f'{who} accepts only real floating-point leaves; leaf '
-          f'{jax.tree_util.keystr(path)!r} has dtype {dtype}. Exclude it with '
-          'optax.masked.')
-
-
-def _groups(grouping: grouping_lib.Grouping) -> list[list[int]]:
-  members: list[list[int]] = [[] for _ in range(grouping.num_groups)]
-  for i, k in enumerate(grouping.group_of_leaf):
-    members[k].append(i)
-  return members
-
-
-def _flat_group(leaves: list[jax.Array]) -> jax.Array:
-  """One vector for ranking; mixed dtypes are promoted (magnitudes only)."""
-  dtype = jnp.result_type(*leaves)
-  return jnp.concatenate([jnp.ravel(x).astype(dtype) for x in leaves])
-
-
-def _split_like(flat: jax.Array, leaves: list[jax.Array]) -> list[jax.Array]:
-  out, start = [], 0
-  for x in leaves:
-    out.append(flat[start:start + x.size].reshape(x.shape))
-    start += x.size
-  return out
-
-
-def _topk_mask(score: jax.Array, k: int) -> jax.Array:
-  """Boolean mask of the ``k`` largest scores; ties go to the lower index."""
-  n = score.shape[0]
-  if k >= n:
-    return jnp.ones((n,), bool)
-  # lax.top_k returns the lower index first among equal values.
-  _, idx = jax.lax.top_k(score, k)
-  return jnp.zeros((n,), bool).at[idx].set(True)
-
-
-def _select(flat: jax.Array, k: int, strategy: str, threshold: Any,
-            key: jax.Array | None) -> jax.Array:
-  """The mask of shared entries of one group."""
-  mag = jnp.abs(flat)
-  # NaN ranks above everything so that it is shared and seen, not hidden.
-  mag = jnp.where(jnp.isnan(flat), jnp.inf, mag)
-  eligible = (mag > jnp.asarray(threshold, mag.dtype)) | jnp.isnan(flat)
-  if strategy == 'largest':
-    score = jnp.where(eligible, mag.astype(jnp.float32), -1.0)
-  else:
-    # A uniformly random k-subset of the eligible entries: the top-k of i.i.d.
-    # uniform scores; ineligible entries score -1 and are masked off below.
-    u = jax.random.uniform(key, flat.shape, jnp.float32)
-    score = jnp.where(eligible, u, -1.0)
-  return _topk_mask(score, k) & eligible
-
-
-def _clip(x: jax.Array, clip: Any) -> jax.Array:
-  if clip is None:
-    return x
-  c = jnp.asarray(clip, x.dtype)
-  return jnp.clip(x, -c, c)
-
-
-def selective_sharing(fraction: float,
-                      *,
-                      strategy: str = 'largest',
-                      threshold: Any = 0.0,
-                      clip: Any = None,
-                      key: Any = None,
-                      scope: grouping_lib.Scope = 'global'
-                      ) -> optax.GradientTransformationExtraArgs:
-  r"""Shares at most ``ceil(fraction * size)`` entries of the update (DSSGD).
-
-  For every group ``g`` (see ``scope``) of ``n`` entries, with
-  ``k = ceil(fraction * n)``, threshold ``tau`` and clip ``gamma``:
-
-  .. math::
-
-    S &= \begin{cases}
-      \operatorname{top}_k \{ j : |g_j| > \tau \} \text{ by } |g_j|
-        & \text{strategy} = \texttt{largest} \\
-      \text{a uniform random $k$-subset of } \{ j : |g_j| > \tau \}
-        & \text{strategy} = \texttt{threshold\_random}
-    \end{cases} \\
-    u_j &= \mathbb{1}[j \in S]\, \operatorname{clip}(g_j, -\gamma, \gamma)
-
-  (all eligible entries when fewer than ``k`` exceed ``tau``). This is
-  Shokri & Shmatikov's upload rule with ``fraction`` = ``theta_u``,
-  ``threshold`` = ``tau`` and ``clip`` = ``gamma``. It alone is *not*
-  differential privacy (see :func:`dp_selective_sharing`); the entries it
-  shares are exact values, and an MLP's first-layer rows still show
-  the inputs (McSherry, 2017).
-
-  Args:
-    fraction: the static share ``theta_u`` in ``[0, 1]`` (a Python number:
-      it sets the shape of the top-k). ``0`` shares nothing, ``1`` everything
-      above the threshold.
-    strategy: ``"largest"`` (largest ``|g_j|``) or ``"threshold_random"``
-      (uniformly at random among the entries with ``|g_j| > threshold``).
-    threshold: ``tau >= 0`` (may be traced): entries with ``|g_j| <= tau`` are
-      never shared.
-    clip: ``None`` (no truncation) or ``gamma >= 0`` (may be traced; ``inf``
-      allowed): shared entries are truncated to ``[-gamma, gamma]``.
-    key: a PRNG key (``jax.random.key``); required by
-      ``"threshold_random"``, ignored by ``"largest"``. It lives in the state
-      and is split on every update.
-    scope: ``"global"`` (the paper's rule: one ranking over all parameters),
-      ``"per_leaf"``, ``"per_layer"`` or a callable (path, leaf) -> group.
-
-  Returns:
-    A :class:`optax.GradientTransformationExtraArgs`; its state is
-    ``optax.EmptyState()`` for ``"largest"`` and a
-    :class:`SelectiveSharingState` for ``"threshold_random"``.
-
-  Example:
-
-  >>> import jax.numpy as jnp
-  >>> import ssgd_optax
-  >>> tx = ssgd_optax.selective.selective_sharing(0.5, clip=2.0)
-  >>> g = {'a': jnp.array([0.1, -3.0]), 'b': jnp.array([1.0, 0.5])}
-  >>> u, _ = tx.update(g, tx.init(g))
-  >>> print(u['a'], u['b'])
-  [ 0. -2.] [1. 0.]
-  """
-  _check_fraction(fraction)
-  _validation.check_choice('strategy', strategy, STRATEGIES)
-  _validation.check_nonnegative('threshold', threshold)
-  if clip is not None:
-    _validation.check_nonnegative('clip', clip, allow_inf=True)
-  grouping_lib.check_scope(scope)
-  random = strategy == 'threshold_random'
-  if random:
-    typed_key = _keys.check_key(key)
-  elif key is not None:
-    _keys.check_key(key)
-
-  def init_fn(params):
-    del params
-    if random:
-      return SelectiveSharingState(key=_keys.copy_key(typed_key))
-    return optax.EmptyState()
-
-  def update_fn(updates, state, params=None, **extra_args):
-    del params, extra_args
-    grouping = grouping_lib.resolve_groups(updates, scope)
-    _check_leaves(grouping, 'selective_sharing')
-    leaves = [jnp.asarray(x) for x in grouping.leaves]
-    out = list(leaves)
-    if random:
-      next_key, step_key = _keys.split_step(state.key)
-      state = SelectiveSharingState(key=next_key)
-    for gi, members in enumerate(_groups(grouping)):
-      group = [leaves[i] for i in members]
-      n = sum(x.size for x in group)
-      if n == 0:
-        continue
-      flat = _flat_group(group)
-      k = num_shared(n, fraction)
-      group_key = jax.random.fold_in(step_key, gi) if random else None
-      mask = _select(flat, k, strategy, threshold, group_key)
-      for i, m in zip(members, _split_like(mask, group)):
-        x = leaves[i]
-        out[i] = jnp.where(m, _clip(x, clip), jnp.zeros((), x.dtype))
-    return jax.tree_util.tree_unflatten(grouping.treedef, out), state
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 class _SparseVectorScales(NamedTuple):
@@ -431,11 +180,55 @@ class SparseVectorMechanism(NamedTuple):
 
   @property
   def neighboring_relation(self) -> str:
-    return 'replace_one'
+    return mechanisms.REPLACE_ONE
+
+  @property
+  def noise_multiplier(self) -> None:
+    """``None``: the noise is Laplace, with the scales of :meth:`scales`."""
+    return None
+
+  @property
+  def stddev(self) -> None:
+    """``None``: the noise is Laplace, with the scales of :meth:`scales`."""
+    return None
+
+  @property
+  def num_releases(self) -> int:
+    """One pure ``epsilon``-DP release (the whole update) per round."""
+    return 1
+
+  @property
+  def sampled(self) -> bool:
+    """Not sampled: every round releases the participant's update."""
+    return False
+
+  def dp_event(self, *, sampling_rate: float | None = None, accountant: str = 'pld',
+               num_examples: int | None = None,
+               max_batch_size: int | None = None) -> dp_accounting.DpEvent:
+    """One round: binary randomized response at ``epsilon``, the tight pure-DP event.
+
+    Any pure ``epsilon``-DP mechanism is dominated by randomized response
+    with ``P[flip] = 1 / (1 + e^epsilon)`` (Kairouz, Oh & Viswanath), so
+    composing this event gives the optimal composition of the rounds
+    (replace-one relation).
+    """
+    del accountant
+    if sampling_rate not in (None, 1, 1.0) or num_examples is not None or (
+        max_batch_size is not None):
+      raise ValueError('The sparse-vector release is not sampled: sampling_rate must be None '
+                       'and num_examples/max_batch_size unset.')
+    eps = _validation.concrete_float(self.epsilon)
+    if eps is None:
+      raise TypeError('SparseVectorMechanism.epsilon must be a concrete number for accounting; '
+                      f'got {type(self.epsilon).__name__}.')
+    # RandomizedResponseDpEvent's noise_parameter is the probability of a
+    # uniformly random answer: 2 / (1 + e^eps) over 2 buckets.
+    return dp_accounting.RandomizedResponseDpEvent(noise_parameter=2.0 / (1.0 + math.exp(eps)),
+                                                   num_buckets=2)
 
   def num_shared(self, num_params: int) -> int:
     """``c = ceil(fraction * num_params)``, releases per round."""
-    return num_shared(num_params, self.fraction)
+    return selective.num_shared(num_params, self.fraction)
 
   def scales(self, num_params: int) -> _SparseVectorScales:
     """The Laplace scales (threshold, query, value) for ``num_params`` entries."""
@@ -449,7 +242,7 @@ class SparseVectorMechanism(NamedTuple):
 
 
 def _check_sparse_vector(fraction, epsilon, clip, threshold) -> None:
-  _check_fraction(fraction)
+  selective.check_fraction(fraction)
   _validation.check_positive('epsilon', epsilon)
   if clip is None:
     raise ValueError('clip (gamma) is required by dp_selective_sharing: it bounds '
@@ -553,8 +346,8 @@ def dp_selective_sharing(fraction: float | None = None,
   Example:
 
   >>> import jax, jax.numpy as jnp
-  >>> import ssgd_optax
-  >>> tx = ssgd_optax.selective.dp_selective_sharing(
+  >>> from ssgd_optax import privacy
+  >>> tx = privacy.dp_selective_sharing(
   ...     0.25, epsilon=1.0, clip=0.1, key=jax.random.key(0))
   >>> g = {'w': jnp.arange(8.0) / 10}
   >>> u, state = tx.update(g, tx.init(g))
@@ -586,21 +379,21 @@ def dp_selective_sharing(fraction: float | None = None,
   def update_fn(updates, state, params=None, **extra_args):
     del params, extra_args
     grouping = grouping_lib.resolve_groups(updates, 'global')
-    _check_leaves(grouping, 'dp_selective_sharing')
+    selective.check_leaves(grouping, 'dp_selective_sharing')
     leaves = [jnp.asarray(x) for x in grouping.leaves]
     next_key, step_key = _keys.split_step(state.key)
     new_state = DPSelectiveSharingState(key=next_key, rounds=state.rounds + 1)
     n = sum(x.size for x in leaves)
     if n == 0:
       return updates, new_state
-    k = num_shared(n, fraction)
+    k = selective.num_shared(n, fraction)
     if k == 0:
       out = [jnp.zeros_like(x) for x in leaves]
     else:
       flat = _numeric_sparse(
-          _flat_group(leaves), k, jnp.asarray(epsilon, jnp.float32),
+          selective.flat_group(leaves), k, jnp.asarray(epsilon, jnp.float32),
           jnp.asarray(clip, jnp.float32), jnp.asarray(threshold, jnp.float32), step_key)
-      out = [y.astype(x.dtype) for x, y in zip(leaves, _split_like(flat, leaves))]
+      out = [y.astype(x.dtype) for x, y in zip(leaves, selective.split_like(flat, leaves))]
     return jax.tree_util.tree_unflatten(grouping.treedef, out), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -655,7 +448,7 @@ def dp_selective_sharing_privacy(epsilon: float,
 
   Example:
 
-  >>> from ssgd_optax.selective import dp_selective_sharing_privacy
+  >>> from ssgd_optax.privacy import dp_selective_sharing_privacy
   >>> p = dp_selective_sharing_privacy(0.5, 10, num_params=1000, fraction=0.1)
   >>> p.total_epsilon, p.num_shared
   (5.0, 100)
@@ -663,25 +456,17 @@ def dp_selective_sharing_privacy(epsilon: float,
   _validation.check_positive('epsilon', epsilon)
   _validation.check_int('rounds', rounds, minimum=0)
   _validation.check_int('num_params', num_params, minimum=0)
-  c = num_shared(num_params, fraction)
+  c = selective.num_shared(num_params, fraction)
   eps = float(epsilon)
   at_delta = None
   if delta is not None:
     _validation.check_probability('delta', delta, open_left=True)
     if float(delta) >= 1:
       raise ValueError(f'delta must be in (0, 1); got {delta!r}.')
-    if rounds == 0:
-      at_delta = 0.0
-    else:
-      try:
-        from dp_accounting.pld import common
-        from dp_accounting.pld import privacy_loss_distribution as pld
-      except ImportError as e:  # pragma: no cover - depends on the install
-        raise ImportError('delta > 0 accounting needs dp-accounting: '
-                          'pip install "ssgd_optax[privacy]".') from e
-      loss = pld.from_privacy_parameters(common.DifferentialPrivacyParameters(eps, 0.0))
-      at_delta = min(float(loss.self_compose(rounds).get_epsilon_for_delta(float(delta))),
-                     rounds * eps)
+    # The accountant's exact composition (one path for every mechanism).
+    mechanism = SparseVectorMechanism(fraction, eps, 1.0)
+    at_delta = min(accounting.compute_epsilon(mechanism, steps=rounds, delta=float(delta)),
+                   rounds * eps)
   return DPSparseVectorPrivacy(eps, rounds, rounds * eps,
                                None if delta is None else float(delta), at_delta, c)
 
@@ -710,4 +495,4 @@ def epsilon_from_per_parameter(per_parameter_epsilon: float, *, num_params: int,
   """
   _validation.check_positive('per_parameter_epsilon', per_parameter_epsilon)
   _validation.check_int('num_params', num_params, minimum=0)
-  return float(per_parameter_epsilon) * num_shared(num_params, fraction)
+  return float(per_parameter_epsilon) * selective.num_shared(num_params, fraction)
