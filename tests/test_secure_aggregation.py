@@ -360,6 +360,19 @@ def test_keys_signed_by_server_rejected():
     clients[0].share(keys[0])
 
 
+def test_substituted_commitment_rejected():
+  # The commitment to b_u is signed with the keys: a server cannot swap it for
+  # one it could open (and so pass a wrong seed off as verified).
+  server, clients = _setup(4, 3)
+  evil = wire.ServerKeys(server, clients, b'session-0')
+  server.start_round(0)
+  keys = server.collect_keys([c.advertise(0) for c in clients])
+  entries = wire.unpack_blobs(keys[0].payload)
+  entries[3] = entries[3][:2 * K] + bytes(wire.COMMIT) + entries[3][3 * K:]
+  with pytest.raises(sa.SignatureError, match='participant 3'):
+    clients[0].share(evil.send('keys', 0, wire.pack_blobs(entries)))
+
+
 @pytest.mark.parametrize('source', ['other session', 'earlier round'])
 def test_replayed_signed_keys_rejected(source):
   identities = sa.generate_identities(4)
@@ -503,16 +516,22 @@ def test_unmask_before_consistency_check_refused():
 # A server that repeats a round; restarted participants.
 
 
-def _repeated_round(records=None, dp=None, n=4, t=3, victim=0, size=16, digest=None):
+def _repeated_round(records=None, dp=None, n=4, t=3, victim=0, size=16, digest=None,
+                    new_session=False):
   """Two protocol-compliant rounds on the same model: the victim takes part in the
-  first and is dropped before uploading in the second. Returns the difference
-  of the two sums (signed integers) and the victim's encoded update."""
+  first and is dropped before uploading in the second (in the same session, or
+  in a new one, where every client builds new Participant objects). Returns the
+  difference of the two sums (signed integers) and the victim's encoded update."""
   rng = np.random.default_rng(7)
   # Updates on the fixed-point grid, so that encoding them is exact (no rounding noise).
   x = rng.integers(-2000, 2000, size=(n, size)) / 2.0 ** 16
-  server, clients = _setup(n, t, records=records, dp=dp)
+  identities = sa.generate_identities(n)
+  server, clients = _setup(n, t, records=records, dp=dp, identities=identities)
   sums = []
   for round_, dropped in ((0, ()), (1, (victim,))):
+    if new_session and round_:
+      server, clients = _setup(n, t, records=records, dp=dp, identities=identities,
+                               session=b'session-1')
     _finish(server, clients, _until_masked(server, clients, x, round_, dropped, digest))
     sums.append(server.sum_signed.astype(np.int64))
   return sums[0] - sums[1], np.rint(x[victim] * 2 ** 16).astype(np.int64)
@@ -524,10 +543,12 @@ def test_repeated_round_recovers_the_victim_exactly_without_a_record():
   np.testing.assert_array_equal(recovered, truth)
 
 
-def test_repeated_round_refused_by_the_participant_record(tmp_path):
+@pytest.mark.parametrize('new_session', [False, True])
+def test_repeated_round_refused_by_the_participant_record(tmp_path, new_session):
   records = [sa.ParticipantRecord(tmp_path / f'p{i}.jsonl') for i in range(4)]
   with pytest.raises(sa.RepeatedContributionError, match='this global model'):
-    _repeated_round(records=records, digest=sa.model_digest({'global': np.zeros(3)}))
+    _repeated_round(records=records, digest=sa.model_digest({'global': np.zeros(3)}),
+                    new_session=new_session)
 
 
 def test_repeated_round_with_distributed_dp_recovers_only_noise_of_the_reported_std():
