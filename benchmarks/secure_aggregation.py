@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.util
-import math
 import os
 import pathlib
 import random
@@ -144,7 +143,7 @@ def main(argv=None) -> None:
       reps = args.reps_largest if (n, d) == largest and not args.quick else args.reps
       rows += measure(old, n, d, reps)
   lines = [
-      f'### Secure aggregation: one round, old protocol vs verified vs verified + distributed DP',
+      '### Secure aggregation: one round, old protocol vs verified vs verified + distributed DP',
       '',
       f'{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, '
       f'{os.cpu_count()} CPUs, load average {load[0]:.1f} before / '

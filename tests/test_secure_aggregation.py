@@ -14,7 +14,6 @@ does succeed when a defence is removed or its assumption broken.
 
 import io
 import pickle
-import struct
 
 import numpy as np
 import pytest
@@ -177,7 +176,7 @@ def test_invalid_arguments():
 def test_registry_errors_name_ids_not_lists():
   keys, registry = sa.generate_identities(40)
   partial = {i: registry[i] for i in range(35)}
-  with pytest.raises(ValueError, match='ids 35, 36, 37 and 2 more are missing') as e:
+  with pytest.raises(ValueError, match='it lacks the ids 35, 36, 37 and 2 more') as e:
     sa.Participant(0, 40, 30, wire.random_key(), signing_key=keys[0], registry=partial,
                    session=b's')
   assert len(str(e.value)) < 200
@@ -666,6 +665,33 @@ def test_participant_with_record_needs_the_model_digest(tmp_path):
   with pytest.raises(TypeError, match='model_digest'):
     _until_masked(server, clients, np.ones((3, 2)))
   assert records[0].num_contributions() == 0
+
+
+def test_identity_and_registry_files(tmp_path):
+  # What a node runs once, locally: its private key never leaves it.
+  publics = {i: sa.write_identity(tmp_path / f'node{i}.key') for i in range(3)}
+  assert (tmp_path / 'node0.key').stat().st_mode & 0o777 == 0o600
+  with pytest.raises(ValueError, match='never overwritten'):
+    sa.write_identity(tmp_path / 'node0.key')
+  sa.write_registry(tmp_path / 'registry.json', publics)
+  registry = sa.read_registry(tmp_path / 'registry.json', 3)
+  key = sa.read_identity(tmp_path / 'node1.key')
+  server = sa.Server(3, 2, session=b's')
+  sa.Participant(1, 3, 2, server.public_key, signing_key=key, registry=registry, session=b's')
+  (tmp_path / 'node1.key').chmod(0o644)
+  with pytest.raises(ValueError, match='owner only'):
+    sa.read_identity(tmp_path / 'node1.key')
+  bad = tmp_path / 'bad.json'
+  for text, match in (('{"0": "00", "1": "11"}', 'id .0. must be .* 32-byte'),
+                      ('{"x": "00"}', 'entry .x. is not an id'),
+                      ('[1, 2]', 'JSON object'),
+                      ('{"0": "%s", "1": "%s", "2": "%s"}' % (publics[0].hex(), publics[0].hex(),
+                                                             publics[2].hex()),
+                       'participants 0 and 1 share one identity key'),
+                      ('{"0": "%s"}' % publics[0].hex(), 'lacks the ids 1, 2')):
+    bad.write_text(text)
+    with pytest.raises(ValueError, match=match):
+      sa.read_registry(bad, 3)
 
 
 def test_model_digest():

@@ -169,8 +169,8 @@ __all__ = [
   'SecondSurvivorSetError', 'MalformedMessageError', 'InvalidKeyError', 'ReconstructionError',
   'SumOutOfRangeError', 'RecordCorruptedError', 'MisbehaviourWarning', 'Message', 'clip_limit',
   'quantize', 'dequantize', 'prg', 'shamir_split', 'shamir_reconstruct', 'shamir_decode',
-  'generate_identities', 'model_digest', 'ParticipantRecord', 'Participant', 'Server',
-  'secure_sum',
+  'generate_identities', 'write_identity', 'read_identity', 'write_registry', 'read_registry',
+  'model_digest', 'ParticipantRecord', 'Participant', 'Server', 'secure_sum',
 ]
 
 PRIME = 2 ** 521 - 1  # Mersenne prime > 2^256: field for Shamir shares of 32-byte secrets.
@@ -677,6 +677,123 @@ def generate_identities(num_participants: int) -> tuple[list[Any], dict[int, byt
   return keys, {i: _raw(k.public_key()) for i, k in enumerate(keys)}
 
 
+def write_identity(path: str | os.PathLike) -> bytes:
+  """Creates a node's long-term Ed25519 identity key in a new file (mode 0600).
+
+  Run once on the node itself: the private key never leaves it. The returned
+  public key is what goes into the registry (see :func:`write_registry`),
+  distributed to every participant out of band.
+
+  Args:
+    path: a new file (an existing one is never overwritten).
+
+  Returns:
+    The raw 32-byte public key.
+
+  Example:
+
+  >>> import os, tempfile
+  >>> path = os.path.join(tempfile.mkdtemp(), 'node.key')
+  >>> public = write_identity(path)
+  >>> read_identity(path).public_key().public_bytes_raw() == public
+  True
+  """
+  _require_crypto()
+  if not isinstance(path, (str, os.PathLike)):
+    raise TypeError(f'path must be a str or os.PathLike; got {type(path).__name__}.')
+  key = Ed25519PrivateKey.generate()
+  pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                          serialization.NoEncryption())
+  try:
+    fd = os.open(os.fspath(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+  except FileExistsError:
+    raise ValueError(f'path: {os.fspath(path)!r} exists; an identity key is never '
+                     'overwritten.') from None
+  with os.fdopen(fd, 'wb') as f:
+    f.write(pem)
+  return _raw(key.public_key())
+
+
+def read_identity(path: str | os.PathLike) -> Any:
+  """A node's Ed25519 identity key from :func:`write_identity`'s file.
+
+  Raises ``ValueError`` naming the file when it is not an unencrypted PKCS8
+  Ed25519 private key, or when others than its owner can read it.
+  """
+  _require_crypto()
+  if not isinstance(path, (str, os.PathLike)):
+    raise TypeError(f'path must be a str or os.PathLike; got {type(path).__name__}.')
+  path = os.fspath(path)
+  if os.name == 'posix' and os.stat(path).st_mode & 0o077:
+    raise ValueError(f'{path!r}: an identity key must be readable by its owner only '
+                     '(chmod 600).')
+  with open(path, 'rb') as f:
+    data = f.read()
+  try:
+    key = serialization.load_pem_private_key(data, password=None)
+  except (ValueError, TypeError):
+    key = None
+  if not isinstance(key, Ed25519PrivateKey):
+    raise ValueError(f'{path!r} is not an unencrypted PEM (PKCS8) Ed25519 private key.')
+  return key
+
+
+def write_registry(path: str | os.PathLike, registry: Mapping[int, bytes]) -> None:
+  """Writes the registry ``{id: raw Ed25519 public key}`` as JSON (``{"0": "hex", ...}``).
+
+  The registry is the PKI of the protocol: distribute the file out of band,
+  from a source the server does not control.
+  """
+  _require_crypto()
+  if not isinstance(registry, Mapping):
+    raise TypeError(f'registry must be a mapping {{id: key}}; got {type(registry).__name__}.')
+  ids = sorted(registry)
+  _check_registry(registry, len(ids))
+  with open(os.fspath(path), 'w') as f:
+    json.dump({str(i): registry[i].hex() for i in ids}, f, indent=1, sort_keys=True)
+
+
+def read_registry(path: str | os.PathLike, num_participants: int) -> dict[int, bytes]:
+  """The registry written by :func:`write_registry`, checked for ``num_participants``.
+
+  Raises ``ValueError`` naming the file and the offending id: a missing or
+  extra id, a key that is not 32 bytes of hex, two ids with one key.
+
+  Example:
+
+  >>> import os, tempfile
+  >>> keys, registry = generate_identities(3)
+  >>> path = os.path.join(tempfile.mkdtemp(), 'registry.json')
+  >>> write_registry(path, registry)
+  >>> read_registry(path, 3) == registry
+  True
+  """
+  _require_crypto()
+  path = os.fspath(path)
+  try:
+    with open(path) as f:
+      raw = json.load(f)
+  except ValueError as e:
+    raise ValueError(f'{path!r} is not a JSON registry: {e}') from None
+  if not isinstance(raw, dict):
+    raise ValueError(f'{path!r}: the registry must be a JSON object {{"id": "hex key"}}.')
+  out = {}
+  for k, v in raw.items():
+    try:
+      i, key = int(k), bytes.fromhex(v)
+    except (TypeError, ValueError):
+      raise ValueError(f'{path!r}: the entry {_short(k)} is not an id and a hex key.') from None
+    if str(i) != k or len(key) != _KEY_BYTES:
+      raise ValueError(f'{path!r}: the entry of id {_short(k)} must be a decimal id and a '
+                       '32-byte key.')
+    out[i] = key
+  try:
+    _check_registry(out, num_participants)
+  except ValueError as e:
+    raise ValueError(f'{path!r}: {e}') from None
+  return out
+
+
 def model_digest(params: Any) -> bytes:
   """SHA-256 of a model (any pytree of arrays): its structure, dtypes, shapes and bytes.
 
@@ -963,7 +1080,7 @@ def _check_registry(registry: Any, n: int) -> dict[int, Any]:
     missing = set(range(n)) - keys
     raise ValueError(f'registry must map every participant id 0..{n - 1} to its raw Ed25519 '
                      f'identity public key; '
-                     + (f'ids {_some(missing)} are missing' if missing else
+                     + (f'it lacks the ids {_some(missing)}' if missing else
                         f'it also names {_some(map(str, bad))}') + '.')
   out = {}
   for v, key in registry.items():
@@ -1398,8 +1515,9 @@ class Participant:
       mask = prg(_pair_seed(self._s_sk, self._s_pk[v], self.session, self.round, self.index, v,
                             v), y.size, bits=self.bits)
       y = y + mask if self.index < v else y - mask
-    return self._send('masked', y.astype(np.dtype(_dtype(self.bits)).newbyteorder('<'))
-                      .tobytes())
+    # Little-endian on the wire; no copy on little-endian hosts.
+    return self._send('masked', y.astype(np.dtype(_dtype(self.bits)).newbyteorder('<'),
+                                         copy=False).tobytes())
 
   @_protocol_step('masked', 'consistency')
   def consistency_check(self, survivors_msg: Message) -> Message:
@@ -1623,7 +1741,7 @@ class Server:
                                     f'{size} (a whole number of {width}-byte entries, the '
                                     'same for all) are expected.')
     dtype = np.dtype(_dtype(self.bits)).newbyteorder('<')
-    self._masked = {u: np.frombuffer(p, dtype=dtype).astype(_dtype(self.bits))
+    self._masked = {u: np.frombuffer(p, dtype=dtype).astype(_dtype(self.bits), copy=False)
                     for u, p in masked.items()}
     payload = _pack_ids(self._masked)
     return {u: self._send('survivors', u, payload) for u in sorted(self._masked)}
