@@ -18,6 +18,7 @@ reported separately, with ratios to ``old``.
 
     python benchmarks/secure_aggregation.py --out benchmarks/results/secure_aggregation.md
     python benchmarks/secure_aggregation.py --quick
+    python benchmarks/secure_aggregation.py --decode-only   # correcting one wrong share
 """
 
 from __future__ import annotations
@@ -120,6 +121,27 @@ def measure(old, n: int, d: int, reps: int) -> list[dict]:
   return rows
 
 
+def decode_cost(participants: list[int], reps: int) -> str:
+  """Seconds to correct one wrong share of one secret (k = n shares, t = ceil(2n/3))."""
+  lines = ['| n = k shares | t | Berlekamp-Welch, one wrong share (s) | Lagrange on t shares (s) |',
+           '|---:|---:|---:|---:|']
+  for n in participants:
+    t = max(2, -(-2 * n // 3))
+    decode, lagrange = [], []
+    for _ in range(reps):
+      shares = sa.shamir_split(secrets.randbelow(2 ** 256), n, t)
+      shares[0] = (shares[0][0], (shares[0][1] + 1) % sa.PRIME)
+      start = time.perf_counter()
+      sa.shamir_decode(shares, t)
+      decode.append(time.perf_counter() - start)
+      start = time.perf_counter()
+      sa.shamir_reconstruct(shares[1:t + 1])
+      lagrange.append(time.perf_counter() - start)
+    lines.append(f'| {n} | {t} | {statistics.median(decode):.3f} | '
+                 f'{statistics.median(lagrange):.4f} |')
+  return '\n'.join(lines) + '\n'
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--compare-rev', default='6029fde')
@@ -129,8 +151,15 @@ def main(argv=None) -> None:
   parser.add_argument('--reps-largest', type=int, default=1,
                       help='repetitions for the largest n x d (minutes per round here)')
   parser.add_argument('--quick', action='store_true', help='n = 4, 10^4 entries, 1 rep')
+  parser.add_argument('--decode-only', action='store_true',
+                      help='only the cost of correcting a wrong share (Reed-Solomon decoding)')
   parser.add_argument('--out', default=None)
   args = parser.parse_args(argv)
+  if args.decode_only:
+    load = os.getloadavg()[0]
+    print(f'load average {load:.1f}; medians of {args.reps} repetitions\n')
+    print(decode_cost(args.participants, args.reps))
+    return
   if args.quick:
     args.participants, args.entries, args.reps, args.reps_largest = [4], [10_000], 1, 1
   old = load_at(args.compare_rev)

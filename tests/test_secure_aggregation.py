@@ -745,6 +745,30 @@ def test_wrong_share_is_corrected_and_its_sender_named():
   assert server.misbehaving == {1: [0]}
 
 
+def test_a_participant_lying_about_every_share_is_decoded_around_once(monkeypatch):
+  # Bounded work: after its first wrong share is located, its other shares are
+  # left out, so the O(k^3) decoding runs once, not once per secret.
+  calls = []
+  monkeypatch.setattr(sa, 'shamir_decode', lambda *a: calls.append(1) or _decode(*a))
+  x = np.random.default_rng(14).uniform(-1, 1, size=(7, 8))
+  server, clients = _setup(7, 4, server_cls=_FullRing)
+  surv = server.collect_masked(_until_masked(server, clients, x))
+  sigs = server.collect_consistency([clients[u].consistency_check(m) for u, m in surv.items()])
+  reveals = [clients[u].unmask(m) for u, m in sigs.items()]
+  blobs = wire.unpack_blobs(reveals[1].payload)
+  for v in blobs:
+    blobs[v] = blobs[v][:1] + ((int.from_bytes(blobs[v][1:], 'big') + 1) % sa.PRIME
+                               ).to_bytes(wire.FIELD, 'big')
+  reveals[1] = wire.OwnKeys(clients[1]).send('unmask', wire.pack_blobs(blobs))
+  with pytest.warns(sa.MisbehaviourWarning):
+    total = server.finish(reveals)
+  np.testing.assert_array_equal(total, _expected(x, range(7), 7))
+  assert server.misbehaving == {1: [0]} and len(calls) == 1
+
+
+_decode = sa.shamir_decode
+
+
 def test_wrong_share_without_redundancy_is_a_named_error():
   with pytest.raises(sa.ReconstructionError, match='self-mask seed b of participant 0 .* '
                      'commitment'):
