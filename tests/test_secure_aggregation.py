@@ -738,11 +738,13 @@ def _round_with_wrong_reveal(n, t, attacker, owner, server_cls=_FullRing):
 
 
 def test_wrong_share_is_corrected_and_its_sender_named():
-  server, total, truth = None, None, None
   with pytest.warns(sa.MisbehaviourWarning, match='participants 1'):
     server, total, truth = _round_with_wrong_reveal(6, 4, attacker=1, owner=0)
   np.testing.assert_array_equal(total, truth)
   assert server.misbehaving == {1: [0]}
+
+
+_decode = sa.shamir_decode
 
 
 def test_a_participant_lying_about_every_share_is_decoded_around_once(monkeypatch):
@@ -764,9 +766,6 @@ def test_a_participant_lying_about_every_share_is_decoded_around_once(monkeypatc
     total = server.finish(reveals)
   np.testing.assert_array_equal(total, _expected(x, range(7), 7))
   assert server.misbehaving == {1: [0]} and len(calls) == 1
-
-
-_decode = sa.shamir_decode
 
 
 def test_wrong_share_without_redundancy_is_a_named_error():
