@@ -512,9 +512,13 @@ def secure_aggregate(observations: Sequence[threat.Observation], *,
   else:
     from ssgd_optax.federated import secure_aggregation as sa
     n = len(obs)
+    # The widest range the ring allows for n, even below +-1 (a large frac_bits
+    # is the point here): the protocol needs that clip passed explicitly.
+    clip = sa.clip_limit(n, frac_bits=0) / 2.0 ** frac_bits
 
     def qsum(*u):
-      q = sum(sa.quantize(np.asarray(x), frac_bits=frac_bits, num_participants=n) for x in u)
+      q = sum(sa.quantize(np.asarray(x), frac_bits=frac_bits, num_participants=n, clip=clip)
+              for x in u)
       return jnp.asarray(sa.dequantize(q, frac_bits=frac_bits), jnp.float32)
 
     total = jax.tree.map(qsum, *[o.update for o in obs])

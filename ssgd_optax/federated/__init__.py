@@ -8,15 +8,20 @@
 * the parameter server (``server_init``, ``server_apply``, ``download_mask``:
   adds uploads, per-parameter statistics, ``theta_d`` downloads).
 * :mod:`~ssgd_optax.federated.secure_aggregation`: Bonawitz-style masking
-  with X25519 key agreement, Shamir-shared seeds for dropout recovery and
-  authenticated messages (needs the ``federated`` extra: ``cryptography``).
+  with X25519 key agreement, Shamir-shared seeds for dropout recovery,
+  authenticated messages, verified reconstruction and a range-checked sum, and
+  a persistent participant record against repeated rounds (needs the
+  ``federated`` extra: ``cryptography``).
+* :mod:`~ssgd_optax.federated.distributed_dp`: each participant's share of
+  discrete Gaussian noise for the secure sum (Kairouz, Liu & Steinke 2021),
+  accounted with ``dp_accounting`` (no ``flwr`` or ``cryptography`` needed).
 * :mod:`~ssgd_optax.federated.flower`: the same client logic as a Flower
   ``ClientApp``/``ServerApp`` for Flower's simulation engine and deployment
   runtime: waits for the nodes, loud failures with per-round dropout counts,
   secure aggregation as Flower messages (``order="secure"``), privacy report
   (needs the ``flower`` extra: ``flwr >= 1.42``; ``examples/flower_app``).
 
-The two last modules are imported on first access.
+The three last modules are imported on first access.
 """
 
 import importlib as _importlib
@@ -38,7 +43,7 @@ from ssgd_optax.federated._simulation import shard
 from ssgd_optax.federated._simulation import train_centralized
 from ssgd_optax.federated._simulation import train_standalone
 
-_LAZY = ('secure_aggregation', 'flower')
+_LAZY = ('secure_aggregation', 'distributed_dp', 'flower')
 
 __all__ = [
     'DOWNLOAD_CRITERIA', 'ORDERS', 'ClientStates', 'DSSGD', 'RoundInfo', 'ServerState',

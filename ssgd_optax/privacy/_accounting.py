@@ -265,7 +265,8 @@ def make_dp_event(mechanism: Any = None,
 
 def _relation(name: str) -> dp_accounting.NeighboringRelation:
   return {mechanisms.ADD_REMOVE_ONE: dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
-          mechanisms.REPLACE_ONE: dp_accounting.NeighboringRelation.REPLACE_ONE}[name]
+          mechanisms.REPLACE_ONE: dp_accounting.NeighboringRelation.REPLACE_ONE,
+          mechanisms.ZERO_OUT: dp_accounting.NeighboringRelation.REPLACE_SPECIAL}[name]
 
 
 def _fresh_accountant(accountant: str, relation: str) -> dp_accounting.PrivacyAccountant:
@@ -316,7 +317,13 @@ def _epsilon(step: dp_accounting.DpEvent, steps: int, delta: float, accountant: 
     eps = float(pld.self_compose(steps).get_epsilon_for_delta(delta))
   else:
     acc = _fresh_accountant(accountant, relation)
-    eps = float(acc.compose(dp_accounting.SelfComposedDpEvent(step, steps)).get_epsilon(delta))
+    event = dp_accounting.SelfComposedDpEvent(step, steps)
+    if not acc.supports(event):
+      other = 'rdp' if accountant == 'pld' else 'pld'
+      raise ValueError(
+          f'accountant={accountant!r} cannot compose {type(step).__name__} under the '
+          f'{relation!r} relation (dp_accounting); use accountant={other!r}.')
+    eps = float(acc.compose(event).get_epsilon(delta))
   if len(_EPS_CACHE) >= _CACHE_SIZE:
     _EPS_CACHE.clear()
   _EPS_CACHE[key] = eps

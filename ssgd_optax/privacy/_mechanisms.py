@@ -11,8 +11,9 @@ guarantee rests on, through one protocol (:class:`Mechanism`):
                             or before calibration)
 ``stddev``                  the noise std added (``z * sensitivity``)
 ``num_releases``            releases per step on the same data
-``neighboring_relation``    ``"add_remove_one"`` (an example) or
-                            ``"replace_one"`` (a participant's contribution)
+``neighboring_relation``    ``"add_remove_one"`` (an example),
+                            ``"replace_one"`` (a participant's contribution
+                            replaced) or ``"zero_out"`` (replaced by zeros)
 ``sampled``                 whether a step is Poisson-sampled at a rate ``q``
 ``dp_event(...)``           the ``dp_accounting`` event of **one** step
 ==========================  ===================================================
@@ -69,6 +70,7 @@ __all__ = [
     'ADD_REMOVE_ONE',
     'NEIGHBORING_RELATIONS',
     'REPLACE_ONE',
+    'ZERO_OUT',
     'BackpropClipMechanism',
     'GaussianMechanism',
     'Mechanism',
@@ -84,7 +86,9 @@ __all__ = [
 # Neighbouring relations, named as dp_accounting.NeighboringRelation does.
 ADD_REMOVE_ONE = 'add_remove_one'
 REPLACE_ONE = 'replace_one'
-NEIGHBORING_RELATIONS = (ADD_REMOVE_ONE, REPLACE_ONE)
+# One participant's contribution replaced by zeros (dp_accounting's REPLACE_SPECIAL).
+ZERO_OUT = 'zero_out'
+NEIGHBORING_RELATIONS = (ADD_REMOVE_ONE, REPLACE_ONE, ZERO_OUT)
 
 
 @runtime_checkable
