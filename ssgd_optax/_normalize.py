@@ -24,8 +24,7 @@ any NaN or +-Inf       NaN in the whole group, so ``optax.apply_if_finite``
 
 from __future__ import annotations
 
-from collections.abc import Hashable
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,9 +33,9 @@ import optax
 from ssgd_optax import _numerics
 from ssgd_optax import _validation
 from ssgd_optax import _grouping as grouping_lib
-__all__ = ['unit_normalize', 'ssgd', 'group_norms', 'AxisName']
+from ssgd_optax._numerics import AxisName
 
-AxisName = Optional[Hashable | tuple[Hashable, ...]]
+__all__ = ['unit_normalize', 'ssgd', 'group_norms']
 
 # How the norms are computed (see ssgd_optax._numerics.group_scales); the tests
 # and benchmarks set it to compare the CPU and accelerator forms on one host.

@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 
 __all__ = ['Sums', 'METHODS', 'accumulation_dtype', 'sums_of_squares', 'add', 'reduce_over',
-           'scales', 'safe_sqrt', 'norm', 'group_scales', 'per_example_norm', 'RowScales',
+           'scales', 'safe_sqrt', 'norm', 'group_scales', 'row_norms', 'RowScales',
            'per_row']
 
 AxisName = Optional[Hashable | tuple[Hashable, ...]]
@@ -265,10 +265,10 @@ def group_scales(leaves: Sequence[jax.Array], dtypes: Sequence[Any], *,
   return jax.lax.platform_dependent(leaves, cpu=rescue, default=fused)
 
 
-def per_example_norm(x: jax.Array) -> jax.Array:
+def row_norms(x: jax.Array) -> jax.Array:
   """Row norms of ``x`` (``[B, ...]``) over every non-batch axis.
 
-  >>> per_example_norm(jnp.array([[3., 4.], [0., 0.]]))
+  >>> row_norms(jnp.array([[3., 4.], [0., 0.]]))
   Array([5., 0.], dtype=float32)
   """
   x = jnp.asarray(x)

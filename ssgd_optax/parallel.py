@@ -68,7 +68,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ssgd_optax import _validation
-from ssgd_optax._normalize import AxisName
+from ssgd_optax._numerics import AxisName
 
 __all__ = [
   'data_mesh',
@@ -83,7 +83,7 @@ __all__ = [
 
 REDUCTIONS = ('mean', 'sum')
 
-LossFn = Callable[..., Any]
+StepLoss = Callable[..., Any]
 
 
 def _axis_names(axis_name: AxisName) -> tuple[Any, ...]:
@@ -198,7 +198,7 @@ def _mean_metrics(metrics: Any, axis_name: AxisName) -> Any:
   return jax.tree_util.tree_map_with_path(reduce, metrics)
 
 
-def _step_body(loss_fn: LossFn, tx: optax.GradientTransformation,
+def _step_body(loss_fn: StepLoss, tx: optax.GradientTransformation,
                axis_name: AxisName, has_aux: bool):
   """One device's step: its gradient, then ``tx`` (which must all-reduce)."""
 
@@ -211,7 +211,7 @@ def _step_body(loss_fn: LossFn, tx: optax.GradientTransformation,
   return body
 
 
-def pmap_train_step(loss_fn: LossFn,
+def pmap_train_step(loss_fn: StepLoss,
                     tx: optax.GradientTransformation,
                     *,
                     axis_name: str = 'batch',
@@ -271,7 +271,7 @@ def _is_explicit(mesh: jax.sharding.Mesh, axis_name: AxisName) -> bool:
   return any(types.get(n) == jax.sharding.AxisType.Explicit for n in _axis_names(axis_name))
 
 
-def shard_map_train_step(loss_fn: LossFn,
+def shard_map_train_step(loss_fn: StepLoss,
                          tx: optax.GradientTransformation,
                          mesh: jax.sharding.Mesh,
                          *,

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ssgd_optax import _keys
 from ssgd_optax import _validation
 from ssgd_optax import _grouping as grouping_lib
 from ssgd_optax import _normalize as normalize_lib
@@ -125,7 +126,7 @@ def dlg(apply_fn: threat.ApplyFn,
   _validation.check_int('restarts', restarts, minimum=1)
   if learning_rate is not None:
     _validation.check_positive('learning_rate', learning_rate)
-  key = _engine.check_key(key)
+  key = _keys.check_key(key)
   obs = observation
   known = labels if labels is not None else obs.labels
   if known is not None:

@@ -36,7 +36,6 @@ name              shared update
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import optax

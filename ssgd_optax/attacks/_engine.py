@@ -183,11 +183,3 @@ def signed(optimizer: optax.GradientTransformation) -> optax.GradientTransformat
 
 def check_steps(steps: Any) -> None:
   _validation.check_int('steps', steps, minimum=1)
-
-
-def check_key(key: Any) -> jax.Array:
-  if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-    return key
-  if isinstance(key, jax.Array) and key.dtype == jnp.uint32 and key.shape == (2,):
-    return jax.random.wrap_key_data(key)
-  raise TypeError(f'key must be a PRNG key (jax.random.key(seed)); got {key!r}.')

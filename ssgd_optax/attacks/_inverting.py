@@ -22,12 +22,13 @@ for this attack.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from ssgd_optax import _keys
 from ssgd_optax import _validation
 from ssgd_optax import _grouping as grouping_lib
 from ssgd_optax.attacks import _engine
@@ -112,7 +113,7 @@ def inverting_gradients(apply_fn: threat.ApplyFn,
   for name, v in (('signed', signed), ('boxed', boxed)):
     if not isinstance(v, bool):
       raise TypeError(f'{name} must be a bool; got {v!r}.')
-  key = _engine.check_key(key)
+  key = _keys.check_key(key)
   obs = observation
   num_classes = _engine.num_classes_of(apply_fn, obs)
   if labels is None:

@@ -54,7 +54,6 @@ Everything here runs on the host (Python floats), never under ``jit``.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import warnings
 from typing import Any, Literal

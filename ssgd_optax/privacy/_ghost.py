@@ -66,6 +66,7 @@ from flax import nnx
 from flax.nnx.nn import linear as nnx_linear
 
 from ssgd_optax import _batch
+from ssgd_optax import _grouping as grouping_lib
 from ssgd_optax import _numerics
 from ssgd_optax import _validation
 from ssgd_optax import per_example as per_example_lib
@@ -76,7 +77,6 @@ __all__ = ['GhostGradSum', 'GhostNorms', 'ghost_grad_sum', 'ghost_norms',
            'ghost_supported']
 
 WEIGHTS = ('clip', 'normalize')
-SCOPES = ('global', 'per_layer', 'per_leaf')
 METHODS = ('auto', 'ghost', 'vmap')
 
 _DENSE = (nnx.Linear,)
@@ -274,7 +274,7 @@ def _f32(x):
 def _unit_rows(x: jax.Array) -> tuple[jax.Array, jax.Array]:
   """``(x_i / s_i, s_i)`` with ``s_i = ||x_i||`` (overflow-safe; 1 where 0)."""
   x = _f32(x)
-  s = _numerics.per_example_norm(x)
+  s = _numerics.row_norms(x)
   safe = jnp.where(s > 0, s, 1).reshape((-1,) + (1,) * (x.ndim - 1))
   return x / safe, s
 
@@ -294,7 +294,7 @@ def _pair_norm(a: jax.Array, d: jax.Array, positions: int, k: int, c: int) -> ja
   """
   hp = jax.lax.Precision.HIGHEST
   if positions == 1:
-    return (_numerics.per_example_norm(_f32(a)) * _numerics.per_example_norm(_f32(d)))
+    return (_numerics.row_norms(_f32(a)) * _numerics.row_norms(_f32(d)))
   if _use_gram(positions, k, c):
     an, sa = _unit_rows(a)
     dn, sd = _unit_rows(d)
@@ -304,7 +304,7 @@ def _pair_norm(a: jax.Array, d: jax.Array, positions: int, k: int, c: int) -> ja
     return sa * sd * jnp.sqrt(jnp.maximum(r, 0))
   g = jnp.einsum('bpgk,bpgc->bgkc', a, d, precision=hp,
                  preferred_element_type=_numerics.accumulation_dtype(a.dtype))
-  return _numerics.per_example_norm(g)
+  return _numerics.row_norms(g)
 
 
 def _conv_norms(layer, xs, ds) -> tuple[jax.Array, jax.Array]:
@@ -339,7 +339,7 @@ def _conv_norms(layer, xs, ds) -> tuple[jax.Array, jax.Array]:
 
 
 def _bias_norm(d: jax.Array) -> jax.Array:
-  return _numerics.per_example_norm(jnp.sum(_f32(d), axis=1))
+  return _numerics.row_norms(jnp.sum(_f32(d), axis=1))
 
 
 def _dense_rows(layer, x, delta):
@@ -503,7 +503,7 @@ def _module_norms(module, names, xs, ds, wrt) -> tuple[dict[str, jax.Array], Any
   else:
     grads = _local_grads(module, xs, ds, wrt)
     for p, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
-      norms[forward_pass.path_keys(p)[-1]] = _numerics.per_example_norm(g)
+      norms[forward_pass.path_keys(p)[-1]] = _numerics.row_norms(g)
   return {n: norms[n] for n in names}, grads
 
 
@@ -550,7 +550,7 @@ def _vmap_layers(per_example_loss, model, batch, mask, wrt):
   norms: dict[str, dict[str, jax.Array]] = {}
   for p, g in jax.tree_util.tree_flatten_with_path(grads)[0]:
     key = forward_pass.path_keys(p)
-    norms.setdefault(_path_str(key[:-1]), {})[key[-1]] = _numerics.per_example_norm(g)
+    norms.setdefault(_path_str(key[:-1]), {})[key[-1]] = _numerics.row_norms(g)
   return grads, losses, norms
 
 
@@ -721,7 +721,7 @@ def ghost_grad_sum(per_example_loss: Callable[..., jax.Array], model: nnx.Module
   """
   _check_common(per_example_loss, model, batch, method)
   _validation.check_choice('weights', weights, WEIGHTS)
-  _validation.check_choice('scope', scope, SCOPES)
+  _validation.check_choice('scope', scope, grouping_lib.SCOPES)
   _validation.check_choice('nonfinite', nonfinite, clipping.NONFINITE)
   if weights == 'clip':
     if clip_norm is None:

@@ -64,7 +64,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ssgd_optax import _batch
 from ssgd_optax import _validation
 from ssgd_optax.privacy import _clipping as clipping
 from ssgd_optax.privacy import _forward_pass as forward_pass

@@ -75,6 +75,7 @@ from ssgd_optax import _numerics
 from ssgd_optax import _validation
 from ssgd_optax import _grouping as grouping_lib
 from ssgd_optax import _normalize as normalize_lib
+from ssgd_optax.privacy import _clipping as clipping
 from ssgd_optax.privacy import _noise as noise_lib
 from ssgd_optax.privacy._mechanisms import DPSSGDMechanism
 from ssgd_optax.privacy._mechanisms import dp_ssgd_mechanism
@@ -87,8 +88,6 @@ __all__ = [
     'dp_ssgd',
 ]
 
-NONFINITE = ('drop', 'propagate')
-
 
 def _example_structure(tree: Any) -> Any:
   """The tree of one example (leading axis dropped), as shape structs."""
@@ -98,7 +97,7 @@ def _example_structure(tree: Any) -> Any:
 def _check_common(scope, stability, nonfinite):
   grouping_lib.check_scope(scope)
   _validation.check_nonnegative('stability', stability)
-  _validation.check_choice('nonfinite', nonfinite, NONFINITE)
+  _validation.check_choice('nonfinite', nonfinite, clipping.NONFINITE)
 
 
 def _from_mechanism(mechanism, noise_multiplier, scope, caller):
@@ -299,7 +298,7 @@ def noisy_normalized_mean(per_example_grads: Any,
                           stability: Any = 0.0,
                           mask: jax.Array | None = None,
                           nonfinite: str = 'drop',
-                          axis_name: normalize_lib.AxisName = None,
+                          axis_name: _numerics.AxisName = None,
                           mechanism: DPSSGDMechanism | None = None) -> Any:
   r"""A batch's per-example gradients to the shared DP-SSGD update.
 
@@ -399,7 +398,7 @@ def dp_unit_normalize(noise_multiplier: Any = None,
                       scope: grouping_lib.Scope | None = None,
                       stability: Any = 0.0,
                       nonfinite: str = 'drop',
-                      axis_name: normalize_lib.AxisName = None,
+                      axis_name: _numerics.AxisName = None,
                       mechanism: DPSSGDMechanism | None = None
                       ) -> optax.GradientTransformationExtraArgs:
   r"""Per-example unit normalisation + Gaussian noise, as an optax transform.
@@ -502,7 +501,7 @@ def dp_ssgd(learning_rate: optax.ScalarOrSchedule,
             momentum: Any = None,
             nesterov: bool = False,
             nonfinite: str = 'drop',
-            axis_name: normalize_lib.AxisName = None,
+            axis_name: _numerics.AxisName = None,
             mechanism: DPSSGDMechanism | None = None) -> optax.GradientTransformationExtraArgs:
   r"""Differentially private SSGD: normalise each example, add noise, SGD.
 

@@ -4,7 +4,7 @@
 The noise is drawn from the OS, so the statistical tests use fixed tolerances
 far outside their sampling error (stated at each test); the protocol-level
 tests (the repeated-round attack against the noise, the exact ring sum at the
-limit) are in test_secure_aggregation.py.
+limit) are in test_federated_secure_aggregation.py.
 """
 
 import importlib.util
