@@ -65,21 +65,27 @@ def make_tree(shapes, dtype, seed=0):
 
 
 def load_normalize_at(rev: str):
-  """``ssgd_optax/normalize.py`` as committed at git revision ``rev``, as a
-  module, so that an old implementation can be timed beside the current one."""
+  """SSGD's module (``ssgd_optax/_normalize.py``, ``normalize.py`` before the
+  restructure) as committed at git revision ``rev``, as a module, so that an
+  old implementation can be timed beside the current one."""
   import importlib.util
   import pathlib
   import subprocess
   root = pathlib.Path(__file__).resolve().parent.parent
-  try:
-    source = subprocess.run(['git', 'show', f'{rev}:ssgd_optax/normalize.py'], cwd=root,
-                            check=True, capture_output=True, text=True).stdout
-  except (OSError, subprocess.CalledProcessError) as e:
-    raise SystemExit(f'--compare-rev {rev!r}: cannot read ssgd_optax/normalize.py at that '
-                     f'revision from git ({e}).') from None
+  source = None
+  for path in ('ssgd_optax/_normalize.py', 'ssgd_optax/normalize.py'):
+    try:
+      source = subprocess.run(['git', 'show', f'{rev}:{path}'], cwd=root, check=True,
+                              capture_output=True, text=True).stdout
+      break
+    except (OSError, subprocess.CalledProcessError) as e:
+      error = e
+  if source is None:
+    raise SystemExit(f'--compare-rev {rev!r}: cannot read ssgd_optax/_normalize.py (or '
+                     f'normalize.py) at that revision from git ({error}).') from None
   spec = importlib.util.spec_from_loader(f'_normalize_at_{rev}', loader=None)
   module = importlib.util.module_from_spec(spec)
-  exec(compile(source, f'{rev}:ssgd_optax/normalize.py', 'exec'), module.__dict__)
+  exec(compile(source, f'{rev}:{path}', 'exec'), module.__dict__)
   return module
 
 
@@ -233,7 +239,7 @@ def main(argv=None):
   parser.add_argument('--cnn-batch', type=int, default=128)
   parser.add_argument('--out', type=str, default=None, help='also write the Markdown here')
   parser.add_argument('--compare-rev', type=str, default=None, metavar='REV',
-                      help='also time ssgd_optax/normalize.py as committed at this git '
+                      help='also time ssgd_optax/_normalize.py as committed at this git '
                            'revision (e.g. HEAD), side by side in the same rounds')
   parser.add_argument('--skip-cnn', action='store_true', help='leave out the full train step')
   args = parser.parse_args(argv)

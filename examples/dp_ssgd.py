@@ -152,7 +152,7 @@ def train(*, target_epsilon: float, delta: float = DELTA, epochs: int = 15,
   tracker = privacy.BudgetTracker(target_epsilon, delta, noise_multiplier=noise_multiplier,
                                   sampling_rate=q, accountant=accountant)
   # Padding large enough that no step of the run overflows except with
-  # probability 1e-12 (see ssgd_optax.privacy.sampling).
+  # probability 1e-12 (see ssgd_optax.privacy.truncation_delta).
   padded = privacy.max_batch_size_for(n, q, steps=steps)
   x_dev, y_dev = jnp.asarray(x_train), jnp.asarray(y_train)
   sample_keys = jax.random.split(key_sample, steps)

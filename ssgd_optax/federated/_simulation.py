@@ -2,7 +2,7 @@
 """Distributed selective SGD (DSSGD) simulated on one machine.
 
 ``N`` participants, each with its own data shard, and a parameter server
-(:mod:`ssgd_optax.federated.server`). One round, for every participant:
+(:func:`ssgd_optax.federated.server_apply`). One round, for every participant:
 
 1. download a ``theta_d`` fraction of the global parameters (most updated or
    random) and overwrite the local copies;

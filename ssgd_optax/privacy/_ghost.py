@@ -43,7 +43,7 @@ times per forward pass (its positions are concatenated). Any other parameter (em
 custom modules, subclasses of the layers above) makes ``method="auto"`` fall
 back to the vmap path with a warning naming it, and ``method="ghost"`` raise.
 
-The capture reuses the forward-pass scope of :mod:`ssgd_optax.privacy.layers`
+The capture reuses the forward-pass scope of :func:`ssgd_optax.privacy.backprop_clip_grad_sum`
 (the one :func:`~ssgd_optax.privacy.backprop_clip_grad_sum` traces clipped
 layers in): the same refusal of layers called inside a nested ``scan``/
 ``vmap``/``remat``, and the same per-layer non-finite input flags. The user's

@@ -4,7 +4,7 @@
 :class:`ClippedLayer` wraps an existing ``nnx.Linear`` or ``nnx.Conv`` (sharing
 its parameters): it clips the layer's input per example to ``C_in`` in the
 forward pass and the cotangent of its output to ``C_out`` in the backward pass
-(conv mixed norm, see :mod:`ssgd_optax.privacy.clipping`). Each example's
+(conv mixed norm, see :func:`ssgd_optax.privacy.clip_upstream`). Each example's
 gradient of the wrapped layer is then bounded:
 
 ==========  ==================================  ==========================

@@ -1,7 +1,7 @@
 # Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
 """Poisson sampling into fixed-size, masked batches that ``jit`` can compile once.
 
-The privacy analysis of :mod:`ssgd_optax.privacy.accounting` assumes Poisson
+The privacy analysis of the accountant (:func:`ssgd_optax.privacy.compute_epsilon`) assumes Poisson
 sampling: each of the ``N`` examples joins a step's batch independently with
 probability ``q``, so the batch size is ``Binomial(N, q)`` and varies from step
 to step. A jitted step needs a fixed shape, so :func:`poisson_sample` returns
