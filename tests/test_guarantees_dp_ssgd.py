@@ -201,6 +201,7 @@ def test_underflowing_squares_do_not_inflate_the_norm():
 
 @pytest.mark.parametrize('scope', SCOPES)
 def test_noise_std_is_sigma_times_sensitivity_over_expected_batch_size(scope, monkeypatch):
+  from ssgd_optax import privacy  # pylint: disable=import-outside-toplevel
   from ssgd_optax.privacy import _accounting  # pylint: disable=import-outside-toplevel
   sigma, bbar = 0.8, 5.0
   params = {'a': {'w': jnp.zeros((300, 100)), 'b': jnp.zeros((50,))},
@@ -234,7 +235,7 @@ def test_noise_std_is_sigma_times_sensitivity_over_expected_batch_size(scope, mo
     return 1.0
 
   monkeypatch.setattr(_accounting, '_epsilon', spy)
-  mechanism.epsilon(sampling_rate=0.01, steps=10, delta=1e-5)
+  privacy.compute_epsilon(mechanism, sampling_rate=0.01, steps=10, delta=1e-5)
   assert seen, 'the accountant was not reached'
   assert seen['noise_multiplier'] == pytest.approx(sigma)
   assert seen['kind'] == ('PoissonSampledDpEvent', 'GaussianDpEvent')

@@ -64,7 +64,6 @@ from flax import nnx
 
 from ssgd_optax import _validation
 from ssgd_optax import _grouping as grouping_lib
-from ssgd_optax.privacy import _accounting as accounting
 from ssgd_optax.privacy import _layers as layers_lib
 __all__ = [
     'ADD_REMOVE_ONE',
@@ -211,12 +210,6 @@ def _check_noise_multiplier(noise_multiplier: Any) -> None:
     _validation.check_nonnegative('noise_multiplier', noise_multiplier)
 
 
-def _epsilon(mechanism: Any, sampling_rate: float, steps: int, delta: float,
-             accountant: str) -> float:
-  return accounting.compute_epsilon(mechanism, sampling_rate=sampling_rate, steps=steps,
-                                    delta=delta, accountant=accountant)
-
-
 class GaussianMechanism(NamedTuple):
   r"""A Gaussian mechanism given by its numbers: ``L`` releases of noise ``z * Delta``.
 
@@ -261,10 +254,6 @@ class GaussianMechanism(NamedTuple):
 
   dp_event = _gaussian_dp_event
 
-  def epsilon(self, *, sampling_rate: float, steps: int, delta: float,
-              accountant: str = 'pld') -> float:
-    """Epsilon after ``steps`` Poisson-sampled steps at ``sampling_rate``."""
-    return _epsilon(self, sampling_rate, steps, delta, accountant)
 
 
 class DPSSGDMechanism(NamedTuple):
@@ -321,19 +310,6 @@ class DPSSGDMechanism(NamedTuple):
 
   dp_event = _gaussian_dp_event
 
-  def epsilon(self, *, sampling_rate: float, steps: int, delta: float,
-              accountant: str = 'pld') -> float:
-    """Epsilon after ``steps`` Poisson-sampled steps at ``sampling_rate``.
-
-    :func:`ssgd_optax.privacy.compute_epsilon` given this mechanism (one
-    Gaussian release per step with noise multiplier ``sigma``).
-
-    >>> m = DPSSGDMechanism(1.0, num_groups=4)
-    >>> round(m.epsilon(sampling_rate=0.01, steps=100, delta=1e-5,
-    ...                 accountant='rdp'), 2)
-    1.21
-    """
-    return _epsilon(self, sampling_rate, steps, delta, accountant)
 
 
 def dp_ssgd_mechanism(params: Any,
@@ -421,16 +397,6 @@ class DPSGDMechanism(NamedTuple):
 
   dp_event = _gaussian_dp_event
 
-  def epsilon(self, *, sampling_rate: float, steps: int, delta: float,
-              accountant: str = 'pld') -> float:
-    """Epsilon after ``steps`` Poisson-sampled steps at ``sampling_rate``.
-
-    >>> m = DPSGDMechanism(1.0, clip_norm=0.5)
-    >>> round(m.epsilon(sampling_rate=0.01, steps=100, delta=1e-5,
-    ...                 accountant='rdp'), 2)
-    1.21
-    """
-    return _epsilon(self, sampling_rate, steps, delta, accountant)
 
 
 def dpsgd_mechanism(clip_norm: Any, noise_multiplier: Any = None) -> DPSGDMechanism:
@@ -510,10 +476,6 @@ class BackpropClipMechanism(NamedTuple):
 
   dp_event = _gaussian_dp_event
 
-  def epsilon(self, *, sampling_rate: float, steps: int, delta: float,
-              accountant: str = 'pld') -> float:
-    """Epsilon after ``steps`` Poisson-sampled steps of ``L`` releases each."""
-    return _epsilon(self, sampling_rate, steps, delta, accountant)
 
 
 def backprop_clip_mechanism(model: nnx.Module, noise_multiplier: Any = None, *,
