@@ -182,3 +182,68 @@ def test_the_installed_package_holds_no_harness():
     assert importlib.util.find_spec(gone) is None, gone
   import ssgd_optax.privacy as privacy  # pylint: disable=import-outside-toplevel
   assert not hasattr(privacy, 'StevensCNN')
+
+
+def import_graph(sources) -> dict:
+  """``{module: {module it imports}}`` over the package (imports inside functions included).
+
+  ``from P import X`` is an edge to ``P.X`` when that is a module, else to ``P``.
+  """
+  modules = {name for _, name in sources}
+  graph = {}
+  for path, module in sources:
+    edges = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.Import):
+        targets = [a.name for a in node.names]
+      elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+        targets = [f'{node.module}.{a.name}' if f'{node.module}.{a.name}' in modules
+                   else node.module for a in node.names]
+      else:
+        continue
+      edges |= {t for t in targets if t in modules and t != module}
+    graph[module] = edges
+  return graph
+
+
+def cycles(graph: dict) -> list:
+  """The strongly connected components with more than one module (Tarjan)."""
+  index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+  def visit(v):
+    index[v] = low[v] = counter[0]
+    counter[0] += 1
+    stack.append(v)
+    on.add(v)
+    for w in graph.get(v, ()):
+      if w not in index:
+        visit(w)
+        low[v] = min(low[v], low[w])
+      elif w in on:
+        low[v] = min(low[v], index[w])
+    if low[v] == index[v]:
+      comp = []
+      while True:
+        w = stack.pop()
+        on.discard(w)
+        comp.append(w)
+        if w == v:
+          break
+      if len(comp) > 1:
+        out.append(sorted(comp))
+
+  for v in graph:
+    if v not in index:
+      visit(v)
+  return out
+
+
+def test_no_import_cycles_in_the_package():
+  sources = [(p, m) for p, m in _sources() if p.is_relative_to(PACKAGE)]
+  found = cycles(import_graph(sources))
+  assert not found, f'import cycles: {found}'
+
+
+def test_the_cycle_check_can_fail():
+  assert cycles({'a': {'b'}, 'b': {'c'}, 'c': {'a'}, 'd': {'a'}}) == [['a', 'b', 'c']]
+  assert not cycles({'a': {'b'}, 'b': set()})
