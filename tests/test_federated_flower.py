@@ -13,9 +13,10 @@ import pytest
 pytest.importorskip('flwr')
 
 from ssgd_optax import federated  # noqa: E402
+from ssgd_optax import privacy  # noqa: E402
+from ssgd_optax.federated import _rounds as rounds  # noqa: E402
 from ssgd_optax.federated import flower  # noqa: E402
 from ssgd_optax.privacy import dp_selective_sharing  # noqa: E402
-from ssgd_optax.privacy import dp_selective_sharing_privacy  # noqa: E402
 from ssgd_optax import selective_sharing  # noqa: E402
 
 D, C, N = 5, 3, 3
@@ -25,31 +26,32 @@ def loss_fn(params, x, y):
   return optax.softmax_cross_entropy_with_integer_labels(x @ params['w'] + params['b'], y).mean()
 
 
-def _setup(upload, d=D):
+def _setup(upload, d=D, order='round_robin', secure=None, theta_d=0.5):
   params = {'w': jnp.zeros((d, C)), 'b': jnp.zeros((C,))}
   rng = np.random.default_rng(0)
   x = rng.normal(size=(N, 8, d)).astype(np.float32)
   y = rng.integers(0, C, size=(N, 8)).astype(np.int32)
   sim = federated.make_dssgd(loss_fn, params, num_participants=N, learning_rate=0.1,
-                             batch_size=4, upload=upload, theta_d=0.5)
+                             batch_size=4, upload=upload, theta_d=theta_d, order=order,
+                             secure_aggregation=secure)
   return params, x, y, sim
 
 
-def _reference(sim, x, y, key, rounds):
+def _reference(sim, x, y, key, rounds, active=None):
   state = sim.init(key)
   step = jax.jit(sim.round)
   for _ in range(rounds):
-    state, _ = step(state, jnp.asarray(x), jnp.asarray(y))
+    state, _ = step(state, jnp.asarray(x), jnp.asarray(y), active)
   return state
 
 
 def _run(sim, params, data_fn, *, grid_cls=flower.LoopbackGrid, rounds=1, drop=(), **kw):
-  """Runs the apps on a loopback grid; returns (summary, per-round states)."""
+  """Runs the apps on a loopback grid (the simulation's keys); returns (summary, states)."""
   out, seen = {}, []
   server_app = flower.make_server_app(sim, params, rounds=rounds, key=jax.random.key(0),
                                       on_round=lambda r, s: seen.append(s),
                                       on_end=lambda s: out.setdefault('summary', s), **kw)
-  client_app = flower.make_client_app(sim, data_fn, params)
+  client_app = flower.make_client_app(sim, data_fn, params, testing_key=jax.random.key(0))
   grid = grid_cls(client_app, N, drop=drop)
   server_app(grid, flower.Context(run_id=1, node_id=0, node_config={},
                                   state=flower.RecordDict(), run_config={}))
@@ -61,10 +63,10 @@ def test_flower_round_robin_reproduces_the_simulation():
   params, x, y, sim = _setup(upload)
   key = jax.random.key(7)
   seen, summaries = [], []
-  server_app = flower.make_server_app(sim, params, rounds=2, key=key, theta_d=0.5,
+  server_app = flower.make_server_app(sim, params, rounds=2, key=key,
                                       on_round=lambda r, s: seen.append(s),
                                       on_end=summaries.append)
-  client_app = flower.make_client_app(sim, lambda i: (x[i], y[i]), params)
+  client_app = flower.make_client_app(sim, lambda i: (x[i], y[i]), params, testing_key=key)
   flower.run_loopback(server_app, client_app, N)
   state = _reference(sim, x, y, key, 2)
   assert len(seen) == 2
@@ -135,14 +137,15 @@ def test_a_client_that_raises_stops_the_run_with_node_and_round(caplog):
   assert 'round 1: participant 1 (node 2) dropped out' in caplog.text
 
 
-def test_dropouts_are_counted_and_leave_the_server_untouched():
-  params, x, y, sim = _setup(selective_sharing(0.5))
-  full, _ = _run(sim, params, lambda i: (x[i], y[i]), order='synchronous')
-  part, _ = _run(sim, params, lambda i: (x[i], y[i]), order='synchronous', drop=(2,))
+def test_synchronous_order_with_a_dropout_is_the_simulations_round():
+  # The same round as the simulation's synchronous order with participant 1
+  # inactive: the mean of the others' uploads, nothing of the dropout's.
+  params, x, y, sim = _setup(selective_sharing(0.5), order='synchronous')
+  part, _ = _run(sim, params, lambda i: (x[i], y[i]), drop=(2,))
   assert part.rounds[0].dropped == (1,) and part.rounds[0].accepted == (0, 2)
-  assert bool(jnp.isfinite(part.server.params).all())
-  # Node 2 is participant 1: its share of the stats is missing, nothing else.
-  assert float(part.server.stats.sum()) < float(full.server.stats.sum())
+  ref = _reference(sim, x, y, jax.random.key(0), 1, active=jnp.array([True, False, True]))
+  np.testing.assert_allclose(part.server.params, ref.server.params, rtol=1e-5, atol=1e-7)
+  np.testing.assert_array_equal(part.server.stats, ref.server.stats)
 
 
 def test_too_few_participants_or_no_upload_stop_the_run():
@@ -195,7 +198,8 @@ def test_a_non_finite_upload_is_rejected_and_reported():
 
 
 def test_privacy_is_composed_over_the_rounds_each_participant_uploads_in():
-  upload = dp_selective_sharing(0.3, epsilon=0.5, clip=1.0, key=jax.random.key(1))
+  mechanism = privacy.sparse_vector_mechanism(0.3, epsilon=0.5, clip=1.0)
+  upload = dp_selective_sharing(mechanism=mechanism, key=jax.random.key(1))
   params, x, y, sim = _setup(upload)
 
   class LeavesAfterRound0(flower.LoopbackGrid):
@@ -207,20 +211,22 @@ def test_privacy_is_composed_over_the_rounds_each_participant_uploads_in():
       return [1, 2, 3] if self.calls <= 2 else [1, 2]
 
   summary, _ = _run(sim, params, lambda i: (x[i], y[i]), grid_cls=LeavesAfterRound0,
-                    rounds=3, dp_epsilon=0.5, dp_fraction=0.3)
+                    rounds=3, mechanism=mechanism, delta=1e-5)
   assert summary.dropouts_per_round == [0, 1, 1]
-  p = sim.num_params
-  assert summary.privacy[0] == dp_selective_sharing_privacy(0.5, 3, num_params=p, fraction=0.3)
-  assert summary.privacy[2].rounds == 1
-  assert summary.privacy[2].total_epsilon == pytest.approx(0.5)
+  # The one accountant, per participant, over the rounds it was asked in.
+  eps = lambda r: privacy.compute_epsilon(mechanism, steps=r, delta=1e-5)
+  assert summary.privacy[0] == flower.ParticipantPrivacy(3, eps(3), 1e-5)
+  assert summary.privacy[2] == flower.ParticipantPrivacy(1, eps(1), 1e-5)
+  assert eps(1) == pytest.approx(0.5, rel=1e-3) and eps(3) <= 1.5 + 1e-3
 
 
 def test_flower_validation(monkeypatch):
   params, x, y, sim = _setup(None)
   make = lambda **kw: flower.make_server_app(sim, params, key=jax.random.key(0),
                                              **{'rounds': 1, **kw})
-  with pytest.raises(ValueError, match='order'):
-    make(order='async')
+  _, _, _, async_sim = _setup(None, order='asynchronous')
+  with pytest.raises(ValueError, match="order='asynchronous'"):
+    flower.make_server_app(async_sim, params, rounds=1, key=jax.random.key(0))
   with pytest.raises(ValueError, match='rounds'):
     make(rounds=0)
   with pytest.raises(ValueError, match='num_nodes'):
@@ -229,12 +235,16 @@ def test_flower_validation(monkeypatch):
     make(min_participants=4)
   with pytest.raises(ValueError, match='client_errors'):
     make(client_errors='ignore')
-  with pytest.raises(ValueError, match='epsilon'):
-    make(dp_epsilon=-1.0)
-  with pytest.raises(ValueError, match='threshold'):
-    make(order='secure', threshold=1)   # t > N/2 is required
-  with pytest.raises(ValueError, match='signing_key and registry'):
+  mechanism = privacy.sparse_vector_mechanism(0.3, epsilon=0.5, clip=1.0)
+  with pytest.raises(ValueError, match='delta'):
+    make(mechanism=mechanism)
+  with pytest.raises(ValueError, match='delta'):
+    make(mechanism=mechanism, delta=2.0)
+  with pytest.raises(ValueError, match='for secure aggregation only'):
     flower.make_client_app(sim, lambda i: (x[i], y[i]), params, registry={})
+  _, _, _, secure_sim = _setup(None, order='synchronous', secure=federated.SecureAggregation())
+  with pytest.raises(ValueError, match='missing: identity, record'):
+    flower.make_client_app(secure_sim, lambda i: (x[i], y[i]), params, registry={})
   with pytest.raises(TypeError, match='DSSGD'):
     flower.make_client_app(object(), lambda i: None, params)
   # Wrong shapes from the data function: the error names them.
@@ -247,9 +257,9 @@ def test_flower_validation(monkeypatch):
   grid = flower.LoopbackGrid(client_app, N)
   msg = flower.Message(flower.RecordDict({
       'arrays': flower._record(**{'global': np.zeros(sim.num_params, np.float32),
-                                  'mask': np.ones(sim.num_params, bool),
-                                  'key': np.asarray(jax.random.key_data(jax.random.key(0)))}),
-      'config': flower.ConfigRecord({'participant': 7})}), dst_node_id=1, message_type='train')
+                                  'mask': np.ones(sim.num_params, bool)}),
+      'config': flower.ConfigRecord({'participant': 7, 'round': 0})}), dst_node_id=1,
+      message_type='train')
   (reply,) = grid.send_and_receive([msg])
   assert reply.has_error() and 'participant index 7 is out of range [0, 3)' in reply.error.reason
   monkeypatch.setattr(flower._flwr, '__version__', '1.20.0')
@@ -265,9 +275,9 @@ def test_simulation_engine_reproduces_the_simulation():
   params, x, y, sim = _setup(upload)
   key = jax.random.key(7)
   summaries = []
-  server_app = flower.make_server_app(sim, params, rounds=2, key=key, theta_d=0.5,
+  server_app = flower.make_server_app(sim, params, rounds=2, key=key,
                                       on_end=summaries.append)
-  client_app = flower.make_client_app(sim, lambda i: (x[i], y[i]), params)
+  client_app = flower.make_client_app(sim, lambda i: (x[i], y[i]), params, testing_key=key)
   run_simulation(server_app=server_app, client_app=client_app, num_supernodes=N,
                  backend_config={'client_resources': {'num_cpus': 1}})
   (summary,) = summaries
@@ -334,7 +344,7 @@ def test_simulation_engine_stalled_node_times_out_and_its_late_reply_is_ignored(
   server_app = flower.make_server_app(sim, params, rounds=2, key=jax.random.key(0),
                                       reply_timeout=120.0, on_round=on_round,
                                       on_end=summaries.append)
-  client_app = flower.make_client_app(sim, data_fn, params)
+  client_app = flower.make_client_app(sim, data_fn, params, testing_key=jax.random.key(0))
   with caplog.at_level(logging.WARNING, logger='ssgd_optax.federated.flower'):
     run_simulation(server_app=server_app, client_app=client_app, num_supernodes=N,
                    backend_config={'client_resources': {'num_cpus': 1}})
@@ -480,35 +490,44 @@ class _RecordingGrid(flower.LoopbackGrid):
     return out
 
 
-def _secure_run(params, x, y, sim, grid_kw):
+def _identities(tmp_path, n=N):
+  """Per-node identity keys, the registry and record files: node ``k`` is participant ``k - 1``."""
   from ssgd_optax.federated import secure_aggregation as sa
-  signing, registry = sa.generate_identities(N)
+  tmp_path.mkdir(parents=True, exist_ok=True)
+  signing, registry = sa.generate_identities(n)
+  return dict(identity=lambda ctx: signing[ctx.node_id - 1], registry=registry,
+              record=lambda ctx: str(tmp_path / f'record-node{ctx.node_id}.jsonl'))
+
+
+def _secure_run(params, x, y, sim, grid_kw, tmp_path, key=jax.random.key(3)):
   seen = []
-  server_app = flower.make_server_app(sim, params, rounds=1, key=jax.random.key(3),
-                                      order='secure', threshold=2, reply_timeout=0.5,
+  server_app = flower.make_server_app(sim, params, rounds=1, key=key, reply_timeout=0.5,
                                       on_end=seen.append)
-  client_app = flower.make_client_app(sim, lambda i: (x[i], y[i]), params,
-                                      signing_key=lambda i: signing[i], registry=registry)
+  client_app = flower.make_client_app(sim, lambda i: (x[i], y[i]), params, testing_key=key,
+                                      **_identities(tmp_path))
   grid = _RecordingGrid(client_app, N, **grid_kw)
   server_app(grid, flower.Context(run_id=1, node_id=0, node_config={},
                                   state=flower.RecordDict(), run_config={}))
   return grid, seen[0]
 
 
-def _plain_uploads(sim, params, x, y, grid):
-  """Each participant's upload, recomputed from what the server sent in 'masked'."""
+def _plain_uploads(sim, params, x, y, grid, key=jax.random.key(3)):
+  """Each participant's upload, recomputed from what the server sent in 'masked' and the
+  training key the clients derive from their testing key (the server sends none)."""
   state0 = sim.init(jax.random.key(0)).clients
   out = {}
   for m in grid.sent:
     cfg = m.content.config_records.get('config')
     if cfg is None or cfg.get('step') != 'masked':
       continue
-    i = int(cfg['participant'])
+    i, r = int(cfg['participant']), int(cfg['round'])
     a = m.content.array_records['arrays']
+    assert set(a) == {'global', 'mask'}   # no training randomness from the server
+    k_train = rounds.participant_keys(rounds.round_keys_at(key, r).rest, i)[1]
     _, _, up = sim.client_update(
         sim.ravel(params), jax.tree.map(lambda l: l[i], state0.upload_state),
         jnp.asarray(a['global'].numpy()), jnp.asarray(a['mask'].numpy()), jnp.asarray(x[i]),
-        jnp.asarray(y[i]), jax.random.wrap_key_data(jnp.asarray(a['key'].numpy())))
+        jnp.asarray(y[i]), k_train)
     out[i] = np.asarray(up)
   return out
 
@@ -559,11 +578,17 @@ def _max_correlation(vectors, uploads, n):
   return best
 
 
-def test_secure_order_server_sees_only_masked_uploads_and_the_exact_sum():
+def _secure_sim(upload, d=D, threshold=2):
+  return _setup(upload, d=d, order='synchronous',
+                secure=federated.SecureAggregation(threshold=threshold))
+
+
+def test_secure_aggregation_server_sees_only_masked_uploads_and_the_exact_sum(tmp_path):
   from ssgd_optax.federated import secure_aggregation as sa
-  params, x, y, sim = _setup(selective_sharing(0.5))
+  params, x, y, sim = _secure_sim(selective_sharing(0.5))
   for drop_step, survivors in ((None, (0, 1, 2)), ('masked', (0, 1))):
-    grid, summary = _secure_run(params, x, y, sim, {'drop_step': drop_step})
+    grid, summary = _secure_run(params, x, y, sim, {'drop_step': drop_step},
+                                tmp_path / str(drop_step))
     uploads = _plain_uploads(sim, params, x, y, grid)
     assert sorted(uploads) == [0, 1, 2]
     assert not _server_saw_plaintext(grid, uploads, N)
@@ -572,18 +597,20 @@ def test_secure_order_server_sees_only_masked_uploads_and_the_exact_sum():
     assert rep.dropped == tuple(sorted(set(range(N)) - set(survivors)))
     q = sum(sa.quantize(uploads[i], num_participants=N).astype(np.uint64) for i in survivors)
     want = sa.dequantize((q % 2 ** 32).astype(np.uint32))
+    # The one rule for a secure sum: the survivors' mean.
     start = np.asarray(sim.ravel(params), np.float64)
     np.testing.assert_array_equal(np.asarray(summary.server.params),
-                                  (start + want).astype(np.float32))
+                                  start.astype(np.float32)
+                                  + (want / len(survivors)).astype(np.float32))
 
 
-def test_the_plaintext_check_catches_an_unmasked_upload(monkeypatch):
+def test_the_plaintext_check_catches_an_unmasked_upload(monkeypatch, tmp_path):
   # A broken stand-in: masks of zero (PRG output zeroed) leave y = q(x),
   # which the check above must flag.
   from ssgd_optax.federated import secure_aggregation as sa
   monkeypatch.setattr(sa, 'prg', lambda seed, size, bits=32: np.zeros(size, np.uint32))
-  params, x, y, sim = _setup(selective_sharing(0.5))
-  grid, _ = _secure_run(params, x, y, sim, {})
+  params, x, y, sim = _secure_sim(selective_sharing(0.5))
+  grid, _ = _secure_run(params, x, y, sim, {}, tmp_path)
   uploads = _plain_uploads(sim, params, x, y, grid)
   assert _server_saw_plaintext(grid, uploads, N)
   # The correlation check of the runtime test flags it too.
@@ -612,7 +639,7 @@ class _RecordingProxy:
 
 
 @pytest.mark.slow
-def test_simulation_engine_secure_order_masked_uploads_exact_sum_with_a_dropout():
+def test_simulation_engine_secure_aggregation_masked_uploads_exact_sum_with_a_dropout(tmp_path):
   # The project's secure aggregation as Flower messages between the server
   # thread and Ray worker processes (run_simulation); participant 2 fails
   # after sharing its keys, so the survivors must unmask its pair masks.
@@ -621,10 +648,16 @@ def test_simulation_engine_secure_order_masked_uploads_exact_sum_with_a_dropout(
   from flwr.simulation import run_simulation
   from ssgd_optax.federated import secure_aggregation as sa
   # 120 inputs x 3 classes: enough entries for the correlation check to mean something.
-  params, x, y, sim = _setup(selective_sharing(0.5), d=120)
+  params, x, y, sim = _secure_sim(selective_sharing(0.5), d=120)
   p = sim.num_params
   signing, registry = sa.generate_identities(N)
   raw = [k.private_bytes_raw() for k in signing]   # key objects do not pickle to Ray
+  # On Flower's simulation engine node ids are random: the partition id names the node.
+  identity = lambda ctx: Ed25519PrivateKey.from_private_bytes(
+      raw[int(ctx.node_config['partition-id'])])
+  folder = str(tmp_path)
+  record = lambda ctx: f"{folder}/record-{int(ctx.node_config['partition-id'])}.jsonl"
+  key = jax.random.key(3)
 
   def data_fn(i):
     if i == 2:
@@ -632,9 +665,8 @@ def test_simulation_engine_secure_order_masked_uploads_exact_sum_with_a_dropout(
     return x[i], y[i]
 
   summaries, grids = [], []
-  inner = flower.make_server_app(sim, params, rounds=1, key=jax.random.key(3), order='secure',
-                                 threshold=2, client_errors='dropout', reply_timeout=600.0,
-                                 on_end=summaries.append)
+  inner = flower.make_server_app(sim, params, rounds=1, key=key, client_errors='dropout',
+                                 reply_timeout=600.0, on_end=summaries.append)
   server_app = ServerApp()
 
   @server_app.main()
@@ -642,9 +674,8 @@ def test_simulation_engine_secure_order_masked_uploads_exact_sum_with_a_dropout(
     grids.append(_RecordingProxy(grid))
     inner(grids[0], context)
 
-  client_app = flower.make_client_app(
-      sim, data_fn, params, registry=registry,
-      signing_key=lambda i: Ed25519PrivateKey.from_private_bytes(raw[i]))
+  client_app = flower.make_client_app(sim, data_fn, params, identity=identity,
+                                      registry=registry, record=record, testing_key=key)
   run_simulation(server_app=server_app, client_app=client_app, num_supernodes=N,
                  backend_config={'client_resources': {'num_cpus': 1}})
   (summary,), (grid,) = summaries, grids
@@ -659,14 +690,14 @@ def test_simulation_engine_secure_order_masked_uploads_exact_sum_with_a_dropout(
   masked = _masked_vectors(_received_blobs(grid), p)
   assert len(masked) == 2
   assert _max_correlation(masked, uploads, N) < 6 / np.sqrt(p)
-  # (a) the exact sum of the survivors' quantised uploads, and close to the plain float sum.
+  # (a) the exact sum of the survivors' quantised uploads, applied as their mean.
   q = sum(sa.quantize(uploads[i], num_participants=N).astype(np.uint64) for i in (0, 1))
   want = sa.dequantize((q % 2 ** 32).astype(np.uint32))
   start = np.asarray(sim.ravel(params), np.float64)
   np.testing.assert_array_equal(np.asarray(summary.server.params),
-                                (start + want).astype(np.float32))
+                                start.astype(np.float32) + (want / 2).astype(np.float32))
   np.testing.assert_allclose(np.asarray(summary.server.params) - start,
-                             uploads[0] + uploads[1], atol=N * 2.0 ** -16)
+                             (uploads[0] + uploads[1]) / 2, atol=N * 2.0 ** -16)
 
 
 def _read_transcript(path):

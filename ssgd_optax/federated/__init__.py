@@ -32,8 +32,11 @@ from ssgd_optax.federated._server import download_mask
 from ssgd_optax.federated._server import server_apply
 from ssgd_optax.federated._server import server_apply_many
 from ssgd_optax.federated._server import server_init
+from ssgd_optax.federated._rounds import ORDERS
+from ssgd_optax.federated._rounds import RoundConfig
+from ssgd_optax.federated._rounds import RoundReport
+from ssgd_optax.federated._rounds import SecureAggregation
 from ssgd_optax.federated._simulation import DSSGD
-from ssgd_optax.federated._simulation import ORDERS
 from ssgd_optax.federated._simulation import ClientStates
 from ssgd_optax.federated._simulation import RoundInfo
 from ssgd_optax.federated._simulation import SimulationState
@@ -46,9 +49,10 @@ from ssgd_optax.federated._simulation import train_standalone
 _LAZY = ('secure_aggregation', 'distributed_dp', 'flower')
 
 __all__ = [
-    'DOWNLOAD_CRITERIA', 'ORDERS', 'ClientStates', 'DSSGD', 'RoundInfo', 'ServerState',
-    'SimulationState', 'download_mask', 'local_sgd', 'make_dssgd', 'server_apply',
-    'server_apply_many', 'server_init', 'shard', 'train_centralized', 'train_standalone',
+    'DOWNLOAD_CRITERIA', 'ORDERS', 'ClientStates', 'DSSGD', 'RoundConfig', 'RoundInfo',
+    'RoundReport', 'SecureAggregation', 'ServerState', 'SimulationState', 'download_mask',
+    'local_sgd', 'make_dssgd', 'server_apply', 'server_apply_many', 'server_init', 'shard',
+    'train_centralized', 'train_standalone',
 ]
 
 
