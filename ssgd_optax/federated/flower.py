@@ -1006,10 +1006,13 @@ class LoopbackGrid(Grid):
     drop: node ids that never answer (to test dropouts).
     node_config: ``node_id -> dict``, each node's ``Context.node_config``
       (what a SuperNode's ``--node-config`` sets); default empty.
+    run_config: every node's ``Context.run_config`` (what ``flwr run
+      --run-config`` sets); default empty.
   """
 
   def __init__(self, client_app: ClientApp, num_nodes: int, *, drop: Iterable[int] = (),
-               node_config: Callable[[int], dict] | None = None):
+               node_config: Callable[[int], dict] | None = None,
+               run_config: dict | None = None):
     _require_flwr()
     _validation.check_int('num_nodes', num_nodes, minimum=1)
     if node_config is not None and not callable(node_config):
@@ -1023,7 +1026,8 @@ class LoopbackGrid(Grid):
     self._drop = set(drop)
     self._contexts = {n: Context(run_id=1, node_id=n,
                                  node_config={} if node_config is None else dict(node_config(n)),
-                                 state=RecordDict(), run_config={}) for n in self._nodes}
+                                 state=RecordDict(), run_config=dict(run_config or {}))
+                      for n in self._nodes}
     self._replies: dict[str, Message] = {}
     self._run = None
 
