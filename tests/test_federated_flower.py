@@ -869,13 +869,14 @@ def test_one_secure_round_is_bit_identical_in_the_simulation_flower_and_the_exam
 # the documented Flower message format and the public protocol Server only.
 
 
-def _replaying_server_app(sim, params, victim, out, threshold=2):
+def _replaying_server_app(sim, params, victim, out, threshold=2, resend=lambda g: g):
   """A ServerApp that runs two protocol-compliant secure rounds on the same global model,
   the victim in the first and dropped before uploading in the second, and keeps the
   difference of the two decoded sums (the victim's quantised upload if nothing stops it).
 
   It also sends what an older client took from the server (a participant id at set-up,
   ``sa_round`` and a training ``key``), so the same attack runs against that client.
+  ``resend`` changes how the model is encoded in the second round (not what it is).
   """
   from flwr.serverapp import ServerApp
   from ssgd_optax.federated import secure_aggregation as sa
@@ -930,8 +931,9 @@ def _replaying_server_app(sim, params, victim, out, threshold=2):
       forward = server.collect_shares(step('share', r, keys))
       uploads = {u: m for u, m in forward.items() if u not in dropped}
       try:
+        model = global_ if r == 0 else resend(global_)
         survivors = server.collect_masked(step('masked', r, uploads,
-                                               {'global': global_, 'mask': mask, 'key': key}))
+                                               {'global': model, 'mask': mask, 'key': key}))
       except sa.DropoutError:
         return   # the other participants refused to contribute again
       signatures = server.collect_consistency(step('consistency', r, survivors))
@@ -942,15 +944,20 @@ def _replaying_server_app(sim, params, victim, out, threshold=2):
   return app
 
 
-def test_a_server_that_replays_a_round_to_difference_the_sums_gets_a_named_error(tmp_path):
+@pytest.mark.parametrize('resend', ['same', 'float64_signed_zeros'])
+def test_a_server_that_replays_a_round_to_difference_the_sums_gets_a_named_error(tmp_path,
+                                                                                 resend):
   # Issue 25, item 1: the same global model twice, the victim dropped in the
   # second round; the difference of the sums was the victim's quantised upload,
   # bit-exact (shown against the client before this change: `recovered` equal
   # to the victim's quantised upload, no error). Now every other participant
-  # refuses the second contribution on that model, before training.
+  # refuses the second contribution on that model, before training; also when
+  # the model is re-sent as float64 with -0.0 for 0.0 (it trains the same).
   params, x, y, sim = _secure_sim(selective_sharing(0.5), threshold=2)
   out = {}
-  server_app = _replaying_server_app(sim, params, victim=0, out=out)
+  server_app = _replaying_server_app(
+      sim, params, victim=0, out=out,
+      resend=(lambda g: g) if resend == 'same' else lambda g: -g.astype(np.float64))
   client_app = flower.make_client_app(sim, lambda i: (x[i], y[i]), params,
                                       **_identities(tmp_path))
   flower.run_loopback(server_app, client_app, N)
@@ -1030,6 +1037,20 @@ def _substitute_a_peer_with_the_seed(app, run_config, node_config, victim=0, pee
       'participant': victim, 'sa_session': m.session, 'sa_round': m.round, 'sa_step': m.step,
       'sa_sender': m.sender, 'sa_recipient': m.recipient, 'sa_payload': m.payload,
       'sa_tag': m.tag})
+
+
+def test_a_secure_client_refuses_a_plain_train_message(tmp_path):
+  # Otherwise a server could simply ask for the upload in the clear.
+  params, x, y, sim = _secure_sim(selective_sharing(0.5))
+  grid = flower.LoopbackGrid(flower.make_client_app(sim, lambda i: (x[i], y[i]), params,
+                                                    **_identities(tmp_path)), N)
+  msg = flower.Message(flower.RecordDict({
+      'arrays': flower._record(**{'global': np.zeros(sim.num_params, np.float32),  # pylint: disable=protected-access
+                                  'mask': np.ones(sim.num_params, bool)}),
+      'config': flower.ConfigRecord({'participant': 0, 'round': 0})}), dst_node_id=1,
+      message_type='train')
+  (reply,) = grid.send_and_receive([msg])
+  assert reply.has_error() and 'refusing a plain train message' in reply.error.reason
 
 
 def test_flower_app_refuses_secure_aggregation_without_the_nodes_own_identity(tmp_path):

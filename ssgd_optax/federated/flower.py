@@ -339,15 +339,14 @@ class _Client:
     return (jnp.asarray(stored['params'].numpy()),
             _from_numpy_tree(template, [stored[f'up{i}'].numpy() for i in range(n_up)]))
 
-  def train(self, pid: int, round_: int, arrays: Any,
+  def train(self, pid: int, round_: int, download: tuple[Any, Any],
             context: Context) -> tuple[jax.Array, Any, jax.Array]:
     """Download, train, upload through the defence; returns ``(local, state, upload)``."""
     local, up = self.local_state(pid, context)
     x, y = self.shard(pid)
     try:
-      return self.update(local, up, jnp.asarray(arrays['global'].numpy()),
-                         jnp.asarray(arrays['mask'].numpy()), jnp.asarray(x), jnp.asarray(y),
-                         self.training_key(pid, round_))
+      return self.update(local, up, jnp.asarray(download[0]), jnp.asarray(download[1]),
+                         jnp.asarray(x), jnp.asarray(y), self.training_key(pid, round_))
     except (TypeError, ValueError) as e:
       raise ValueError(f'participant {pid}: the model cannot train on data_fn({pid}) = '
                        f'(x {x.dtype}{list(x.shape)}, y {y.dtype}{list(y.shape)}): {e}') from e
@@ -360,9 +359,12 @@ class _Client:
   # -- plain orders ---------------------------------------------------------
 
   def on_train(self, msg: Message, context: Context) -> Message:
+    if self.secure is not None:
+      raise ValueError('this client runs secure aggregation: its upload leaves the node only '
+                       'masked; refusing a plain train message.')
     pid = self.participant_of(msg)
     local, up, shared = self.train(pid, int(msg.content['config']['round']),
-                                   msg.content['arrays'], context)
+                                   self.download(msg.content['arrays']), context)
     self.store(context, local, up)
     content = RecordDict({'arrays': _record(upload=np.asarray(shared)),
                           'metrics': MetricRecord({'shared': int(jnp.sum(shared != 0))})})
@@ -396,14 +398,23 @@ class _Client:
                           record=sa.ParticipantRecord(self.record(context)))
     return part, {'participant': pid, 'sa_channel_key': part.channel_public_key}
 
+  def download(self, arrays: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The ``global`` and ``mask`` arrays as training uses them (the parameters' dtype)."""
+    p, dtype = self.sim.num_params, self.flat0.dtype
+    g, m = np.asarray(arrays['global'].numpy()), np.asarray(arrays['mask'].numpy())
+    if g.shape != (p,) or m.shape != (p,):
+      raise ValueError(f'the server sent global {g.shape} and mask {m.shape}; ({p},) expected.')
+    return g.astype(dtype), m.astype(bool)
+
   def masked(self, part: Any, msg: Message, context: Context) -> dict:
     """Refuses a repeated model before training, then trains and uploads masked."""
     from ssgd_optax.federated import secure_aggregation as sa
-    arrays = msg.content['arrays']
-    digest = sa.model_digest({'global': arrays['global'].numpy(),
-                              'mask': arrays['mask'].numpy()})
+    g, m = self.download(msg.content['arrays'])
+    # Of what training uses, with -0.0 as 0.0: a model re-sent in another dtype or
+    # with signed zeros trains the same and must have the same digest.
+    digest = sa.model_digest({'global': g + g.dtype.type(0), 'mask': m})
     part.record.check_contribution(part.session, part.round, digest)
-    local, up, shared = self.train(part.index, part.round, arrays, context)
+    local, up, shared = self.train(part.index, part.round, (g, m), context)
     out = part.masked_input(_sa_from_config(msg.content['config']), np.asarray(shared),
                             model_digest=digest)
     self.store(context, local, up)
