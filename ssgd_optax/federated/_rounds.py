@@ -38,10 +38,11 @@ but each of their uploads is computed on a model that already holds the
 uploads before it (round robin, random or unsynchronised order). In a
 synchronous round all ``N`` updates are computed on one model, so their sum is
 ``N`` local steps taken from one point: a step ``N`` times as long. Measured
-on ``examples/federated.py`` (MNIST subset, 30 participants, 10 rounds, lr
-0.05; docs/federated.md): adding the secure sum diverged to chance while the
-mean trains; the mean also keeps the step size independent of how many
-participants survive a round (the server knows ``|U3|``).
+on ``examples/federated.py``'s setting (MNIST subset, 30 participants, 10
+rounds, lr 0.05; ``benchmarks/federated_rounds.py --study rule``, 3 seeds):
+adding the secure sum reached 20.5 % test accuracy, the mean 86.8 % (the plain
+synchronous mean 86.9 %). The mean also keeps the step size independent of
+how many participants survive a round (the server knows ``|U3|``).
 
 Keys, for the key ``k`` of a round (the simulation's ``state.key``; the
 Flower server's chain from its ``key``):
