@@ -144,6 +144,7 @@ _CLIENT_ERRORS = ('raise', 'dropout')
 _FLOWER_ORDERS = ('round_robin', 'random', 'synchronous')
 _SECURE_STEPS = ('setup', 'advertise', 'share', 'masked', 'consistency', 'unmask')
 _POLL_S = 0.05
+_MAX_TESTING_ROUNDS = 1_000_000
 _log = logging.getLogger(__name__)
 
 
@@ -325,6 +326,9 @@ class _Client:
     """The OS's, or with ``testing_key`` the simulation's key of ``(round, participant)``."""
     if self.testing_key is None:
       return jax.random.key(_keys.os_seed())
+    if not 0 <= round_ < _MAX_TESTING_ROUNDS:
+      raise ValueError(f'round {round_} is outside [0, {_MAX_TESTING_ROUNDS}) (testing_key '
+                       'derives the keys of every round before it).')
     while len(self._chain) <= round_:
       self._chain.append(rounds.round_keys(self._chain[-1]).next)
     return rounds.participant_keys(rounds.round_keys(self._chain[round_]).rest, pid)[1]
