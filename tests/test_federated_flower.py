@@ -621,10 +621,11 @@ def _secure_sim(upload, d=D, threshold=2):
 
 def test_secure_aggregation_server_sees_only_masked_uploads_and_the_exact_sum(tmp_path):
   from ssgd_optax.federated import secure_aggregation as sa
+  # Participant 2 (node 3) drops after sharing its keys; without a dropout the
+  # round is the simulation's bit for bit (the bit-identical test below).
   params, x, y, sim = _secure_sim(selective_sharing(0.5))
-  for drop_step, survivors in ((None, (0, 1, 2)), ('masked', (0, 1))):
-    grid, summary = _secure_run(params, x, y, sim, {'drop_step': drop_step},
-                                tmp_path / str(drop_step))
+  for drop_step, survivors in (('masked', (0, 1)),):
+    grid, summary = _secure_run(params, x, y, sim, {'drop_step': drop_step}, tmp_path)
     uploads = _plain_uploads(sim, params, x, y, grid)
     assert sorted(uploads) == [0, 1, 2]
     assert not _server_saw_plaintext(grid, uploads, N)
