@@ -3,7 +3,8 @@
 
 The set-up of ``examples/flower_app`` (``task.build``: MLP on the embedded
 MNIST subset, round robin, largest-magnitude selective sharing) with the same
-keys everywhere, so the final test accuracy must agree:
+keys everywhere (the clients derive their training keys from the seed, the
+insecure testing setting), so the final test accuracy must agree:
 
     python benchmarks/flower_runtime.py --mode in_process
     python benchmarks/flower_runtime.py --mode simulation
@@ -61,15 +62,17 @@ def main() -> None:
     t = task_lib.build(c)
     out = []
     server = flower.make_server_app(t.sim, t.params, rounds=a.rounds, key=t.key,
-                                    theta_d=float(c['theta-d']), on_end=out.append)
-    client = flower.make_client_app(t.sim, lambda i: (t.xs[i], t.ys[i]), t.params)
+                                    on_end=out.append)
+    client = flower.make_client_app(t.sim, lambda i: (t.xs[i], t.ys[i]), t.params,
+                                    testing_key=t.key)
     run_simulation(server_app=server, client_app=client, num_supernodes=a.participants,
                    backend_config={'client_resources': {'num_cpus': 1}})
     acc = task_lib.accuracy(t.sim.unravel(out[0].server.params), t.x_test, t.y_test)
   else:
     deploy = scripts.load('examples/flower_deploy.py', 'flower_deploy')
     path = os.path.join(tempfile.mkdtemp(), 'summary.jsonl')
-    with deploy.LocalDeployment(a.participants) as dep:
+    with deploy.LocalDeployment(
+        a.participants, node_env={'SSGD_FLOWER_INSECURE_REPRODUCIBLE_KEYS': '1'}) as dep:
       # 60 processes (SuperNode + SuperExec each) start at once: wait longer for them.
       dep.run(f"num-participants={a.participants} rounds={a.rounds} dataset='mnist_subset' "
               f"node-timeout=900.0 reply-timeout=900.0 summary-path='{path}'", timeout=6 * 3600)

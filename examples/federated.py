@@ -12,13 +12,21 @@ participants), for the same number of epochs.
     python examples/federated.py --order round_robin --theta-u 0.1
     python examples/federated.py --order asynchronous --concurrency 3
     python examples/federated.py --secure-aggregation --dropout 0.1
+    python examples/federated.py --secure-aggregation --distributed-dp-epsilon 3
 
 ``--secure-aggregation`` runs synchronous rounds (every participant trains
 from the same model; the server sees only the masked sum and applies the mean
-of the survivors' uploads) and reports the rounds lost to dropouts.
+of the survivors' uploads, the rule of every synchronous round of
+``ssgd_optax.federated``) and reports the rounds lost to dropouts. With
+``--distributed-dp-epsilon`` each participant adds its share of discrete
+Gaussian noise to the secure sum, and the centralized baseline is DP-SGD at
+the same epsilon.
 
-Functions are importable (``make_mlp``, ``run_dssgd``, ``run_centralized``,
-``run_standalone``); the CLI is a thin shell around them.
+The round is the library's (``federated.make_dssgd``, secure aggregation
+included): the Flower apps run the same one, bit for bit for the same keys.
+Functions are importable (``make_experiment``, ``train``, ``run_dssgd``,
+``run_centralized``, ``run_central_dpsgd``, ``run_standalone``); the CLI is a
+thin shell around them.
 """
 
 import dataclasses
@@ -87,90 +95,125 @@ def accuracy(params: Any, x: jax.Array, y: jax.Array) -> jax.Array:
   return jnp.mean(jnp.argmax(mlp_apply(params, x), -1) == y)
 
 
-def run_dssgd(setting: Setting, *, participants: int = 30, rounds: int = 10,
-              theta_u: float = 0.1, theta_d: float = 1.0, order: str = 'round_robin',
-              learning_rate: float = 0.05, batch_size: int = 16, hidden: int = 64,
-              clip: float | None = None, max_staleness: int = 0,
-              concurrency: int | None = None, dropout: float = 0.0,
-              secure_aggregation: bool = False, seed: int = 0,
-              quiet: bool = True) -> dict[str, Any]:
-  """Trains with DSSGD and returns the server model's test accuracy.
+class Experiment(NamedTuple):
+  """A configured DSSGD run: the simulation, its start and its data."""
+  sim: federated.DSSGD
+  params: Any              # the initial model (pytree)
+  xs: jax.Array            # (N, M, D) shards
+  ys: jax.Array            # (N, M) labels
+  key: jax.Array           # the simulation's key (sim.init)
+  dropout_key: jax.Array
 
-  With ``secure_aggregation`` the rounds are synchronous whatever ``order``
-  says (the server must receive all uploads of a round together to see only
-  their sum) and the server applies the *mean* of the survivors' uploads:
-  adding the sum of 30 simultaneous updates diverges. The result says how
-  many rounds were lost because too few participants survived to unmask.
+
+def secure_settings(participants: int, num_params: int, *, rounds: int,
+                    distributed_dp_epsilon: float | None = None, dp_l2_clip: float = 1.0,
+                    dp_delta: float = 1e-5) -> federated.SecureAggregation:
+  """Secure aggregation at ``t = ceil(2N/3)``; with ``distributed_dp_epsilon``, noise for it.
+
+  The distributed discrete Gaussian (Kairouz, Liu & Steinke 2021) is calibrated
+  so that ``rounds`` released sums cost ``(epsilon, dp_delta)`` per participant
+  (replace-one participant, ``m = t`` honest noise shares in every sum: no
+  colluding participant assumed), with each upload L2-clipped to
+  ``dp_l2_clip``; the ring is 64-bit when 32 bits cannot hold the noise.
   """
-  key = jax.random.key(seed)
-  k_model, k_sim, k_drop = jax.random.split(key, 3)
+  t = -(-2 * participants // 3)  # > n/2: a smaller t lets an active server split the survivors
+  if distributed_dp_epsilon is None:
+    return federated.SecureAggregation(threshold=t)
+  from ssgd_optax.federated import distributed_dp as ddp  # pylint: disable=import-outside-toplevel
+  for bits in (32, 64):
+    m = ddp.distributed_discrete_gaussian(dp_l2_clip, num_params, num_participants=participants,
+                                          min_noise_shares=t, bits=bits)
+    z = ddp.calibrate_distributed_noise(distributed_dp_epsilon, mechanism=m, rounds=rounds,
+                                        delta=dp_delta)
+    try:
+      m = m._replace(noise_multiplier=z).validate()
+    except ValueError:
+      if bits == 64:
+        raise
+      continue
+    return federated.SecureAggregation(threshold=t, bits=bits, dp=m)
+  raise AssertionError('unreachable')
+
+
+def make_experiment(setting: Setting, *, participants: int = 30, theta_u: float = 0.1,
+                    theta_d: float = 1.0, order: str = 'round_robin',
+                    learning_rate: float = 0.05, batch_size: int = 16, hidden: int = 64,
+                    clip: float | None = None, max_staleness: int = 0,
+                    concurrency: int | None = None,
+                    secure: federated.SecureAggregation | None = None,
+                    seed: int = 0) -> Experiment:
+  """The model, the shards and the simulation of one run (``secure`` needs ``synchronous``)."""
+  k_model, k_sim, k_drop = jax.random.split(jax.random.key(seed), 3)
   params = make_mlp(k_model, (setting.x_train.shape[1], hidden, setting.num_classes))
   xs, ys = federated.shard(setting.x_train, setting.y_train, participants, seed=seed)
   sim = federated.make_dssgd(
       loss_fn, params, num_participants=participants, learning_rate=learning_rate,
       batch_size=batch_size, upload=selective_sharing(theta_u, clip=clip), theta_d=theta_d,
-      order=order, max_staleness=max_staleness,
-      concurrency=concurrency)
-  state = sim.init(k_sim)
-  step = jax.jit(sim.round)
-  xs, ys = jnp.asarray(xs), jnp.asarray(ys)
-  secagg_rounds = 0
-  dropped = 0
-  for r in cli.progress(range(rounds), desc='DSSGD rounds', unit='round', quiet=quiet):
-    active = jax.random.uniform(jax.random.fold_in(k_drop, r), (participants,)) >= dropout
-    dropped += participants - int(jnp.sum(active))
-    if secure_aggregation:
-      state, applied = secure_round(sim, state, xs, ys, active, round_=r)
-      secagg_rounds += int(applied)
-    else:
-      state, _ = step(state, xs, ys, active)
-  acc = float(accuracy(sim.unravel(state.server.params), setting.x_test, setting.y_test))
-  return {'accuracy': acc, 'num_params': sim.num_params, 'secure_rounds': secagg_rounds,
-          'lost_rounds': rounds - secagg_rounds if secure_aggregation else 0,
-          'dropouts': dropped}
+      order=order, max_staleness=max_staleness, concurrency=concurrency,
+      secure_aggregation=secure)
+  return Experiment(sim, params, jnp.asarray(xs), jnp.asarray(ys), k_sim, k_drop)
 
 
-def secure_round(sim: federated.DSSGD, state: federated.SimulationState, xs: jax.Array,
-                 ys: jax.Array, active: jax.Array, *,
-                 round_: int) -> tuple[federated.SimulationState, bool]:
-  """One synchronous round whose uploads the server sees only as a masked sum.
+def train(exp: Experiment, *, rounds: int, dropout: float = 0.0,
+          quiet: bool = True) -> tuple[federated.SimulationState, dict[str, int]]:
+  """Runs ``rounds`` rounds (each participant drops out with probability ``dropout``).
 
-  Every participant computes its upload from the same global parameters (the
-  asynchronous order with no staleness), then the uploads go through
-  :mod:`ssgd_optax.federated.secure_aggregation`; inactive participants drop
-  out after the key exchange and their masks are recovered. The server adds
-  the mean of the survivors' uploads. Returns the new
-  state and whether the round was applied (``False`` when fewer than the
-  threshold survive: the round is lost and nothing changes but the key).
+  With secure aggregation a round whose survivors are fewer than the
+  threshold is lost (nothing applied); the counts say how many.
   """
-  from ssgd_optax.federated import secure_aggregation as sa
-  n = xs.shape[0]
-  keys = jax.random.split(jax.random.fold_in(state.key, 7), n)
-  mask = jnp.ones((sim.num_params,), bool)
-  local, up, uploads = jax.jit(jax.vmap(
-      sim.client_update, in_axes=(0, 0, None, None, 0, 0, 0)))(
-          state.clients.params, state.clients.upload_state, state.server.params, mask, xs, ys,
-          keys)
-  uploads = np.asarray(uploads)
-  survivors = [i for i in range(n) if bool(active[i])]
-  next_key = jax.random.split(state.key)[0]
-  try:
-    # t = ceil(2n/3) > n/2: a smaller t lets an active server split the survivors.
-    total = sa.secure_sum(uploads, dropped=[i for i in range(n) if i not in survivors],
-                          threshold=-(-2 * n // 3), round_=round_)
-  except sa.DropoutError:
-    # Too few survivors to unmask: the round is lost, nothing is applied.
-    return state._replace(key=next_key), False
-  srv = state.server
-  # The mean of the survivors' uploads (the server knows how many survived):
-  # adding the sum of n simultaneous local updates diverges (20 % at n = 30).
-  mean = jnp.asarray(total, srv.params.dtype) / len(survivors)
-  srv = srv._replace(params=srv.params + mean,
-                     round=srv.round + 1)
-  act = jnp.asarray(active)[:, None]
-  clients = federated.ClientStates(jnp.where(act, local, state.clients.params), up)
-  return state._replace(server=srv, clients=clients, history=srv.params[None],
-                        key=next_key), True
+  n = exp.sim.config.num_participants
+  secure = exp.sim.config.secure_aggregation is not None
+  # The secure round runs the protocol on the host and jits its own parts.
+  step = exp.sim.round if secure else jax.jit(exp.sim.round)
+  state = exp.sim.init(exp.key)
+  applied = dropped = 0
+  for r in cli.progress(range(rounds), desc='DSSGD rounds', unit='round', quiet=quiet):
+    active = jax.random.uniform(jax.random.fold_in(exp.dropout_key, r), (n,)) >= dropout
+    dropped += n - int(jnp.sum(active))
+    state, info = step(state, exp.xs, exp.ys, active)
+    applied += int(bool(jnp.any(info.accepted)))
+  return state, {'applied_rounds': applied, 'dropouts': dropped}
+
+
+def run_dssgd(setting: Setting, *, participants: int = 30, rounds: int = 10,
+              theta_u: float = 0.1, theta_d: float = 1.0, order: str = 'round_robin',
+              learning_rate: float = 0.05, batch_size: int = 16, hidden: int = 64,
+              clip: float | None = None, max_staleness: int = 0,
+              concurrency: int | None = None, dropout: float = 0.0,
+              secure_aggregation: bool = False, distributed_dp_epsilon: float | None = None,
+              dp_l2_clip: float = 1.0, dp_delta: float = 1e-5, seed: int = 0,
+              quiet: bool = True) -> dict[str, Any]:
+  """Trains with DSSGD and returns the server model's test accuracy.
+
+  With ``secure_aggregation`` the rounds are synchronous whatever ``order``
+  says (the server must receive all uploads of a round together to see only
+  their sum); the server applies the mean of the survivors' uploads, as the
+  plain synchronous order does (``ssgd_optax.federated``: adding the sum of
+  30 updates computed from one model diverges). The result says how many
+  rounds were lost because too few participants survived to unmask.
+  """
+  secure = None
+  if secure_aggregation:
+    order = 'synchronous'
+    d, c = setting.x_train.shape[1], setting.num_classes
+    num_params = d * hidden + hidden + hidden * c + c
+    secure = secure_settings(participants, num_params, rounds=rounds,
+                             distributed_dp_epsilon=distributed_dp_epsilon,
+                             dp_l2_clip=dp_l2_clip, dp_delta=dp_delta)
+  exp = make_experiment(setting, participants=participants, theta_u=theta_u, theta_d=theta_d,
+                        order=order, learning_rate=learning_rate, batch_size=batch_size,
+                        hidden=hidden, clip=clip, max_staleness=max_staleness,
+                        concurrency=concurrency, secure=secure, seed=seed)
+  state, counts = train(exp, rounds=rounds, dropout=dropout, quiet=quiet)
+  acc = float(accuracy(exp.sim.unravel(state.server.params), setting.x_test, setting.y_test))
+  out = {'accuracy': acc, 'num_params': exp.sim.num_params,
+         'secure_rounds': counts['applied_rounds'] if secure_aggregation else 0,
+         'lost_rounds': rounds - counts['applied_rounds'] if secure_aggregation else 0,
+         'dropouts': counts['dropouts'], 'params': np.asarray(state.server.params)}
+  if secure is not None and secure.dp is not None:
+    out['epsilon'] = secure.dp.epsilon(rounds=rounds, delta=dp_delta)
+    out['noise_multiplier'] = secure.dp.noise_multiplier
+  return out
 
 
 def run_centralized(setting: Setting, *, epochs: int = 10, learning_rate: float = 0.05,
@@ -182,6 +225,53 @@ def run_centralized(setting: Setting, *, epochs: int = 10, learning_rate: float 
                                        learning_rate=learning_rate, batch_size=batch_size,
                                        epochs=epochs)
   return {'accuracy': float(accuracy(params, setting.x_test, setting.y_test))}
+
+
+def run_central_dpsgd(setting: Setting, *, epsilon: float, delta: float = 1e-5,
+                      epochs: int = 10, batch_size: int = 256, learning_rate: float = 1e-3,
+                      clip_norm: float = 1.0, hidden: int = 64, seed: int = 0,
+                      noise_seed: int | None = None) -> dict[str, Any]:
+  """Central DP-SGD on all training data at ``(epsilon, delta)`` (add/remove one example).
+
+  Poisson sampling at ``q = batch_size / M``, per-example gradients clipped
+  to ``clip_norm``, Gaussian noise calibrated with the PLD accountant for
+  ``round(epochs / q)`` steps, Adam. The same MLP as the federated run.
+  The noise and sampling keys come from the OS unless ``noise_seed`` is set
+  (which voids the guarantee).
+  """
+  from ssgd_optax import privacy  # pylint: disable=import-outside-toplevel
+  m = len(setting.x_train)
+  q = batch_size / m
+  steps = max(1, round(epochs / q))
+  mech = privacy.dpsgd_mechanism(clip_norm, None)
+  z = privacy.calibrate_noise_multiplier(epsilon, mechanism=mech, sampling_rate=q, steps=steps,
+                                         delta=delta)
+  mech = mech._replace(noise_multiplier=z)
+  secret = privacy.os_seed() if noise_seed is None else noise_seed
+  k_noise, k_sample = jax.random.split(jax.random.key(secret))
+  k_model = jax.random.split(jax.random.key(seed))[0]
+  params = make_mlp(k_model, (setting.x_train.shape[1], hidden, setting.num_classes))
+  tx = optax.chain(privacy.add_gaussian_noise(mechanism=mech, expected_batch_size=q * m,
+                                              key=k_noise), optax.adam(learning_rate))
+  opt = tx.init(params)
+  max_batch = privacy.max_batch_size_for(m, q, steps=steps)
+  x_all, y_all = jnp.asarray(setting.x_train), jnp.asarray(setting.y_train)
+
+  @jax.jit
+  def step(params, opt, key):
+    idx, mask = privacy.poisson_sample(key, m, q, max_batch)
+    grads = jax.vmap(jax.grad(lambda p, x, y: loss_fn(p, x[None], y[None])),
+                     in_axes=(None, 0, 0))(params, x_all[idx], y_all[idx])
+    clipped, _ = privacy.clip_global_per_example(grads, clip_norm)
+    total = jax.tree.map(lambda g: jnp.tensordot(mask.astype(g.dtype), g, axes=1), clipped)
+    updates, opt = tx.update(total, opt, params)
+    return optax.apply_updates(params, updates), opt
+
+  for t in range(steps):
+    params, opt = step(params, opt, jax.random.fold_in(k_sample, t))
+  eps = privacy.compute_epsilon(mech, sampling_rate=q, steps=steps, delta=delta)
+  return {'accuracy': float(accuracy(params, setting.x_test, setting.y_test)), 'epsilon': eps,
+          'noise_multiplier': z, 'steps': steps}
 
 
 def run_standalone(setting: Setting, *, participants: int = 30, epochs: int = 10,
@@ -230,15 +320,27 @@ class Config:
   secure_aggregation: bool = flag(
       False, 'synchronous rounds with masked uploads (Bonawitz et al.): the server sees only '
       "the sum and applies the mean of the survivors' uploads")
+  distributed_dp_epsilon: float | None = flag(
+      None, 'with --secure-aggregation: every participant adds its share of discrete Gaussian '
+      'noise so that the run costs (epsilon, --dp-delta) per participant (replace-one '
+      'participant); the centralized baseline becomes DP-SGD at the same epsilon (one example)',
+      type=float, check=cli.finite(positive=True))
+  dp_l2_clip: float = flag(1.0, 'distributed DP: L2 clip of each upload',
+                           check=cli.finite(positive=True))
+  dp_delta: float = flag(1e-5, 'distributed DP and DP-SGD: delta',
+                         check=cli.in_range(0, 1, lo_open=True, hi_open=True))
   no_baselines: bool = flag(False, 'skip centralized and standalone training')
   seed: int = flag(0, 'seed of the split, the model and the dropouts', check=cli.at_least(0))
   quiet: bool = flag(False, 'no progress bar')
 
   def validate(self) -> None:
-    if self.secure_aggregation and self.order is not None:
+    if self.secure_aggregation and self.order not in (None, 'synchronous'):
       raise ValueError(f'--secure-aggregation runs synchronous rounds (all participants train '
                        f'from the same model and the server sees only the sum); --order '
                        f'{self.order} cannot be kept. Leave --order out.')
+    if self.distributed_dp_epsilon is not None and not self.secure_aggregation:
+      raise ValueError('--distributed-dp-epsilon adds noise inside secure aggregation: pass '
+                       '--secure-aggregation too.')
     if self.secure_aggregation and self.participants < 3:
       raise ValueError(f'--secure-aggregation needs --participants >= 3 (the sum of two '
                        f'uploads reveals each to the other); got {self.participants}.')
@@ -275,10 +377,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   if len(setting.x_train) < a.participants:
     raise SystemExit(f'--participants {a.participants} exceeds the {len(setting.x_train)} '
                      'training examples.')
+  dp = a.distributed_dp_epsilon
   print(f'{a.dataset}: {a.participants} participants, {a.rounds} rounds, order={order}, '
         f'theta_u={a.theta_u}, theta_d={a.theta_d}'
         + (", secure aggregation (server applies the survivors' mean)"
-           if a.secure_aggregation else ''), flush=True)
+           if a.secure_aggregation else '')
+        + (f', distributed DP (epsilon={dp:g}, delta={a.dp_delta:g} per participant, L2 clip '
+           f'{a.dp_l2_clip:g})' if dp is not None else ''), flush=True)
   common = dict(learning_rate=a.lr, batch_size=a.batch_size, hidden=a.hidden, seed=a.seed)
   t0 = time.perf_counter()
   result = {'dssgd': run_dssgd(setting, participants=a.participants, rounds=a.rounds,
@@ -286,10 +391,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                order=a.order or 'round_robin', clip=a.clip,
                                max_staleness=a.max_staleness, concurrency=a.concurrency,
                                dropout=a.dropout, secure_aggregation=a.secure_aggregation,
-                               quiet=a.quiet, **common)}
+                               distributed_dp_epsilon=dp, dp_l2_clip=a.dp_l2_clip,
+                               dp_delta=a.dp_delta, quiet=a.quiet, **common)}
   result['dssgd']['seconds'] = time.perf_counter() - t0
   result['dssgd']['order'] = order
-  print(f'  {"dssgd":12s} test accuracy {result["dssgd"]["accuracy"]:.4f}', flush=True)
+  print(f'  {"dssgd":12s} test accuracy {result["dssgd"]["accuracy"]:.4f}'
+        + (f' (epsilon {result["dssgd"]["epsilon"]:.3g}, noise multiplier '
+           f'{result["dssgd"]["noise_multiplier"]:.3g})' if dp is not None else ''), flush=True)
   if a.secure_aggregation or a.dropout:
     d = result['dssgd']
     print(f'  {d["dropouts"]} dropouts over {a.rounds} rounds'
@@ -298,9 +406,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   if not a.no_baselines:
     if not a.quiet:
       print('  training the baselines ...', file=sys.stderr, flush=True)
-    result['centralized'] = run_centralized(setting, epochs=a.rounds, **common)
-    print(f'  {"centralized":12s} test accuracy {result["centralized"]["accuracy"]:.4f}',
-          flush=True)
+    if dp is None:
+      result['centralized'] = run_centralized(setting, epochs=a.rounds, **common)
+      print(f'  {"centralized":12s} test accuracy {result["centralized"]["accuracy"]:.4f}',
+            flush=True)
+    else:
+      c = run_central_dpsgd(setting, epsilon=dp, delta=a.dp_delta, epochs=a.rounds,
+                            hidden=a.hidden, seed=a.seed)
+      result['centralized_dpsgd'] = c
+      print(f'  {"DP-SGD":12s} test accuracy {c["accuracy"]:.4f} (epsilon {c["epsilon"]:.3g}, '
+            f'noise multiplier {c["noise_multiplier"]:.3g}, {c["steps"]} steps)', flush=True)
     result['standalone'] = run_standalone(setting, participants=a.participants,
                                           epochs=a.rounds, **common)
     print(f'  {"standalone":12s} test accuracy {result["standalone"]["accuracy"]:.4f}',

@@ -11,6 +11,12 @@ JSON line per round and a summary to ``--summary``.
     python examples/flower_deploy.py --supernodes 3
     python examples/flower_deploy.py --supernodes 30 --summary /tmp/s.jsonl \\
         --run-config "num-participants=30 rounds=10 dataset='mnist_subset'"
+    python examples/flower_deploy.py --supernodes 3 --secure
+
+``--secure`` gives every SuperNode its own identity key (created in its own
+folder, as ``python -m ssgd_flower_app.identity new`` does on a real node),
+writes the registry of their public keys, passes each node its files with
+``--node-config`` and runs with ``order='synchronous' secure-aggregation=true``.
 
 Insecure local mode (no TLS, no node authentication): for tests and one
 machine only.
@@ -50,15 +56,24 @@ class LocalDeployment:
 
   With ``simulation=True`` the SuperLink runs Flower's simulation runtime
   (``flower-superlink --simulation``, Ray backend) with ``num_supernodes``
-  virtual nodes instead, and no SuperNode process is started.
+  virtual nodes instead, and no SuperNode process is started. With
+  ``secure=True`` SuperNode ``i`` gets its own identity key, the registry and
+  a participant record through ``--node-config`` (it is participant ``i``).
+  ``node_env`` adds environment variables to the node processes (e.g.
+  ``SSGD_FLOWER_INSECURE_REPRODUCIBLE_KEYS=1`` in tests).
   """
 
   def __init__(self, num_supernodes: int, *, workdir: str | None = None,
-               simulation: bool = False):
+               simulation: bool = False, secure: bool = False,
+               node_env: dict[str, str] | None = None):
     if not isinstance(num_supernodes, int) or num_supernodes < 1:
       raise ValueError(f'num_supernodes must be an int >= 1; got {num_supernodes!r}.')
+    if secure and simulation:
+      raise ValueError('secure=True needs SuperNode processes: the simulation runtime gives its '
+                       'nodes no configuration of their own (identity key, record).')
     self.n = num_supernodes
     self.simulation = bool(simulation)
+    self.secure = bool(secure)
     self.dir = workdir or tempfile.mkdtemp(prefix='ssgd_flower_')
     self.home = os.path.join(self.dir, 'flwr_home')
     self.port = free_port()
@@ -83,7 +98,22 @@ class LocalDeployment:
                     XLA_PYTHON_CLIENT_PREALLOCATE='false',
                     JAX_COMPILATION_CACHE_DIR=os.path.join(self.dir, 'jax_cache'),
                     JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='-1')
+                    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='-1', **(node_env or {}))
+    self.node_configs = self._identities() if secure else [''] * num_supernodes
+
+  def _identities(self) -> list[str]:
+    """Each node's identity key in its own folder, the registry, the ``--node-config`` strings."""
+    from ssgd_optax.federated import secure_aggregation as sa  # pylint: disable=import-outside-toplevel
+    registry, configs = {}, []
+    path = os.path.join(self.dir, 'registry.json')
+    for i in range(self.n):
+      folder = os.path.join(self.dir, f'node{i}')
+      os.makedirs(folder, exist_ok=True)
+      registry[i] = sa.write_identity(os.path.join(folder, 'node.key'))
+      configs.append(f"identity-key='{folder}/node.key' registry='{path}' "
+                     f"record='{folder}/secagg-record.jsonl'")
+    sa.write_registry(path, registry)
+    return configs
 
   def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
     log = open(os.path.join(self.dir, f'{name}.log'), 'w', encoding='utf-8')
@@ -101,7 +131,8 @@ class LocalDeployment:
     for i in range(0 if self.simulation else self.n):
       self.supernodes.append(self._spawn(f'supernode{i}', [
           _exe('flower-supernode'), '--insecure', '--superlink', f'127.0.0.1:{self.port}',
-          '--port', str(free_port()), '--max-retries', '20']))
+          '--port', str(free_port()), '--max-retries', '20']
+          + (['--node-config', self.node_configs[i]] if self.node_configs[i] else [])))
     return self
 
   def _wait_listening(self, port: int, proc: subprocess.Popen, timeout: float = 120.0) -> None:
@@ -175,13 +206,17 @@ def main() -> None:
   parser.add_argument('--timeout', type=float, default=3600.0)
   parser.add_argument('--simulation', action='store_true',
                       help='flower-superlink --simulation (Ray) instead of SuperNode processes')
+  parser.add_argument('--secure', action='store_true',
+                      help='secure aggregation: per-node identity keys, a registry, records')
   a = parser.parse_args()
   summary = a.summary or os.path.join(tempfile.mkdtemp(), 'summary.jsonl')
   cfg = f"{a.run_config} summary-path='{summary}'".strip()
   if 'num-participants' not in cfg:
     cfg += f' num-participants={a.supernodes}'
+  if a.secure and 'secure-aggregation' not in cfg:
+    cfg += " order='synchronous' secure-aggregation=true"
   start = time.perf_counter()
-  with LocalDeployment(a.supernodes, simulation=a.simulation) as dep:
+  with LocalDeployment(a.supernodes, simulation=a.simulation, secure=a.secure) as dep:
     proc = dep.run(cfg, timeout=a.timeout)
     print(proc.stdout[-3000:], proc.stderr[-3000:], sep='\n')
     res = read_summary(summary)

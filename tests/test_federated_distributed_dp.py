@@ -134,6 +134,15 @@ def test_calibration_reaches_the_target_from_below():
     assert eps * 0.995 < got <= eps
 
 
+def test_calibration_survives_noise_levels_whose_truncation_exceeds_delta():
+  # The search visits noise multipliers so small that epsilon is in the
+  # hundreds; there the truncation's share no longer fits in delta, which
+  # stopped the calibration with "delta is too small" (few rounds, few entries).
+  m = ddp.distributed_discrete_gaussian(1.0, 610, num_participants=6, min_noise_shares=4)
+  z = ddp.calibrate_distributed_noise(8.0, mechanism=m, rounds=2, delta=1e-5)
+  assert 8.0 * 0.995 < m._replace(noise_multiplier=z).epsilon(rounds=2, delta=1e-5) <= 8.0
+
+
 def test_mechanism_validation_names_the_field():
   with pytest.raises(ValueError, match='ring cannot hold .* frac_bits=24'):
     _mechanism(frac_bits=24)

@@ -13,9 +13,10 @@ import pytest
 pytest.importorskip('flwr')
 
 from ssgd_optax import federated  # noqa: E402
+from ssgd_optax import privacy  # noqa: E402
+from ssgd_optax.federated import _rounds as rounds  # noqa: E402
 from ssgd_optax.federated import flower  # noqa: E402
 from ssgd_optax.privacy import dp_selective_sharing  # noqa: E402
-from ssgd_optax.privacy import dp_selective_sharing_privacy  # noqa: E402
 from ssgd_optax import selective_sharing  # noqa: E402
 
 D, C, N = 5, 3, 3
@@ -25,31 +26,32 @@ def loss_fn(params, x, y):
   return optax.softmax_cross_entropy_with_integer_labels(x @ params['w'] + params['b'], y).mean()
 
 
-def _setup(upload, d=D):
+def _setup(upload, d=D, order='round_robin', secure=None, theta_d=0.5):
   params = {'w': jnp.zeros((d, C)), 'b': jnp.zeros((C,))}
   rng = np.random.default_rng(0)
   x = rng.normal(size=(N, 8, d)).astype(np.float32)
   y = rng.integers(0, C, size=(N, 8)).astype(np.int32)
   sim = federated.make_dssgd(loss_fn, params, num_participants=N, learning_rate=0.1,
-                             batch_size=4, upload=upload, theta_d=0.5)
+                             batch_size=4, upload=upload, theta_d=theta_d, order=order,
+                             secure_aggregation=secure)
   return params, x, y, sim
 
 
-def _reference(sim, x, y, key, rounds):
+def _reference(sim, x, y, key, rounds, active=None):
   state = sim.init(key)
   step = jax.jit(sim.round)
   for _ in range(rounds):
-    state, _ = step(state, jnp.asarray(x), jnp.asarray(y))
+    state, _ = step(state, jnp.asarray(x), jnp.asarray(y), active)
   return state
 
 
 def _run(sim, params, data_fn, *, grid_cls=flower.LoopbackGrid, rounds=1, drop=(), **kw):
-  """Runs the apps on a loopback grid; returns (summary, per-round states)."""
+  """Runs the apps on a loopback grid (the simulation's keys); returns (summary, states)."""
   out, seen = {}, []
   server_app = flower.make_server_app(sim, params, rounds=rounds, key=jax.random.key(0),
                                       on_round=lambda r, s: seen.append(s),
                                       on_end=lambda s: out.setdefault('summary', s), **kw)
-  client_app = flower.make_client_app(sim, data_fn, params)
+  client_app = flower.make_client_app(sim, data_fn, params, testing_key=jax.random.key(0))
   grid = grid_cls(client_app, N, drop=drop)
   server_app(grid, flower.Context(run_id=1, node_id=0, node_config={},
                                   state=flower.RecordDict(), run_config={}))
@@ -61,10 +63,10 @@ def test_flower_round_robin_reproduces_the_simulation():
   params, x, y, sim = _setup(upload)
   key = jax.random.key(7)
   seen, summaries = [], []
-  server_app = flower.make_server_app(sim, params, rounds=2, key=key, theta_d=0.5,
+  server_app = flower.make_server_app(sim, params, rounds=2, key=key,
                                       on_round=lambda r, s: seen.append(s),
                                       on_end=summaries.append)
-  client_app = flower.make_client_app(sim, lambda i: (x[i], y[i]), params)
+  client_app = flower.make_client_app(sim, lambda i: (x[i], y[i]), params, testing_key=key)
   flower.run_loopback(server_app, client_app, N)
   state = _reference(sim, x, y, key, 2)
   assert len(seen) == 2
@@ -74,6 +76,36 @@ def test_flower_round_robin_reproduces_the_simulation():
   (summary,) = summaries
   assert summary.dropouts_per_round == [0, 0]
   assert [r.accepted for r in summary.rounds] == [(0, 1, 2)] * 2
+
+
+def test_clients_draw_their_own_training_and_defence_randomness():
+  # The server sends no key; a client draws its training key every round and
+  # replaces its defence's keys (here threshold_random's sampling key, the
+  # same in every copy of the simulation's definition) from the OS. The same
+  # server run twice therefore gets different uploads; with testing_key
+  # (the control) the keys are the simulation's.
+  upload = selective_sharing(0.3, strategy='threshold_random', key=jax.random.key(5))
+  params, x, y, sim = _setup(upload, order='synchronous')
+  key = jax.random.key(7)
+  runs = []
+  for testing_key in (None, None, key):
+    seen = []
+    server_app = flower.make_server_app(sim, params, rounds=1, key=key, on_end=seen.append)
+    grid = _RecordingGrid(flower.make_client_app(sim, lambda i: (x[i], y[i]), params,
+                                                 testing_key=testing_key), N)
+    server_app(grid, flower.Context(run_id=1, node_id=0, node_config={},
+                                    state=flower.RecordDict(), run_config={}))
+    assert all(set(m.content.array_records['arrays']) == {'global', 'mask'} for m in grid.sent)
+    keys = [grid._contexts[node].state['dssgd_local']['up0'].numpy()  # pylint: disable=protected-access
+            for node in (1, 2, 3)]
+    runs.append((np.asarray(seen[0].server.params), keys))
+  ref = _reference(sim, x, y, key, 1)
+  ref_keys = np.asarray(jax.random.key_data(ref.clients.upload_state.key))
+  (a, keys_a), (b, _), (c, keys_c) = runs
+  assert not np.array_equal(a, b)
+  assert not any(np.array_equal(k, r) for k, r in zip(keys_a, ref_keys))
+  np.testing.assert_allclose(c, ref.server.params, rtol=1e-5, atol=1e-7)
+  assert all(np.array_equal(k, r) for k, r in zip(keys_c, ref_keys))
 
 
 class _LateGrid(flower.LoopbackGrid):
@@ -135,14 +167,15 @@ def test_a_client_that_raises_stops_the_run_with_node_and_round(caplog):
   assert 'round 1: participant 1 (node 2) dropped out' in caplog.text
 
 
-def test_dropouts_are_counted_and_leave_the_server_untouched():
-  params, x, y, sim = _setup(selective_sharing(0.5))
-  full, _ = _run(sim, params, lambda i: (x[i], y[i]), order='synchronous')
-  part, _ = _run(sim, params, lambda i: (x[i], y[i]), order='synchronous', drop=(2,))
+def test_synchronous_order_with_a_dropout_is_the_simulations_round():
+  # The same round as the simulation's synchronous order with participant 1
+  # inactive: the mean of the others' uploads, nothing of the dropout's.
+  params, x, y, sim = _setup(selective_sharing(0.5), order='synchronous')
+  part, _ = _run(sim, params, lambda i: (x[i], y[i]), drop=(2,))
   assert part.rounds[0].dropped == (1,) and part.rounds[0].accepted == (0, 2)
-  assert bool(jnp.isfinite(part.server.params).all())
-  # Node 2 is participant 1: its share of the stats is missing, nothing else.
-  assert float(part.server.stats.sum()) < float(full.server.stats.sum())
+  ref = _reference(sim, x, y, jax.random.key(0), 1, active=jnp.array([True, False, True]))
+  np.testing.assert_allclose(part.server.params, ref.server.params, rtol=1e-5, atol=1e-7)
+  np.testing.assert_array_equal(part.server.stats, ref.server.stats)
 
 
 def test_too_few_participants_or_no_upload_stop_the_run():
@@ -195,7 +228,8 @@ def test_a_non_finite_upload_is_rejected_and_reported():
 
 
 def test_privacy_is_composed_over_the_rounds_each_participant_uploads_in():
-  upload = dp_selective_sharing(0.3, epsilon=0.5, clip=1.0, key=jax.random.key(1))
+  mechanism = privacy.sparse_vector_mechanism(0.3, epsilon=0.5, clip=1.0)
+  upload = dp_selective_sharing(mechanism=mechanism, key=jax.random.key(1))
   params, x, y, sim = _setup(upload)
 
   class LeavesAfterRound0(flower.LoopbackGrid):
@@ -207,20 +241,22 @@ def test_privacy_is_composed_over_the_rounds_each_participant_uploads_in():
       return [1, 2, 3] if self.calls <= 2 else [1, 2]
 
   summary, _ = _run(sim, params, lambda i: (x[i], y[i]), grid_cls=LeavesAfterRound0,
-                    rounds=3, dp_epsilon=0.5, dp_fraction=0.3)
+                    rounds=3, mechanism=mechanism, delta=1e-5)
   assert summary.dropouts_per_round == [0, 1, 1]
-  p = sim.num_params
-  assert summary.privacy[0] == dp_selective_sharing_privacy(0.5, 3, num_params=p, fraction=0.3)
-  assert summary.privacy[2].rounds == 1
-  assert summary.privacy[2].total_epsilon == pytest.approx(0.5)
+  # The one accountant, per participant, over the rounds it was asked in.
+  eps = lambda r: privacy.compute_epsilon(mechanism, steps=r, delta=1e-5)
+  assert summary.privacy[0] == flower.ParticipantPrivacy(3, eps(3), 1e-5)
+  assert summary.privacy[2] == flower.ParticipantPrivacy(1, eps(1), 1e-5)
+  assert eps(1) == pytest.approx(0.5, rel=1e-3) and eps(3) <= 1.5 + 1e-3
 
 
 def test_flower_validation(monkeypatch):
   params, x, y, sim = _setup(None)
   make = lambda **kw: flower.make_server_app(sim, params, key=jax.random.key(0),
                                              **{'rounds': 1, **kw})
-  with pytest.raises(ValueError, match='order'):
-    make(order='async')
+  _, _, _, async_sim = _setup(None, order='asynchronous')
+  with pytest.raises(ValueError, match="order='asynchronous'"):
+    flower.make_server_app(async_sim, params, rounds=1, key=jax.random.key(0))
   with pytest.raises(ValueError, match='rounds'):
     make(rounds=0)
   with pytest.raises(ValueError, match='num_nodes'):
@@ -229,12 +265,16 @@ def test_flower_validation(monkeypatch):
     make(min_participants=4)
   with pytest.raises(ValueError, match='client_errors'):
     make(client_errors='ignore')
-  with pytest.raises(ValueError, match='epsilon'):
-    make(dp_epsilon=-1.0)
-  with pytest.raises(ValueError, match='threshold'):
-    make(order='secure', threshold=1)   # t > N/2 is required
-  with pytest.raises(ValueError, match='signing_key and registry'):
+  mechanism = privacy.sparse_vector_mechanism(0.3, epsilon=0.5, clip=1.0)
+  with pytest.raises(ValueError, match='delta'):
+    make(mechanism=mechanism)
+  with pytest.raises(ValueError, match='delta'):
+    make(mechanism=mechanism, delta=2.0)
+  with pytest.raises(ValueError, match='for secure aggregation only'):
     flower.make_client_app(sim, lambda i: (x[i], y[i]), params, registry={})
+  _, _, _, secure_sim = _setup(None, order='synchronous', secure=federated.SecureAggregation())
+  with pytest.raises(ValueError, match='missing: identity, record'):
+    flower.make_client_app(secure_sim, lambda i: (x[i], y[i]), params, registry={})
   with pytest.raises(TypeError, match='DSSGD'):
     flower.make_client_app(object(), lambda i: None, params)
   # Wrong shapes from the data function: the error names them.
@@ -247,9 +287,9 @@ def test_flower_validation(monkeypatch):
   grid = flower.LoopbackGrid(client_app, N)
   msg = flower.Message(flower.RecordDict({
       'arrays': flower._record(**{'global': np.zeros(sim.num_params, np.float32),
-                                  'mask': np.ones(sim.num_params, bool),
-                                  'key': np.asarray(jax.random.key_data(jax.random.key(0)))}),
-      'config': flower.ConfigRecord({'participant': 7})}), dst_node_id=1, message_type='train')
+                                  'mask': np.ones(sim.num_params, bool)}),
+      'config': flower.ConfigRecord({'participant': 7, 'round': 0})}), dst_node_id=1,
+      message_type='train')
   (reply,) = grid.send_and_receive([msg])
   assert reply.has_error() and 'participant index 7 is out of range [0, 3)' in reply.error.reason
   monkeypatch.setattr(flower._flwr, '__version__', '1.20.0')
@@ -265,9 +305,9 @@ def test_simulation_engine_reproduces_the_simulation():
   params, x, y, sim = _setup(upload)
   key = jax.random.key(7)
   summaries = []
-  server_app = flower.make_server_app(sim, params, rounds=2, key=key, theta_d=0.5,
+  server_app = flower.make_server_app(sim, params, rounds=2, key=key,
                                       on_end=summaries.append)
-  client_app = flower.make_client_app(sim, lambda i: (x[i], y[i]), params)
+  client_app = flower.make_client_app(sim, lambda i: (x[i], y[i]), params, testing_key=key)
   run_simulation(server_app=server_app, client_app=client_app, num_supernodes=N,
                  backend_config={'client_resources': {'num_cpus': 1}})
   (summary,) = summaries
@@ -334,7 +374,7 @@ def test_simulation_engine_stalled_node_times_out_and_its_late_reply_is_ignored(
   server_app = flower.make_server_app(sim, params, rounds=2, key=jax.random.key(0),
                                       reply_timeout=120.0, on_round=on_round,
                                       on_end=summaries.append)
-  client_app = flower.make_client_app(sim, data_fn, params)
+  client_app = flower.make_client_app(sim, data_fn, params, testing_key=jax.random.key(0))
   with caplog.at_level(logging.WARNING, logger='ssgd_optax.federated.flower'):
     run_simulation(server_app=server_app, client_app=client_app, num_supernodes=N,
                    backend_config={'client_resources': {'num_cpus': 1}})
@@ -347,6 +387,11 @@ def test_simulation_engine_stalled_node_times_out_and_its_late_reply_is_ignored(
   _, ref = _run(sim, params, lambda i: (x[i], y[i]), grid_cls=_SilentInRound0, rounds=2)
   np.testing.assert_allclose(seen[0].params, ref[0].params, rtol=1e-6, atol=1e-7)
   np.testing.assert_array_equal(seen[0].stats, ref[0].stats)
+
+
+# Node-side (the node operator's) setting of the app: derive the training keys from
+# the run's seed, as the in-process simulation does. Insecure, for these tests only.
+_REPRODUCIBLE = {'SSGD_FLOWER_INSECURE_REPRODUCIBLE_KEYS': '1'}
 
 
 def _deploy_module():
@@ -372,7 +417,8 @@ def test_deployment_mode_reproduces_the_simulation(tmp_path, simulation):
   # JAX), or against `flower-superlink --simulation` (Ray, ~2 min).
   deploy, task, config = _deploy_module()
   path = str(tmp_path / 'summary.jsonl')
-  with deploy.LocalDeployment(3, workdir=str(tmp_path), simulation=simulation) as dep:
+  with deploy.LocalDeployment(3, workdir=str(tmp_path), simulation=simulation,
+                              node_env=_REPRODUCIBLE) as dep:
     proc = dep.run(f"rounds=2 summary-path='{path}'", timeout=1800)
   res = deploy.read_summary(path)
   assert 'summary' in res, (res, proc.stdout[-2000:], proc.stderr[-2000:])
@@ -426,7 +472,7 @@ def test_flwr_run_on_flowers_managed_local_superlink(tmp_path):
   # Without the last variable the managed SuperLink installs the app's
   # dependencies (`uv sync`) into a fresh environment, which fails offline
   # and for a package not on an index (Flower exit code 608).
-  env = dict(os.environ, FLWR_HOME=str(home), JAX_PLATFORMS='cpu',
+  env = dict(os.environ, FLWR_HOME=str(home), JAX_PLATFORMS='cpu', **_REPRODUCIBLE,
              FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION='1',
              FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(deploy.free_port()),
              FLWR_LOCAL_CONTROL_API_PORT=str(deploy.free_port()))
@@ -480,35 +526,44 @@ class _RecordingGrid(flower.LoopbackGrid):
     return out
 
 
-def _secure_run(params, x, y, sim, grid_kw):
+def _identities(tmp_path, n=N):
+  """Per-node identity keys, the registry and record files: node ``k`` is participant ``k - 1``."""
   from ssgd_optax.federated import secure_aggregation as sa
-  signing, registry = sa.generate_identities(N)
+  tmp_path.mkdir(parents=True, exist_ok=True)
+  signing, registry = sa.generate_identities(n)
+  return dict(identity=lambda ctx: signing[ctx.node_id - 1], registry=registry,
+              record=lambda ctx: str(tmp_path / f'record-node{ctx.node_id}.jsonl'))
+
+
+def _secure_run(params, x, y, sim, grid_kw, tmp_path, key=jax.random.key(3)):
   seen = []
-  server_app = flower.make_server_app(sim, params, rounds=1, key=jax.random.key(3),
-                                      order='secure', threshold=2, reply_timeout=0.5,
+  server_app = flower.make_server_app(sim, params, rounds=1, key=key, reply_timeout=0.5,
                                       on_end=seen.append)
-  client_app = flower.make_client_app(sim, lambda i: (x[i], y[i]), params,
-                                      signing_key=lambda i: signing[i], registry=registry)
+  client_app = flower.make_client_app(sim, lambda i: (x[i], y[i]), params, testing_key=key,
+                                      **_identities(tmp_path))
   grid = _RecordingGrid(client_app, N, **grid_kw)
   server_app(grid, flower.Context(run_id=1, node_id=0, node_config={},
                                   state=flower.RecordDict(), run_config={}))
   return grid, seen[0]
 
 
-def _plain_uploads(sim, params, x, y, grid):
-  """Each participant's upload, recomputed from what the server sent in 'masked'."""
+def _plain_uploads(sim, params, x, y, grid, key=jax.random.key(3)):
+  """Each participant's upload, recomputed from what the server sent in 'masked' and the
+  training key the clients derive from their testing key (the server sends none)."""
   state0 = sim.init(jax.random.key(0)).clients
   out = {}
   for m in grid.sent:
     cfg = m.content.config_records.get('config')
     if cfg is None or cfg.get('step') != 'masked':
       continue
-    i = int(cfg['participant'])
+    i, r = int(cfg['participant']), int(cfg['round'])
     a = m.content.array_records['arrays']
+    assert set(a) == {'global', 'mask'}   # no training randomness from the server
+    k_train = rounds.participant_keys(rounds.round_keys_at(key, r).rest, i)[1]
     _, _, up = sim.client_update(
         sim.ravel(params), jax.tree.map(lambda l: l[i], state0.upload_state),
         jnp.asarray(a['global'].numpy()), jnp.asarray(a['mask'].numpy()), jnp.asarray(x[i]),
-        jnp.asarray(y[i]), jax.random.wrap_key_data(jnp.asarray(a['key'].numpy())))
+        jnp.asarray(y[i]), k_train)
     out[i] = np.asarray(up)
   return out
 
@@ -559,11 +614,18 @@ def _max_correlation(vectors, uploads, n):
   return best
 
 
-def test_secure_order_server_sees_only_masked_uploads_and_the_exact_sum():
+def _secure_sim(upload, d=D, threshold=2):
+  return _setup(upload, d=d, order='synchronous',
+                secure=federated.SecureAggregation(threshold=threshold))
+
+
+def test_secure_aggregation_server_sees_only_masked_uploads_and_the_exact_sum(tmp_path):
   from ssgd_optax.federated import secure_aggregation as sa
-  params, x, y, sim = _setup(selective_sharing(0.5))
-  for drop_step, survivors in ((None, (0, 1, 2)), ('masked', (0, 1))):
-    grid, summary = _secure_run(params, x, y, sim, {'drop_step': drop_step})
+  # Participant 2 (node 3) drops after sharing its keys; without a dropout the
+  # round is the simulation's bit for bit (the bit-identical test below).
+  params, x, y, sim = _secure_sim(selective_sharing(0.5))
+  for drop_step, survivors in (('masked', (0, 1)),):
+    grid, summary = _secure_run(params, x, y, sim, {'drop_step': drop_step}, tmp_path)
     uploads = _plain_uploads(sim, params, x, y, grid)
     assert sorted(uploads) == [0, 1, 2]
     assert not _server_saw_plaintext(grid, uploads, N)
@@ -572,18 +634,20 @@ def test_secure_order_server_sees_only_masked_uploads_and_the_exact_sum():
     assert rep.dropped == tuple(sorted(set(range(N)) - set(survivors)))
     q = sum(sa.quantize(uploads[i], num_participants=N).astype(np.uint64) for i in survivors)
     want = sa.dequantize((q % 2 ** 32).astype(np.uint32))
+    # The one rule for a secure sum: the survivors' mean.
     start = np.asarray(sim.ravel(params), np.float64)
     np.testing.assert_array_equal(np.asarray(summary.server.params),
-                                  (start + want).astype(np.float32))
+                                  start.astype(np.float32)
+                                  + (want / len(survivors)).astype(np.float32))
 
 
-def test_the_plaintext_check_catches_an_unmasked_upload(monkeypatch):
+def test_the_plaintext_check_catches_an_unmasked_upload(monkeypatch, tmp_path):
   # A broken stand-in: masks of zero (PRG output zeroed) leave y = q(x),
   # which the check above must flag.
   from ssgd_optax.federated import secure_aggregation as sa
   monkeypatch.setattr(sa, 'prg', lambda seed, size, bits=32: np.zeros(size, np.uint32))
-  params, x, y, sim = _setup(selective_sharing(0.5))
-  grid, _ = _secure_run(params, x, y, sim, {})
+  params, x, y, sim = _secure_sim(selective_sharing(0.5))
+  grid, _ = _secure_run(params, x, y, sim, {}, tmp_path)
   uploads = _plain_uploads(sim, params, x, y, grid)
   assert _server_saw_plaintext(grid, uploads, N)
   # The correlation check of the runtime test flags it too.
@@ -612,7 +676,7 @@ class _RecordingProxy:
 
 
 @pytest.mark.slow
-def test_simulation_engine_secure_order_masked_uploads_exact_sum_with_a_dropout():
+def test_simulation_engine_secure_aggregation_masked_uploads_exact_sum_with_a_dropout(tmp_path):
   # The project's secure aggregation as Flower messages between the server
   # thread and Ray worker processes (run_simulation); participant 2 fails
   # after sharing its keys, so the survivors must unmask its pair masks.
@@ -621,10 +685,16 @@ def test_simulation_engine_secure_order_masked_uploads_exact_sum_with_a_dropout(
   from flwr.simulation import run_simulation
   from ssgd_optax.federated import secure_aggregation as sa
   # 120 inputs x 3 classes: enough entries for the correlation check to mean something.
-  params, x, y, sim = _setup(selective_sharing(0.5), d=120)
+  params, x, y, sim = _secure_sim(selective_sharing(0.5), d=120)
   p = sim.num_params
   signing, registry = sa.generate_identities(N)
   raw = [k.private_bytes_raw() for k in signing]   # key objects do not pickle to Ray
+  # On Flower's simulation engine node ids are random: the partition id names the node.
+  identity = lambda ctx: Ed25519PrivateKey.from_private_bytes(
+      raw[int(ctx.node_config['partition-id'])])
+  folder = str(tmp_path)
+  record = lambda ctx: f"{folder}/record-{int(ctx.node_config['partition-id'])}.jsonl"
+  key = jax.random.key(3)
 
   def data_fn(i):
     if i == 2:
@@ -632,9 +702,8 @@ def test_simulation_engine_secure_order_masked_uploads_exact_sum_with_a_dropout(
     return x[i], y[i]
 
   summaries, grids = [], []
-  inner = flower.make_server_app(sim, params, rounds=1, key=jax.random.key(3), order='secure',
-                                 threshold=2, client_errors='dropout', reply_timeout=600.0,
-                                 on_end=summaries.append)
+  inner = flower.make_server_app(sim, params, rounds=1, key=key, client_errors='dropout',
+                                 reply_timeout=600.0, on_end=summaries.append)
   server_app = ServerApp()
 
   @server_app.main()
@@ -642,9 +711,8 @@ def test_simulation_engine_secure_order_masked_uploads_exact_sum_with_a_dropout(
     grids.append(_RecordingProxy(grid))
     inner(grids[0], context)
 
-  client_app = flower.make_client_app(
-      sim, data_fn, params, registry=registry,
-      signing_key=lambda i: Ed25519PrivateKey.from_private_bytes(raw[i]))
+  client_app = flower.make_client_app(sim, data_fn, params, identity=identity,
+                                      registry=registry, record=record, testing_key=key)
   run_simulation(server_app=server_app, client_app=client_app, num_supernodes=N,
                  backend_config={'client_resources': {'num_cpus': 1}})
   (summary,), (grid,) = summaries, grids
@@ -659,14 +727,14 @@ def test_simulation_engine_secure_order_masked_uploads_exact_sum_with_a_dropout(
   masked = _masked_vectors(_received_blobs(grid), p)
   assert len(masked) == 2
   assert _max_correlation(masked, uploads, N) < 6 / np.sqrt(p)
-  # (a) the exact sum of the survivors' quantised uploads, and close to the plain float sum.
+  # (a) the exact sum of the survivors' quantised uploads, applied as their mean.
   q = sum(sa.quantize(uploads[i], num_participants=N).astype(np.uint64) for i in (0, 1))
   want = sa.dequantize((q % 2 ** 32).astype(np.uint32))
   start = np.asarray(sim.ravel(params), np.float64)
   np.testing.assert_array_equal(np.asarray(summary.server.params),
-                                (start + want).astype(np.float32))
+                                start.astype(np.float32) + (want / 2).astype(np.float32))
   np.testing.assert_allclose(np.asarray(summary.server.params) - start,
-                             uploads[0] + uploads[1], atol=N * 2.0 ** -16)
+                             (uploads[0] + uploads[1]) / 2, atol=N * 2.0 ** -16)
 
 
 def _read_transcript(path):
@@ -688,21 +756,24 @@ def _read_transcript(path):
 
 
 @pytest.mark.slow
-def test_deployment_secure_order_killed_supernode_masked_only_exact_sum(tmp_path):
-  # flwr run against flower-superlink + 3 flower-supernode processes, order
-  # "secure"; one SuperNode is killed once every participant has shared its
-  # keys, so it never sends its masked input and the other two must unmask
-  # its pair masks. The ServerApp's transcript is what the server process received.
+def test_deployment_secure_aggregation_killed_supernode_masked_only_exact_sum(tmp_path):
+  # flwr run against flower-superlink + 3 flower-supernode processes, each with
+  # its own identity key, the registry and a participant record (node config),
+  # secure aggregation; one SuperNode is killed once every participant has
+  # shared its keys, so it never sends its masked input and the other two must
+  # unmask its pair masks. The ServerApp's transcript is what the server
+  # process received.
   import os
   import subprocess
   import time
   from ssgd_optax.federated import secure_aggregation as sa
   deploy, task, config = _deploy_module()
   path, tpath = str(tmp_path / 'summary.jsonl'), str(tmp_path / 'transcript.jsonl')
-  with deploy.LocalDeployment(3, workdir=str(tmp_path)) as dep:
+  run_config = "rounds=1 order='synchronous' secure-aggregation=true reply-timeout=180.0 "
+  with deploy.LocalDeployment(3, workdir=str(tmp_path), secure=True,
+                              node_env=_REPRODUCIBLE) as dep:
     args = [deploy._exe('flwr'), 'run', deploy.APP, 'local-deployment', '--stream',
-            '--run-config', f"rounds=1 order='secure' reply-timeout=180.0 "
-            f"summary-path='{path}' transcript-path='{tpath}'"]
+            '--run-config', run_config + f"summary-path='{path}' transcript-path='{tpath}'"]
     run = subprocess.Popen(args, env=dep.env, cwd=dep.dir, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     try:
@@ -720,22 +791,25 @@ def test_deployment_secure_order_killed_supernode_masked_only_exact_sum(tmp_path
   res = deploy.read_summary(path)
   assert 'summary' in res, res
   s = res['summary']
-  (gone,) = s['dropped'][0]
-  survivors = sorted(set(range(3)) - {gone})
+  # SuperNode i holds the identity key of participant i.
+  assert s['dropped'][0] == [0]
+  survivors = [1, 2]
   assert s['accepted'] == [survivors]
   sent, received = _read_transcript(tpath)
-  t = task.build(dict(config, rounds=1, order='secure'))
+  t = task.build(dict(config, rounds=1, order='synchronous', **{'secure-aggregation': True}))
   sim, p = t.sim, t.sim.num_params
   state0 = sim.init(jax.random.key(0)).clients
   uploads = {}
   for m in sent:
     cfg = m['config'].get('config', {})
     if cfg.get('step') == 'masked':
-      i, a = int(cfg['participant']), m['arrays']['arrays']
+      i, r, a = int(cfg['participant']), int(cfg['round']), m['arrays']['arrays']
+      assert set(a) == {'global', 'mask'}   # no training randomness from the server
+      k_train = rounds.participant_keys(rounds.round_keys_at(t.key, r).rest, i)[1]
       _, _, up = sim.client_update(
           sim.ravel(t.params), jax.tree.map(lambda l, i=i: l[i], state0.upload_state),
           jnp.asarray(a['global']), jnp.asarray(a['mask']), jnp.asarray(t.xs[i]),
-          jnp.asarray(t.ys[i]), jax.random.wrap_key_data(jnp.asarray(a['key'])))
+          jnp.asarray(t.ys[i]), k_train)
       uploads[i] = np.asarray(up)
   # The killed node was asked for its masked input too: it had shared its keys.
   assert sorted(uploads) == [0, 1, 2]
@@ -752,4 +826,284 @@ def test_deployment_secure_order_killed_supernode_masked_only_exact_sum(tmp_path
   want = sa.dequantize((q % 2 ** 32).astype(np.uint32))
   start = np.asarray(sim.ravel(t.params), np.float64)
   np.testing.assert_array_equal(np.asarray(s['params'], np.float32),
-                                (start + want).astype(np.float32))
+                                start.astype(np.float32) + (want / 2).astype(np.float32))
+
+
+# ---------------------------------------------------------------------------
+# One round, written once: the simulation, the Flower apps and the example agree.
+
+
+def test_one_secure_round_is_bit_identical_in_the_simulation_flower_and_the_example(tmp_path):
+  pytest.importorskip('sklearn')  # the digits data set
+  pytest.importorskip('cryptography')
+  from ssgd_examples.scripts import load
+  example = load('examples/federated.py', 'federated_example')
+  setting = example.load('digits', seed=0)
+  kw = dict(participants=N, hidden=8, theta_d=0.5, seed=0)
+  num_params = setting.x_train.shape[1] * 8 + 8 + 8 * setting.num_classes + setting.num_classes
+  exp = example.make_experiment(setting, order='synchronous',
+                                secure=example.secure_settings(N, num_params, rounds=1), **kw)
+  # (a) the in-process simulation's secure round
+  sim_state, _ = exp.sim.round(exp.sim.init(exp.key), exp.xs, exp.ys)
+  # (b) the example's own path (its CLI's run_dssgd)
+  example_params = example.run_dssgd(setting, rounds=1, secure_aggregation=True, **kw)['params']
+  # (c) the Flower apps on the loopback grid, clients deriving the simulation's keys
+  seen = []
+  server_app = flower.make_server_app(exp.sim, exp.params, rounds=1, key=exp.key,
+                                      on_end=seen.append)
+  client_app = flower.make_client_app(exp.sim, lambda i: (exp.xs[i], exp.ys[i]), exp.params,
+                                      testing_key=exp.key, **_identities(tmp_path))
+  flower.run_loopback(server_app, client_app, N)
+  (summary,) = seen
+  assert summary.rounds[0].accepted == (0, 1, 2)
+  flat0 = np.asarray(exp.sim.ravel(exp.params))
+  assert np.count_nonzero(np.asarray(sim_state.server.params) != flat0) > 0
+  np.testing.assert_array_equal(np.asarray(summary.server.params),
+                                np.asarray(sim_state.server.params))
+  np.testing.assert_array_equal(example_params, np.asarray(sim_state.server.params))
+  np.testing.assert_array_equal(np.asarray(summary.server.stats),
+                                np.asarray(sim_state.server.stats))
+
+
+# ---------------------------------------------------------------------------
+# A server that repeats a round (issue 25, item 1), written from the outside:
+# the documented Flower message format and the public protocol Server only.
+
+
+def _replaying_server_app(sim, params, victim, out, threshold=2, resend=lambda g: g):
+  """A ServerApp that runs two protocol-compliant secure rounds on the same global model,
+  the victim in the first and dropped before uploading in the second, and keeps the
+  difference of the two decoded sums (the victim's quantised upload if nothing stops it).
+
+  It also sends what an older client took from the server (a participant id at set-up,
+  ``sa_round`` and a training ``key``), so the same attack runs against that client.
+  ``resend`` changes how the model is encoded in the second round (not what it is).
+  """
+  from flwr.serverapp import ServerApp
+  from ssgd_optax.federated import secure_aggregation as sa
+  app = ServerApp()
+  global_ = np.asarray(sim.ravel(params), np.float32)
+  mask = np.ones(sim.num_params, bool)
+  key = np.asarray(jax.random.key_data(jax.random.key(99)))
+
+  def query(node, step, r, cfg, arrays=None):
+    content = {'config': flower.ConfigRecord({'step': step, 'round': r, 'sa_round': r, **cfg})}
+    if arrays is not None:
+      content['arrays'] = flower._record(**arrays)  # pylint: disable=protected-access
+    return flower.Message(flower.RecordDict(content), dst_node_id=node, message_type='query')
+
+  def protocol_message(reply):
+    c = reply.content['config']
+    return sa.ProtocolMessage(bytes(c['sa_session']), int(c['sa_round']), str(c['sa_step']),
+                              int(c['sa_sender']), int(c['sa_recipient']),
+                              bytes(c['sa_payload']), bytes(c['sa_tag']))
+
+  @app.main()
+  def main(grid, context):
+    del context
+    nodes = sorted(grid.get_node_ids())
+    n = len(nodes)
+    session = b'replayed session'
+    server = sa.Server(n, threshold, session=session)
+    setup = {'sa_n': n, 'sa_t': threshold, 'sa_session': session,
+             'sa_server_key': server.public_key, 'sa_frac_bits': 16, 'sa_bits': 32}
+    node_of = {}
+    for i, reply in enumerate(grid.send_and_receive(
+        [query(node, 'setup', -1, {**setup, 'participant': i}) for i, node in enumerate(nodes)])):
+      c = reply.content['config']
+      pid = int(c['participant']) if 'participant' in c else i
+      node_of[pid] = reply.metadata.src_node_id
+      server.register(pid, bytes(c['sa_channel_key']))
+    out['errors'], sums = [], []
+
+    def step(name, r, msgs, arrays=None):
+      replies = grid.send_and_receive(
+          [query(node_of[pid], name, r,
+                 {'participant': pid, **({} if m is None else {
+                     'sa_session': m.session, 'sa_round': m.round, 'sa_step': m.step,
+                     'sa_sender': m.sender, 'sa_recipient': m.recipient, 'sa_payload': m.payload,
+                     'sa_tag': m.tag})}, arrays) for pid, m in sorted(msgs.items())])
+      out['errors'] += [reply.error.reason for reply in replies if reply.has_error()]
+      return [protocol_message(reply) for reply in replies if not reply.has_error()]
+
+    for r, dropped in ((0, ()), (1, (victim,))):
+      server.start_round(r)
+      keys = server.collect_keys(step('advertise', r, dict.fromkeys(node_of)))
+      forward = server.collect_shares(step('share', r, keys))
+      uploads = {u: m for u, m in forward.items() if u not in dropped}
+      try:
+        model = global_ if r == 0 else resend(global_)
+        survivors = server.collect_masked(step('masked', r, uploads,
+                                               {'global': model, 'mask': mask, 'key': key}))
+      except sa.DropoutError:
+        return   # the other participants refused to contribute again
+      signatures = server.collect_consistency(step('consistency', r, survivors))
+      server.finish(step('unmask', r, signatures))
+      sums.append(server.sum_signed.astype(np.int64))
+    out['recovered'] = sums[0] - sums[1]
+
+  return app
+
+
+@pytest.mark.parametrize('resend', ['same', 'float64_signed_zeros'])
+def test_a_server_that_replays_a_round_to_difference_the_sums_gets_a_named_error(tmp_path,
+                                                                                 resend):
+  # Issue 25, item 1: the same global model twice, the victim dropped in the
+  # second round; the difference of the sums was the victim's quantised upload,
+  # bit-exact (shown against the client before this change: `recovered` equal
+  # to the victim's quantised upload, no error). Now every other participant
+  # refuses the second contribution on that model, before training; also when
+  # the model is re-sent as float64 with -0.0 for 0.0 (it trains the same).
+  params, x, y, sim = _secure_sim(selective_sharing(0.5), threshold=2)
+  out = {}
+  server_app = _replaying_server_app(
+      sim, params, victim=0, out=out,
+      resend=(lambda g: g) if resend == 'same' else lambda g: -g.astype(np.float64))
+  client_app = flower.make_client_app(sim, lambda i: (x[i], y[i]), params,
+                                      **_identities(tmp_path))
+  flower.run_loopback(server_app, client_app, N)
+  assert 'recovered' not in out
+  assert len(out['errors']) == N - 1
+  assert all(e.startswith('RepeatedContributionError: this participant already contributed on '
+                          'this global model') for e in out['errors']), out['errors']
+  # The record is on each node's disk: a restarted client (new app, same files) refuses too.
+  out = {}
+  flower.run_loopback(_replaying_server_app(sim, params, victim=0, out=out),
+                      flower.make_client_app(sim, lambda i: (x[i], y[i]), params,
+                                             **_identities(tmp_path)), N)
+  assert 'recovered' not in out and len(out['errors']) == N
+
+
+# ---------------------------------------------------------------------------
+# The Flower example app's identities (issue 25, item 2), attacked from the outside.
+
+
+def _app_modules():
+  import sys
+  _, task, config = _deploy_module()
+  root = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'examples', 'flower_app')
+  sys.path.insert(0, root)
+  try:
+    from ssgd_flower_app import client_app, identity  # pylint: disable=import-outside-toplevel
+  finally:
+    sys.path.pop(0)
+  return client_app, identity, dict(config, **{'order': 'synchronous',
+                                               'secure-aggregation': True})
+
+
+def _seed_derived_key(seed, i):
+  """What the app's removed demo identities were: a key anyone who knows the seed recomputes."""
+  import hashlib
+  from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+  return Ed25519PrivateKey.from_private_bytes(
+      hashlib.sha256(f'ssgd-flower-demo|{seed}|{i}'.encode()).digest())
+
+
+def _substitute_a_peer_with_the_seed(app, run_config, node_config, victim=0, peer=1):
+  """A server that knows the run's seed signs its own keys as ``peer``'s and sends them to
+  the victim (the documented wire format, the server's own channel key). Returns the
+  victim's reply to that ``keys`` message."""
+  import secagg_wire as wire
+  from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+  n, session = int(run_config['num-participants']), b'evil session'
+  grid = flower.LoopbackGrid(app, n, node_config=node_config, run_config=run_config)
+  channel = X25519PrivateKey.generate()
+
+  def ask(node, step, cfg):
+    (reply,) = grid.send_and_receive([flower.Message(flower.RecordDict({
+        'config': flower.ConfigRecord({'step': step, 'round': 0, **cfg})}), dst_node_id=node,
+        message_type='query')])
+    return reply
+
+  setup = {'sa_n': n, 'sa_t': 2, 'sa_session': session, 'sa_server_key': wire.raw(
+      channel.public_key()), 'sa_frac_bits': 16, 'sa_bits': 32}
+  node_of, auth, entries = {}, {}, {}
+  for node in grid.get_node_ids():
+    reply = ask(node, 'setup', setup)
+    if reply.has_error():
+      return reply
+    pid = int(reply.content['config']['participant'])
+    node_of[pid] = node
+    auth[pid] = wire.auth_key(channel, bytes(reply.content['config']['sa_channel_key']), session)
+  for pid, node in node_of.items():
+    entries[pid] = bytes(ask(node, 'advertise', {'participant': pid}).content['config'][
+        'sa_payload'])
+  c, s = wire.random_key(), wire.random_key()
+  commit = entries[peer][2 * wire.KEY:2 * wire.KEY + wire.COMMIT]
+  entries[peer] = c + s + commit + _seed_derived_key(int(run_config['seed']), peer).sign(
+      wire.advertise_statement(session, 0, peer, c, s, commit))
+  m = wire.authenticate(auth[victim], session, 0, 'keys', wire.SERVER, victim,
+                        wire.pack_blobs(entries))
+  return ask(node_of[victim], 'share', {
+      'participant': victim, 'sa_session': m.session, 'sa_round': m.round, 'sa_step': m.step,
+      'sa_sender': m.sender, 'sa_recipient': m.recipient, 'sa_payload': m.payload,
+      'sa_tag': m.tag})
+
+
+def test_a_secure_client_refuses_a_plain_train_message(tmp_path):
+  # Otherwise a server could simply ask for the upload in the clear.
+  params, x, y, sim = _secure_sim(selective_sharing(0.5))
+  grid = flower.LoopbackGrid(flower.make_client_app(sim, lambda i: (x[i], y[i]), params,
+                                                    **_identities(tmp_path)), N)
+  msg = flower.Message(flower.RecordDict({
+      'arrays': flower._record(**{'global': np.zeros(sim.num_params, np.float32),  # pylint: disable=protected-access
+                                  'mask': np.ones(sim.num_params, bool)}),
+      'config': flower.ConfigRecord({'participant': 0, 'round': 0})}), dst_node_id=1,
+      message_type='train')
+  (reply,) = grid.send_and_receive([msg])
+  assert reply.has_error() and 'refusing a plain train message' in reply.error.reason
+
+
+def test_flower_app_refuses_secure_aggregation_without_the_nodes_own_identity(tmp_path):
+  client_app, _, run_config = _app_modules()
+  # No identity, registry or record on the node: refused, naming them (nothing is
+  # derived from the run's seed any more).
+  reply = _substitute_a_peer_with_the_seed(client_app.app, run_config, lambda node: {})
+  assert reply.has_error() and 'needs this node\'s identity-key, registry, record' in (
+      reply.error.reason)
+
+
+@pytest.mark.parametrize('identities', ['per_node', 'seed_derived'])
+def test_seed_derived_identity_keys_cannot_sign_for_a_participant(tmp_path, identities):
+  # Issue 25, item 2: a server that knows the run-config seed recomputed every
+  # demo identity key and re-signed its own keys as a peer's. With per-node keys
+  # from the app's identity command, the victim refuses them (SignatureError).
+  # Control: with the seed-derived registry the same substitution is accepted.
+  from cryptography.hazmat.primitives import serialization
+  client_app, identity, run_config = _app_modules()
+  n, seed = int(run_config['num-participants']), int(run_config['seed'])
+  publics = {}
+  for i in range(n):
+    path = tmp_path / f'node{i}.key'
+    if identities == 'per_node':
+      publics[i] = identity.new_identity(str(path))
+    else:
+      key = _seed_derived_key(seed, i)
+      path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                         serialization.PrivateFormat.PKCS8,
+                                         serialization.NoEncryption()))
+      path.chmod(0o600)
+      publics[i] = key.public_key().public_bytes_raw().hex()
+  identity.make_registry(str(tmp_path / 'registry.json'), [f'{i}={h}' for i, h in publics.items()])
+  node_config = lambda node: {'identity-key': str(tmp_path / f'node{node - 1}.key'),
+                              'registry': str(tmp_path / 'registry.json'),
+                              'record': str(tmp_path / f'record{node}.jsonl')}
+  reply = _substitute_a_peer_with_the_seed(client_app.app, run_config, node_config)
+  if identities == 'per_node':
+    assert reply.has_error() and reply.error.reason.startswith(
+        'SignatureError: participant 0: the advertised keys of participant 1'), reply.error
+  else:
+    assert not reply.has_error() and reply.content['config']['sa_step'] == 'share'
+
+
+def test_identity_command_writes_keys_and_a_checked_registry(tmp_path, capsys):
+  _, identity, _ = _app_modules()
+  identity.main(['new', '--key', str(tmp_path / 'a.key')])
+  public = capsys.readouterr().out.strip()
+  assert len(bytes.fromhex(public)) == 32
+  with pytest.raises(SystemExit, match='never overwritten'):
+    identity.main(['new', '--key', str(tmp_path / 'a.key')])
+  with pytest.raises(SystemExit, match='ID=HEX'):
+    identity.main(['registry', '--out', str(tmp_path / 'r.json'), 'zero'])
+  with pytest.raises(SystemExit, match='share one identity key'):
+    identity.main(['registry', '--out', str(tmp_path / 'r.json'), f'0={public}', f'1={public}'])

@@ -68,7 +68,9 @@ def test_random_order_changes_every_round():
   assert len(set(who)) > 1
 
 
-@pytest.mark.parametrize('order', federated.ORDERS)
+# The synchronous order's statistics (one applied mean per round) are checked in
+# test_synchronous_order_applies_the_mean_of_the_accepted_uploads.
+@pytest.mark.parametrize('order', ['round_robin', 'random', 'asynchronous'])
 def test_selective_upload_limits_shared_entries_and_stats(order):
   n = 4
   sim = _sim(n, order=order, upload=selective_sharing(0.1))
@@ -77,8 +79,8 @@ def test_selective_upload_limits_shared_entries_and_stats(order):
   state, info = jax.jit(sim.round)(state, x, y)
   k = math.ceil(0.1 * sim.num_params)
   assert np.all(np.asarray(info.shared) <= k) and np.all(np.asarray(info.shared) > 0)
-  assert float(state.server.stats.sum()) == float(info.shared.sum())
   changed = state.server.params != sim.ravel(_params())
+  assert float(state.server.stats.sum()) == float(info.shared.sum())
   assert int(changed.sum()) <= n * k
 
 
@@ -146,6 +148,29 @@ def test_async_full_concurrency_adds_all_deltas_from_one_download():
                              rtol=1e-5, atol=1e-6)
 
 
+def test_synchronous_order_applies_the_mean_of_the_accepted_uploads():
+  # One rule for a synchronous round, plain or secure: the mean of what was
+  # accepted (the sum of N updates from one model is a step N times as long).
+  n = 3
+  sim = _sim(n, order='synchronous')
+  x, y = _data(n)
+  x = x.at[2, 0, 0].set(jnp.nan)   # participant 2's upload is not finite: rejected
+  state0 = sim.init(jax.random.key(0))
+  active = jnp.array([True, False, True])   # participant 1 drops out
+  state, info = jax.jit(sim.round)(state0, x, y, active)
+  assert info.accepted.tolist() == [True, False, False]
+  delta0 = state.clients.params[0] - state0.server.params
+  np.testing.assert_allclose(state.server.params, state0.server.params + delta0, atol=1e-6)
+  np.testing.assert_array_equal(state.clients.params[1], state0.clients.params[1])
+  state, info = jax.jit(sim.round)(state0, x.at[2].set(x[0]), y, None)
+  deltas = state.clients.params - state0.server.params
+  np.testing.assert_allclose(state.server.params, state0.server.params + deltas.mean(0),
+                             rtol=1e-5, atol=1e-6)
+  # One update per round: the statistics count the mean's nonzero entries once.
+  changed = state.server.params != state0.server.params
+  assert float(state.server.stats.sum()) == int(changed.sum())
+
+
 def test_random_upload_keys_differ_between_participants():
   n = 4
   sim = _sim(n, order='asynchronous',
@@ -198,6 +223,12 @@ def test_server_apply_decay_and_last_updated():
 @pytest.mark.parametrize('kwargs,exc,match', [
     (dict(num_participants=0), ValueError, 'num_participants'),
     (dict(order='sync'), ValueError, 'order'),
+    (dict(order='secure'), ValueError, 'order'),
+    (dict(secure_aggregation=federated.SecureAggregation()), ValueError, 'synchronous'),
+    (dict(order='synchronous', secure_aggregation=federated.SecureAggregation(threshold=2)),
+     ValueError, 'threshold'),
+    (dict(order='synchronous', secure_aggregation={'threshold': 3}), TypeError,
+     'SecureAggregation'),
     (dict(download='newest'), ValueError, 'download'),
     (dict(theta_d=2.0), ValueError, 'theta_d'),
     (dict(max_staleness=1), ValueError, 'asynchronous'),

@@ -10,30 +10,28 @@
 3. pass ``delta_w = w_after - w_before`` through the client-side defence, any
    optax transform (``selective_sharing(theta_u, ...)``, ``unit_normalize``,
    ``dp_selective_sharing``, a chain...), and upload the result;
-4. the server adds it to the global parameters and updates its statistics.
+4. the server applies it by the rule of the order.
 
-Orders (``order=``):
+The orders, their keys and the server's rules are those of every DSSGD round
+of the package (``federated/_rounds.py``): ``"round_robin"`` and
+``"random"`` (``lax.scan`` over participants; the server adds each upload),
+``"synchronous"`` (``vmap``: all train from one model; the server applies the
+mean, optionally through secure aggregation, then on the host) and
+``"asynchronous"`` (``concurrency`` participants at a time train at once
+(``vmap``) from the same download, so each misses the uploads of the others in
+its group; with ``max_staleness`` the download is the global model of ``d ~
+U{0..max_staleness}`` rounds ago; the server adds each upload).
 
-===================  ========================================================
-``"round_robin"``    participants 0..N-1 in turn; each downloads what the
-                     previous ones uploaded (``lax.scan`` over participants)
-``"random"``         the same with a fresh random order every round
-``"asynchronous"``   ``concurrency`` participants at a time train at once
-                     (``vmap``) from the same download, so each misses the
-                     uploads of the others in its group; with
-                     ``max_staleness`` the download is the global model of
-                     ``d ~ U{0..max_staleness}`` rounds ago
-===================  ========================================================
-
-Everything is a pure function of explicit state and keys and runs under
-``jit``; the asynchronous order vectorises the participants, which is what
-lets hundreds of them run on one CPU. Participants marked inactive in a round
+Everything but secure aggregation is a pure function of explicit state and
+keys and runs under ``jit``; vectorising the participants is what lets
+hundreds of them run on one CPU. Participants marked inactive in a round
 (dropouts) leave both the server and their own local state untouched, as do
 uploads that are not finite.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -44,11 +42,11 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from ssgd_optax import _validation
+from ssgd_optax.federated import _rounds as rounds
 from ssgd_optax.federated import _server as server_lib
-__all__ = ['ORDERS', 'ClientStates', 'SimulationState', 'RoundInfo', 'DSSGD', 'make_dssgd',
-           'local_sgd', 'train_centralized', 'train_standalone', 'shard']
 
-ORDERS = ('round_robin', 'random', 'asynchronous')
+__all__ = ['ClientStates', 'SimulationState', 'RoundInfo', 'DSSGD', 'make_dssgd', 'local_sgd',
+           'train_centralized', 'train_standalone', 'shard']
 
 LossFn = Callable[[Any, jax.Array, jax.Array], jax.Array]
 
@@ -85,7 +83,8 @@ class RoundInfo(NamedTuple):
   """What happened in one round.
 
   Attributes:
-    accepted: bool ``(N,)``: whose upload the server added.
+    accepted: bool ``(N,)``: whose upload the server applied (with secure
+      aggregation: the survivors of an applied round).
     shared: int ``(N,)``: nonzero entries in each participant's upload.
     staleness: int ``(N,)``: how many rounds old each download was.
   """
@@ -95,13 +94,14 @@ class RoundInfo(NamedTuple):
 
 
 class DSSGD(NamedTuple):
-  """A configured simulation: pure functions, jit them as a whole.
+  """A configured simulation: pure functions, jit them as a whole (but see ``round``).
 
   Attributes:
     init: ``init(key) -> SimulationState``; every participant starts from
       the initial parameters.
     round: ``round(state, x, y, active=None) -> (state, RoundInfo)`` with
-      shards ``x: (N, M, ...)``, ``y: (N, M)`` and ``active`` a bool ``(N,)``.
+      shards ``x: (N, M, ...)``, ``y: (N, M)`` and ``active`` a bool ``(N,)``;
+      with secure aggregation it runs on the host (do not ``jit`` it).
     client_update: ``client_update(local, upload_state, global, mask, x, y,
       key) -> (local, upload_state, upload)``: one participant's
       download/train/upload on flat vectors; shared with the Python-loop
@@ -109,6 +109,8 @@ class DSSGD(NamedTuple):
     ravel: pytree -> flat vector.
     unravel: flat vector -> pytree.
     num_params: ``P``.
+    config: the :class:`~ssgd_optax.federated.RoundConfig` (order, download,
+      statistics, secure aggregation), which the Flower server runs too.
   """
   init: Callable[..., SimulationState]
   round: Callable[..., tuple[SimulationState, RoundInfo]]
@@ -116,6 +118,7 @@ class DSSGD(NamedTuple):
   ravel: Callable[[Any], jax.Array]
   unravel: Callable[[jax.Array], Any]
   num_params: int
+  config: rounds.RoundConfig
 
 
 def local_sgd(loss_fn: LossFn, unravel: Callable[[jax.Array], Any], flat: jax.Array,
@@ -186,12 +189,261 @@ def _rekey(tree: Any, index: jax.Array) -> Any:
   return jax.tree.map(fold, tree)
 
 
-def _tree_index(tree: Any, i: jax.Array) -> Any:
+def _tree_index(tree: Any, i: Any) -> Any:
   return jax.tree.map(lambda a: a[i], tree)
 
 
-def _tree_set(tree: Any, i: jax.Array, value: Any, active: jax.Array) -> Any:
+def _tree_set(tree: Any, i: Any, value: Any, active: Any) -> Any:
   return jax.tree.map(lambda a, v: a.at[i].set(jnp.where(active, v, a[i])), tree, value)
+
+
+def _keep_active(active: jax.Array, new: Any, old: Any) -> Any:
+  """``new`` for the active participants (leading axis), ``old`` for the others."""
+  return jax.tree.map(
+      lambda a, b: jnp.where(active.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, old)
+
+
+class _Local(NamedTuple):
+  """What one participant's download/train/upload step needs (static)."""
+  loss_fn: LossFn
+  unravel: Callable[[jax.Array], Any]
+  upload: optax.GradientTransformation
+  learning_rate: Any
+  batch_size: int
+  epochs: int
+
+
+def _client_update(spec: _Local, local, upload_state, global_params, mask, x, y, key):
+  """Download (overwrite the masked entries), train, pass ``delta_w`` through the defence."""
+  start = jnp.where(mask, global_params, local)
+  after = local_sgd(spec.loss_fn, spec.unravel, start, x, y, key,
+                    learning_rate=spec.learning_rate, batch_size=spec.batch_size,
+                    epochs=spec.epochs)
+  shared, upload_state = spec.upload.update(spec.unravel(after - start), upload_state,
+                                            spec.unravel(start))
+  return after, upload_state, ravel_pytree(shared)[0].astype(start.dtype)
+
+
+def _check_round_config(num_participants, order, theta_d, download, max_staleness,
+                        concurrency, stat_decay, secure_aggregation,
+                        num_params) -> rounds.RoundConfig:
+  """Validates the round settings of :func:`make_dssgd`."""
+  _validation.check_int('num_participants', num_participants, minimum=1)
+  _validation.check_probability('theta_d', theta_d)
+  if _validation.concrete_float(theta_d) is None:
+    raise TypeError(f'theta_d must be a concrete number in [0, 1]; got {theta_d!r}.')
+  _validation.check_choice('download', download, server_lib.DOWNLOAD_CRITERIA)
+  rounds.check_order(order)
+  _validation.check_int('max_staleness', max_staleness, minimum=0)
+  if max_staleness and order != 'asynchronous':
+    raise ValueError(f"max_staleness > 0 needs order='asynchronous'; got order={order!r}.")
+  if concurrency is None:
+    concurrency = num_participants
+  _validation.check_int('concurrency', concurrency, minimum=1)
+  if num_participants % concurrency:
+    raise ValueError(f'concurrency must divide num_participants={num_participants}; '
+                     f'got {concurrency}.')
+  if concurrency != num_participants and order != 'asynchronous':
+    raise ValueError(f"concurrency needs order='asynchronous'; got order={order!r}.")
+  _validation.check_probability('stat_decay', stat_decay)
+  if secure_aggregation is not None:
+    if order != 'synchronous':
+      raise ValueError("secure_aggregation needs order='synchronous' (the server must receive "
+                       f"a round's uploads together to see only their sum); got order={order!r}.")
+    secure_aggregation = rounds.check_secure_aggregation(
+        secure_aggregation, num_participants=num_participants, num_params=num_params)
+  return rounds.RoundConfig(num_participants, order, float(theta_d), download, stat_decay,
+                            max_staleness, concurrency, secure_aggregation)
+
+
+def _check_shards(n: int, x: Any, y: Any, active: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+  x, y = jnp.asarray(x), jnp.asarray(y)
+  if x.shape[0] != n or y.shape[0] != n:
+    raise ValueError(f'x and y must have a leading participant axis of size {n}; '
+                     f'got {x.shape} and {y.shape}.')
+  if active is None:
+    return x, y, jnp.ones((n,), bool)
+  active = jnp.asarray(active)
+  if active.shape != (n,):
+    raise ValueError(f'active must be a bool array of shape ({n},); got {active.shape}.')
+  return x, y, active.astype(bool)
+
+
+def _sequential_round(cfg: rounds.RoundConfig, update: Callable[..., Any],
+                      state: SimulationState, x, y, active,
+                      keys: rounds.RoundKeys) -> tuple[SimulationState, RoundInfo]:
+  """``round_robin``/``random``: one participant at a time (``lax.scan``); the server adds."""
+  n = cfg.num_participants
+  turns = rounds.turn_order(cfg.order, keys.order, n)
+
+  def turn(carry, t):
+    srv, clients = carry
+    i = turns[t]
+    mask, k_train = rounds.participant_download(srv, keys.rest, i, fraction=cfg.theta_d,
+                                                criterion=cfg.download)
+    local, up, shared = update(clients.params[i], _tree_index(clients.upload_state, i),
+                               srv.params, mask, x[i], y[i], k_train)
+    srv, ok = rounds.add_upload(srv, shared, active=active[i], decay=cfg.stat_decay)
+    clients = ClientStates(
+        clients.params.at[i].set(jnp.where(active[i], local, clients.params[i])),
+        _tree_set(clients.upload_state, i, up, active[i]))
+    return (srv, clients), (i, ok, jnp.sum(shared != 0))
+
+  (srv, clients), (who, ok, nnz) = jax.lax.scan(turn, (state.server, state.clients),
+                                               jnp.arange(n))
+  accepted = jnp.zeros((n,), bool).at[who].set(ok)
+  shared = jnp.zeros((n,), jnp.int32).at[who].set(nnz.astype(jnp.int32))
+  srv = rounds.end_round(srv)
+  info = RoundInfo(accepted, shared, jnp.zeros((n,), jnp.int32))
+  return SimulationState(srv, clients, srv.params[None], state.key), info
+
+
+def _synchronous_round(cfg: rounds.RoundConfig, update: Callable[..., Any],
+                       state: SimulationState, x, y, active,
+                       keys: rounds.RoundKeys) -> tuple[SimulationState, RoundInfo]:
+  """``synchronous``: all train from one model (``vmap``); the server applies the mean."""
+  n = cfg.num_participants
+  srv = state.server
+
+  def one(i, local, up, xi, yi):
+    mask, k_train = rounds.participant_download(srv, keys.rest, i, fraction=cfg.theta_d,
+                                                criterion=cfg.download)
+    return update(local, up, srv.params, mask, xi, yi, k_train)
+
+  local, up, shared = jax.vmap(one)(jnp.arange(n), state.clients.params,
+                                    state.clients.upload_state, x, y)
+  srv, ok = rounds.apply_mean(srv, shared, active=active, decay=cfg.stat_decay)
+  srv = rounds.end_round(srv)
+  clients = ClientStates(*_keep_active(active, (local, up),
+                                       (state.clients.params, state.clients.upload_state)))
+  info = RoundInfo(ok, jnp.sum(shared != 0, axis=1).astype(jnp.int32),
+                   jnp.zeros((n,), jnp.int32))
+  return SimulationState(srv, clients, srv.params[None], state.key), info
+
+
+def _asynchronous_round(cfg: rounds.RoundConfig, update: Callable[..., Any],
+                        state: SimulationState, x, y, active,
+                        keys: rounds.RoundKeys) -> tuple[SimulationState, RoundInfo]:
+  """``asynchronous``: groups of ``concurrency`` train at once from stale downloads."""
+  n, max_staleness = cfg.num_participants, cfg.max_staleness
+  available = jnp.minimum(state.server.round, max_staleness)
+  stale = jax.random.randint(keys.order, (n,), 0, max_staleness + 1)
+  stale = jnp.minimum(stale, available).astype(jnp.int32)
+  participant_key = jax.random.split(keys.rest, n)
+  waves = n // cfg.concurrency
+  # Participants run in `waves` groups of `concurrency`: a group trains at
+  # once (vmap) from the same download, the groups follow one another.
+  group = lambda a: a.reshape((waves, cfg.concurrency) + a.shape[1:])
+
+  def wave(srv, inputs):
+    stale_w, local_w, up_w, x_w, y_w, key_w, active_w = inputs
+    fresh = jnp.concatenate([srv.params[None], state.history[1:]], axis=0)
+
+    def one(stale_i, local, up, xi, yi, key):
+      k_dl, k_train = jax.random.split(key)
+      mask = server_lib.download_mask(srv, cfg.theta_d, key=k_dl, criterion=cfg.download)
+      return update(local, up, fresh[stale_i], mask, xi, yi, k_train)
+
+    local, up, shared = jax.vmap(one)(stale_w, local_w, up_w, x_w, y_w, key_w)
+    srv, ok = server_lib.server_apply_many(srv, shared, active=active_w, decay=cfg.stat_decay,
+                                           end_round=False)
+    return srv, (local, up, ok, jnp.sum(shared != 0, axis=1).astype(jnp.int32))
+
+  srv, (local, up, ok, nnz) = jax.lax.scan(
+      wave, state.server,
+      jax.tree.map(group, (stale, state.clients.params, state.clients.upload_state, x, y,
+                           participant_key, active)))
+  ungroup = lambda a: a.reshape((n,) + a.shape[2:])
+  local, up, ok, nnz = jax.tree.map(ungroup, (local, up, ok, nnz))
+  srv = rounds.end_round(srv)
+  clients = ClientStates(*_keep_active(active, (local, up),
+                                       (state.clients.params, state.clients.upload_state)))
+  history = jnp.concatenate([srv.params[None], state.history[:-1]], axis=0)
+  return SimulationState(srv, clients, history, state.key), RoundInfo(ok, nnz, stale)
+
+
+_download_jit = jax.jit(rounds.participant_download, static_argnames=('fraction', 'criterion'))
+
+
+def _secure_round(cfg: rounds.RoundConfig, update: Callable[..., Any],
+                  state: SimulationState, x, y, active,
+                  keys: rounds.RoundKeys) -> tuple[SimulationState, RoundInfo]:
+  """``synchronous`` with secure aggregation, on the host.
+
+  Each active participant trains as a Flower client does (``update`` is the
+  jitted ``client_update``, one participant at a time, so that the uploads
+  are bit for bit those of the Flower apps); participants whose upload is not
+  finite or who are inactive drop out after the key exchange. The server sees
+  only the sum (:func:`~ssgd_optax.federated.secure_aggregation.secure_sum`)
+  and applies :func:`~ssgd_optax.federated._rounds.secure_update`. Too few
+  survivors to unmask: the round is lost (only the counters advance).
+  """
+  from ssgd_optax.federated import secure_aggregation as sa  # pylint: disable=g-import-not-at-top
+  n, srv, secure = cfg.num_participants, state.server, cfg.secure_aggregation
+  active_np = np.asarray(active)
+  uploads = np.zeros((n, srv.params.shape[0]), np.asarray(srv.params).dtype)
+  params, upload_state = state.clients.params, state.clients.upload_state
+  for i in np.flatnonzero(active_np):
+    mask, k_train = _download_jit(srv, keys.rest, int(i), fraction=cfg.theta_d,
+                                  criterion=cfg.download)
+    local, up, shared = update(params[i], _tree_index(upload_state, i), srv.params, mask,
+                               x[i], y[i], k_train)
+    uploads[i] = np.asarray(shared)
+    params = params.at[i].set(local)
+    upload_state = _tree_set(upload_state, i, up, True)
+  finite = np.isfinite(uploads).all(axis=1)
+  survivors = [int(i) for i in np.flatnonzero(active_np & finite)]
+  shared_count = jnp.asarray((uploads != 0).sum(axis=1), jnp.int32)
+  lost = RoundInfo(jnp.zeros((n,), bool), shared_count, jnp.zeros((n,), jnp.int32))
+  try:
+    total = sa.secure_sum(np.where(finite[:, None], uploads, 0),
+                          dropped=[i for i in range(n) if i not in survivors],
+                          threshold=secure.threshold, frac_bits=secure.frac_bits,
+                          bits=secure.bits, round_=int(srv.round), clip=secure.clip,
+                          dp=secure.dp)
+  except sa.DropoutError:
+    return state._replace(server=rounds.end_round(srv)), lost
+  srv, report = rounds.apply_secure_sum(
+      srv, total, round_=int(srv.round), asked=np.flatnonzero(active_np), survivors=survivors,
+      dropped=np.flatnonzero(~active_np), decay=cfg.stat_decay)
+  srv = rounds.end_round(srv)
+  clients = ClientStates(*_keep_active(jnp.asarray(active_np), (params, upload_state),
+                                       (state.clients.params, state.clients.upload_state)))
+  accepted = jnp.zeros((n,), bool).at[jnp.asarray(report.accepted, jnp.int32)].set(True)
+  info = RoundInfo(accepted, shared_count, jnp.zeros((n,), jnp.int32))
+  return SimulationState(srv, clients, srv.params[None], state.key), info
+
+
+_ROUND = {'round_robin': _sequential_round, 'random': _sequential_round,
+          'synchronous': _synchronous_round, 'asynchronous': _asynchronous_round}
+
+
+def _round(cfg: rounds.RoundConfig, update: Callable[..., Any], update_jit: Callable[..., Any],
+           state: SimulationState, x: Any, y: Any,
+           active: Any = None) -> tuple[SimulationState, RoundInfo]:
+  """One round of any order: the round's keys, the order's body, the next key."""
+  x, y, active = _check_shards(cfg.num_participants, x, y, active)
+  keys = rounds.round_keys(state.key)
+  if cfg.secure_aggregation is None:
+    new_state, info = _ROUND[cfg.order](cfg, update, state, x, y, active, keys)
+  else:
+    if any(isinstance(a, jax.core.Tracer) for a in (x, y, active, state.server.params)):
+      raise TypeError('with secure_aggregation, sim.round runs the protocol on the host '
+                      '(cryptography, not XLA): call it without jax.jit; it jits its own '
+                      'training steps.')
+    new_state, info = _secure_round(cfg, update_jit, state, x, y, active, keys)
+  return new_state._replace(key=keys.next), info
+
+
+def _init(params: Any, flat0: jax.Array, upload: optax.GradientTransformation,
+          cfg: rounds.RoundConfig, key: jax.Array) -> SimulationState:
+  """Every participant and the server start from ``params``; participant ids fold into keys."""
+  n = cfg.num_participants
+  up0 = upload.init(params)
+  up = jax.vmap(lambda i: _rekey(up0, i))(jnp.arange(n))
+  clients = ClientStates(jnp.tile(flat0[None], (n, 1)), up)
+  history = jnp.tile(flat0[None], (cfg.max_staleness + 1, 1))
+  return SimulationState(server_lib.server_init(flat0), clients, history, key)
 
 
 def make_dssgd(loss_fn: LossFn,
@@ -207,7 +459,8 @@ def make_dssgd(loss_fn: LossFn,
                order: str = 'round_robin',
                max_staleness: int = 0,
                concurrency: int | None = None,
-               stat_decay: Any = 1.0) -> DSSGD:
+               stat_decay: Any = 1.0,
+               secure_aggregation: rounds.SecureAggregation | None = None) -> DSSGD:
   r"""Builds a DSSGD simulation (Shokri & Shmatikov, CCS 2015).
 
   Per participant ``i`` and round, with download mask ``D`` (``theta_d``):
@@ -221,8 +474,10 @@ def make_dssgd(loss_fn: LossFn,
   where ``upload`` is any optax transform applied to ``Delta_i`` as a
   gradient-shaped tree (``optax.identity()`` shares everything). For DSSGD
   pass ``selective_sharing(theta_u, clip=gamma, ...)``; remember that the
-  server *adds* uploads, so a transform that rescales (``unit_normalize``)
-  changes the global step size.
+  server *adds* uploads in the sequential orders, so a transform that
+  rescales (``unit_normalize``) changes the global step size. In the
+  ``"synchronous"`` order the server applies the mean of the round's
+  uploads (see :mod:`~ssgd_optax.federated` and ``docs/federated.md``).
 
   Args:
     loss_fn: ``(params, x_batch, y_batch) -> scalar`` batch-mean loss.
@@ -235,7 +490,8 @@ def make_dssgd(loss_fn: LossFn,
     upload: the client-side defence (``None``: share everything).
     theta_d: static download fraction in ``[0, 1]``.
     download: ``"most_updated"`` or ``"random"``.
-    order: ``"round_robin"``, ``"random"`` or ``"asynchronous"``.
+    order: one of :data:`~ssgd_optax.federated.ORDERS`: ``"round_robin"``,
+      ``"random"``, ``"synchronous"`` or ``"asynchronous"``.
     max_staleness: ``>= 0`` rounds (asynchronous order only).
     concurrency: asynchronous order only: how many participants train at
       once from the same download (``None``: all ``N``, the fastest; it must
@@ -243,6 +499,11 @@ def make_dssgd(loss_fn: LossFn,
       group downloads, so ``concurrency=1`` is the random-free sequential
       order and larger values mean staler downloads.
     stat_decay: ``beta`` in ``[0, 1]`` for the server statistics.
+    secure_aggregation: ``None``, or a
+      :class:`~ssgd_optax.federated.SecureAggregation` (``order="synchronous"``
+      only, ``N >= 2``): the server sees only the sum of each round's uploads
+      (needs the ``federated`` extra). ``round`` then runs the protocol on the
+      host and is not jittable.
 
   Returns:
     A :class:`DSSGD`.
@@ -262,27 +523,9 @@ def make_dssgd(loss_fn: LossFn,
   >>> info.shared.tolist()
   [1, 1, 1]
   """
-  _validation.check_int('num_participants', num_participants, minimum=1)
   _validation.check_learning_rate(learning_rate)
   _validation.check_int('batch_size', batch_size, minimum=1)
   _validation.check_int('local_epochs', local_epochs, minimum=0)
-  _validation.check_probability('theta_d', theta_d)
-  if _validation.concrete_float(theta_d) is None:
-    raise TypeError(f'theta_d must be a concrete number in [0, 1]; got {theta_d!r}.')
-  _validation.check_choice('download', download, server_lib.DOWNLOAD_CRITERIA)
-  _validation.check_choice('order', order, ORDERS)
-  _validation.check_int('max_staleness', max_staleness, minimum=0)
-  if max_staleness and order != 'asynchronous':
-    raise ValueError(f"max_staleness > 0 needs order='asynchronous'; got order={order!r}.")
-  if concurrency is None:
-    concurrency = num_participants
-  _validation.check_int('concurrency', concurrency, minimum=1)
-  if num_participants % concurrency:
-    raise ValueError(f'concurrency must divide num_participants={num_participants}; '
-                     f'got {concurrency}.')
-  if concurrency != num_participants and order != 'asynchronous':
-    raise ValueError(f"concurrency needs order='asynchronous'; got order={order!r}.")
-  _validation.check_probability('stat_decay', stat_decay)
   if upload is None:
     upload = optax.identity()
   if not isinstance(upload, optax.GradientTransformation):
@@ -291,110 +534,14 @@ def make_dssgd(loss_fn: LossFn,
   flat0, unravel = ravel_pytree(params)
   if flat0.size == 0 or not jnp.issubdtype(flat0.dtype, jnp.floating):
     raise ValueError('params must be a non-empty pytree of floating-point arrays.')
-  num_params = int(flat0.size)
-  n = num_participants
-  theta_d = float(theta_d)
-
-  def ravel(tree):
-    return ravel_pytree(tree)[0]
-
-  def client_update(local, upload_state, global_params, mask, x, y, key):
-    start = jnp.where(mask, global_params, local)
-    after = local_sgd(loss_fn, unravel, start, x, y, key, learning_rate=learning_rate,
-                      batch_size=batch_size, epochs=local_epochs)
-    shared, upload_state = upload.update(unravel(after - start), upload_state, unravel(start))
-    return after, upload_state, ravel(shared).astype(start.dtype)
-
-  def init(key):
-    up0 = upload.init(params)
-    up = jax.vmap(lambda i: _rekey(up0, i))(jnp.arange(n))
-    clients = ClientStates(jnp.tile(flat0[None], (n, 1)), up)
-    history = jnp.tile(flat0[None], (max_staleness + 1, 1))
-    return SimulationState(server_lib.server_init(flat0), clients, history, key)
-
-  def check_shards(x, y, active):
-    if x.shape[0] != n or y.shape[0] != n:
-      raise ValueError(f'x and y must have a leading participant axis of size {n}; '
-                       f'got {x.shape} and {y.shape}.')
-    if active is None:
-      return jnp.ones((n,), bool)
-    active = jnp.asarray(active)
-    if active.shape != (n,):
-      raise ValueError(f'active must be a bool array of shape ({n},); got {active.shape}.')
-    return active.astype(bool)
-
-  def sequential_round(state, x, y, active, k_order, k_rest):
-    turns = jnp.arange(n) if order == 'round_robin' else jax.random.permutation(k_order, n)
-
-    def turn(carry, t):
-      srv, clients = carry
-      i = turns[t]
-      k_dl, k_train = jax.random.split(jax.random.fold_in(k_rest, i))
-      mask = server_lib.download_mask(srv, theta_d, key=k_dl, criterion=download)
-      local, up, shared = client_update(clients.params[i], _tree_index(clients.upload_state, i),
-                                        srv.params, mask, x[i], y[i], k_train)
-      srv, ok = server_lib.server_apply(srv, shared, active=active[i], decay=stat_decay)
-      clients = ClientStates(
-          clients.params.at[i].set(jnp.where(active[i], local, clients.params[i])),
-          _tree_set(clients.upload_state, i, up, active[i]))
-      return (srv, clients), (i, ok, jnp.sum(shared != 0))
-
-    (srv, clients), (who, ok, nnz) = jax.lax.scan(turn, (state.server, state.clients),
-                                                 jnp.arange(n))
-    accepted = jnp.zeros((n,), bool).at[who].set(ok)
-    shared = jnp.zeros((n,), jnp.int32).at[who].set(nnz.astype(jnp.int32))
-    srv = srv._replace(round=srv.round + 1)
-    info = RoundInfo(accepted, shared, jnp.zeros((n,), jnp.int32))
-    return SimulationState(srv, clients, srv.params[None], state.key), info
-
-  def async_round(state, x, y, active, k_stale, k_rest):
-    available = jnp.minimum(state.server.round, max_staleness)
-    stale = jax.random.randint(k_stale, (n,), 0, max_staleness + 1)
-    stale = jnp.minimum(stale, available).astype(jnp.int32)
-    keys = jax.random.split(k_rest, n)
-    waves = n // concurrency
-    # Participants run in `waves` groups of `concurrency`: a group trains at
-    # once (vmap) from the same download, the groups follow one another.
-    group = lambda a: a.reshape((waves, concurrency) + a.shape[1:])
-
-    def wave(srv, inputs):
-      stale_w, local_w, up_w, x_w, y_w, key_w, active_w = inputs
-      fresh = jnp.concatenate([srv.params[None], state.history[1:]], axis=0)
-
-      def one(stale_i, local, up, xi, yi, key):
-        k_dl, k_train = jax.random.split(key)
-        mask = server_lib.download_mask(srv, theta_d, key=k_dl, criterion=download)
-        return client_update(local, up, fresh[stale_i], mask, xi, yi, k_train)
-
-      local, up, shared = jax.vmap(one)(stale_w, local_w, up_w, x_w, y_w, key_w)
-      srv, ok = server_lib.server_apply_many(srv, shared, active=active_w, decay=stat_decay,
-                                             end_round=False)
-      return srv, (local, up, ok, jnp.sum(shared != 0, axis=1).astype(jnp.int32))
-
-    srv, (local, up, ok, nnz) = jax.lax.scan(
-        wave, state.server,
-        jax.tree.map(group, (stale, state.clients.params, state.clients.upload_state, x, y,
-                             keys, active)))
-    ungroup = lambda a: a.reshape((n,) + a.shape[2:])
-    local, up, ok, nnz = jax.tree.map(ungroup, (local, up, ok, nnz))
-    srv = srv._replace(round=srv.round + 1)
-    keep = lambda new, old: jnp.where(
-        active.reshape((n,) + (1,) * (new.ndim - 1)), new, old)
-    clients = ClientStates(keep(local, state.clients.params),
-                           jax.tree.map(keep, up, state.clients.upload_state))
-    history = jnp.concatenate([srv.params[None], state.history[:-1]], axis=0)
-    return SimulationState(srv, clients, history, state.key), RoundInfo(ok, nnz, stale)
-
-  def round_fn(state, x, y, active=None):
-    x = jnp.asarray(x)
-    y = jnp.asarray(y)
-    active = check_shards(x, y, active)
-    next_key, k1, k2 = jax.random.split(state.key, 3)
-    body = async_round if order == 'asynchronous' else sequential_round
-    new_state, info = body(state, x, y, active, k1, k2)
-    return new_state._replace(key=next_key), info
-
-  return DSSGD(init, round_fn, client_update, ravel, unravel, num_params)
+  cfg = _check_round_config(num_participants, order, theta_d, download, max_staleness,
+                            concurrency, stat_decay, secure_aggregation, int(flat0.size))
+  update = functools.partial(_client_update, _Local(loss_fn, unravel, upload, learning_rate,
+                                                    batch_size, local_epochs))
+  return DSSGD(init=functools.partial(_init, params, flat0, upload, cfg),
+               round=functools.partial(_round, cfg, update, jax.jit(update)),
+               client_update=update, ravel=lambda tree: ravel_pytree(tree)[0],
+               unravel=unravel, num_params=int(flat0.size), config=cfg)
 
 
 def shard(x: np.ndarray, y: np.ndarray, num_participants: int, *,

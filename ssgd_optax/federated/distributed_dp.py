@@ -79,6 +79,10 @@ _MAX_ROUNDING_TRIES = 1000
 _MAX_STDDEV = 2.0 ** 50   # keeps every float64 step of the sampler exact in integers
 
 
+class _TruncationDeltaError(ValueError):
+  """``delta`` cannot cover the noise truncation at this ``epsilon`` (a huge one)."""
+
+
 def _random_bytes(size: int) -> bytes:
   """``size`` bytes from a CSPRNG: AES-256-CTR under a fresh ``os.urandom`` key."""
   try:
@@ -356,8 +360,8 @@ class DistributedDiscreteGaussianMechanism(NamedTuple):
                   + math.log2(self.dimension))
     if eps < 1e3 and math.log2(1.0 + math.exp(eps)) + log2_trunc > math.log2(
         _DELTA_SHARE * delta):
-      raise ValueError(f'delta={delta!r} is too small for the noise truncation at B (its '
-                       f'share is 2^{log2_trunc:.0f}); use a larger delta.')
+      raise _TruncationDeltaError(f'delta={delta!r} is too small for the noise truncation at B '
+                                  f'(its share is 2^{log2_trunc:.0f}); use a larger delta.')
     return eps
 
   def validate(self, *, ring: bool = True) -> 'DistributedDiscreteGaussianMechanism':
@@ -480,7 +484,12 @@ def calibrate_distributed_noise(epsilon: float, *,
 
   def excess(log_z):
     m = mechanism._replace(noise_multiplier=math.exp(log_z))
-    return m.epsilon(rounds=rounds, delta=delta) - target
+    try:
+      return m.epsilon(rounds=rounds, delta=delta) - target
+    except _TruncationDeltaError:
+      # So little noise that epsilon is in the hundreds, where the truncation
+      # no longer fits in delta: far above any target (the search goes on).
+      return 1e6
 
   lo, hi = math.log(1e-3), math.log(1e4)
   if excess(hi) > 0:

@@ -19,7 +19,7 @@ class Transcript:
 
   One JSON line per message (``bytes`` as ``{"hex": ...}``, arrays as dtype,
   shape and hex), for audits: the tests read it to check that with
-  ``order="secure"`` the server process never received an unmasked upload.
+  ``secure-aggregation=true`` the server process never received an unmasked upload.
   """
 
   def __init__(self, grid: Grid, path: str):
@@ -80,15 +80,15 @@ def main(grid: Grid, context: Context) -> None:
         'dropped': [list(r.dropped) for r in s.rounds],
         'accepted': [list(r.accepted) for r in s.rounds],
         'privacy': None if s.privacy is None else
-                   {str(i): p.total_epsilon for i, p in s.privacy.items()}}})
+                   {str(i): {'rounds': p.rounds, 'epsilon': p.epsilon, 'delta': p.delta}
+                    for i, p in s.privacy.items()}}})
 
-  eps = float(c['dp-epsilon'])
   server = flower.make_server_app(
-      t.sim, t.params, rounds=int(c['rounds']), key=t.key, theta_d=float(c['theta-d']),
-      order=str(c['order']), min_participants=int(c['min-participants']),
-      node_timeout=float(c['node-timeout']),
-      reply_timeout=float(c['reply-timeout']), dp_epsilon=eps if eps > 0 else None,
-      dp_fraction=float(c['theta-u']), on_round=on_round, on_end=on_end)
+      t.sim, t.params, rounds=int(c['rounds']), key=t.key,
+      min_participants=int(c['min-participants']), node_timeout=float(c['node-timeout']),
+      reply_timeout=float(c['reply-timeout']), mechanism=t.mechanism,
+      delta=None if t.mechanism is None else float(c['dp-delta']), on_round=on_round,
+      on_end=on_end)
   if str(c.get('transcript-path', '')):
     grid = Transcript(grid, str(c['transcript-path']))
   try:

@@ -1,9 +1,12 @@
 # Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
 """Data, model and DSSGD set-up shared by the server and client apps.
 
-The set-up is that of ``examples/federated.py`` (``run_dssgd``, round-robin
-order, largest-magnitude selective sharing): the same keys give the same
-model in-process (``in_process``) and on Flower.
+The set-up is that of ``examples/federated.py`` (``run_dssgd``,
+largest-magnitude selective sharing; ``order`` and ``secure-aggregation``
+from the run configuration): the same keys give the same model in-process
+(``in_process``) and on Flower, when the nodes are told to derive their
+training keys from the seed (the insecure testing setting of
+``client_app.py``).
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from ssgd_optax import federated  # noqa: E402
+from ssgd_optax import privacy  # noqa: E402
 from ssgd_optax import selective_sharing  # noqa: E402
-from ssgd_optax.privacy import dp_selective_sharing
 
 
 class Task(NamedTuple):
@@ -31,6 +34,7 @@ class Task(NamedTuple):
   x_test: np.ndarray
   y_test: np.ndarray
   key: jax.Array          # the simulation key
+  mechanism: Any          # the uploads' SparseVectorMechanism (dp-epsilon > 0) or None
   config: dict
 
 
@@ -98,37 +102,40 @@ def build(run_config: dict) -> Task:
     params.append({'w': jax.random.normal(k, (din, dout)) / np.sqrt(din), 'b': jnp.zeros(dout)})
   xs, ys = federated.shard(xtr, ytr, n, seed=seed)
   eps = float(c['dp-epsilon'])
+  mechanism = None
   if eps > 0:
-    upload = dp_selective_sharing(float(c['theta-u']), epsilon=eps, clip=float(c['dp-clip']),
-                                  key=jax.random.key(seed + 1))
+    mechanism = privacy.sparse_vector_mechanism(float(c['theta-u']), epsilon=eps,
+                                                clip=float(c['dp-clip']))
+    # The clients replace this key with one from the OS (unless told otherwise for tests).
+    upload = privacy.dp_selective_sharing(mechanism=mechanism, key=jax.random.key(seed + 1))
   else:
     upload = selective_sharing(float(c['theta-u']))
+  secure = federated.SecureAggregation() if as_bool(c.get('secure-aggregation', False)) else None
   sim = federated.make_dssgd(loss_fn, params, num_participants=n,
                              learning_rate=float(c['learning-rate']),
                              batch_size=int(c['batch-size']), upload=upload,
-                             theta_d=float(c['theta-d']), order='round_robin')
-  return Task(sim, params, np.asarray(xs), np.asarray(ys), xte, yte, k_sim, c)
+                             theta_d=float(c['theta-d']), order=str(c['order']),
+                             secure_aggregation=secure)
+  return Task(sim, params, np.asarray(xs), np.asarray(ys), xte, yte, k_sim, mechanism, c)
 
 
-def demo_identities(run_config: dict):
-  """Ed25519 identity keys derived from the seed, and their registry.
-
-  DEMO ONLY: anyone who knows the seed knows every key. A real deployment
-  gives each participant its own key and distributes the registry out of
-  band (see ``secure_aggregation.generate_identities``).
-  """
-  import hashlib
-  from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-  n, seed = int(run_config['num-participants']), int(run_config['seed'])
-  keys = [Ed25519PrivateKey.from_private_bytes(
-      hashlib.sha256(f'ssgd-flower-demo|{seed}|{i}'.encode()).digest()) for i in range(n)]
-  return keys, {i: k.public_key().public_bytes_raw() for i, k in enumerate(keys)}
+def as_bool(value: Any) -> bool:
+  """A boolean setting from a TOML bool, or from ``true``/``false``/``1``/``0`` text."""
+  if isinstance(value, bool):
+    return value
+  text = str(value).strip().lower()
+  if text in ('true', '1', 'yes'):
+    return True
+  if text in ('false', '0', 'no', ''):
+    return False
+  raise ValueError(f'expected true or false; got {value!r}.')
 
 
 def in_process(task: Task, rounds: int) -> jax.Array:
-  """The same run in one process (the scanned simulation); the final server params."""
+  """The same run in one process (the simulation); the final server params."""
   state = task.sim.init(task.key)
-  step = jax.jit(task.sim.round)
+  secure = task.sim.config.secure_aggregation is not None
+  step = task.sim.round if secure else jax.jit(task.sim.round)
   for _ in range(rounds):
     state, _ = step(state, jnp.asarray(task.xs), jnp.asarray(task.ys))
   return state.server.params
