@@ -22,6 +22,7 @@ Needs the ``attacks`` extra (dm-pix, scipy via scikit-image) and ``flax`` for
 :mod:`.models`.
 """
 
+from ssgd_optax.attacks.analytic import ANALYTIC_RESCALES
 from ssgd_optax.attacks.analytic import analytic_attack
 from ssgd_optax.attacks.analytic import invert_dense
 from ssgd_optax.attacks.defences import available_defences
@@ -33,8 +34,10 @@ from ssgd_optax.attacks.defences import unregister_defence
 from ssgd_optax.attacks.deep_leakage import adaptive_dlg
 from ssgd_optax.attacks.deep_leakage import dlg
 from ssgd_optax.attacks.deep_leakage import idlg
+from ssgd_optax.attacks.imprint import IMPRINT_RESCALES
 from ssgd_optax.attacks.imprint import expected_recovered
 from ssgd_optax.attacks.imprint import imprint_attack
+from ssgd_optax.attacks.imprint import imprint_bins
 from ssgd_optax.attacks.imprint import imprint_model
 from ssgd_optax.attacks.imprint import imprint_readout
 from ssgd_optax.attacks.imprint import imprint_thresholds
@@ -71,11 +74,12 @@ from ssgd_optax.attacks.threat import shared_update
 from ssgd_optax.attacks.threat import THREAT_MODELS
 
 __all__ = [
-    'AttackResult', 'ConvSpec', 'Defence', 'ImprintedModel', 'LayerRank', 'LayeredCNN', 'Observation',
+    'ANALYTIC_RESCALES', 'IMPRINT_RESCALES', 'AttackResult', 'ConvSpec', 'Defence',
+    'ImprintedModel', 'LayerRank', 'LayeredCNN', 'Observation',
     'Scores', 'adaptive_dlg', 'analytic_attack', 'available_defences', 'batch_gradient',
     'copa_index', 'cosine_distance', 'dlg', 'expected_recovered', 'find_last_layer',
     'gaussian_noise', 'gradient_distance', 'idlg', 'idlg_label', 'imprint_attack',
-    'imprint_model', 'imprint_readout', 'imprint_thresholds', 'invert_dense',
+    'imprint_bins', 'imprint_model', 'imprint_readout', 'imprint_thresholds', 'invert_dense',
     'inverting_gradients', 'l2_distance', 'label_accuracy', 'make_defence', 'match_batch',
     'measurement_vector', 'mse', 'observe', 'prune', 'psnr', 'rank_analysis',
     'recover_labels', 'register_defence', 'rgap', 'score', 'secure_aggregate',
