@@ -61,18 +61,19 @@ def _leaves(tree):
 
 @pytest.mark.parametrize('name, make, f', CASES)
 def test_captured_model_under_jax_jit_and_grad_matches_eager(name, make, f):
+  # Reference: nnx.jit with the model as an argument (the form that always worked).
   model = make()
   x, y = _batch()
-  value, grads = f(model, x, y)
+  value, grads = nnx.jit(f)(model, x, y)
   # jax.jit with the model captured from this scope (raised "different trace level" before).
   jv, jg = jax.jit(lambda x, y: f(model, x, y))(x, y)
   np.testing.assert_allclose(jv, value, rtol=1e-6, err_msg=name)
   for a, b in zip(_leaves(jg), _leaves(grads)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7, err_msg=name)
   # jax.grad of the returned scalar with respect to the inputs, model captured, against
-  # nnx.grad with the model passed as an argument (the form that always worked).
-  gx = jax.grad(lambda x: f(model, x, y)[0])(x)
-  nx = nnx.grad(lambda m, x: f(m, x, y)[0], argnums=1)(model, x)
+  # nnx.grad with the model passed as an argument (each compiled once).
+  gx = jax.jit(jax.grad(lambda x: f(model, x, y)[0]))(x)
+  nx = nnx.jit(nnx.grad(lambda m, x: f(m, x, y)[0], argnums=1))(model, x)
   np.testing.assert_allclose(gx, nx, rtol=1e-5, atol=1e-7, err_msg=name)
 
 
@@ -91,18 +92,17 @@ def _count(model):
 
 
 def test_backprop_clipping_writes_a_state_change_back_like_nnx_grad():
-  # Eager: the dropout's RNG count advances (as with nnx.value_and_grad), so two calls
-  # draw different masks.
+  # The dropout's RNG count advances on every call (as with nnx.value_and_grad), out of
+  # nnx.jit with the model as an argument (and eagerly: the same nnx.update), so
+  # successive calls draw new masks.
   model = _DropoutModel(nnx.Rngs(0))
   x, y = _batch()
   before = _count(model)
-  _, g1 = privacy.backprop_clip_grad_sum(_loss, model, x, y)
-  assert _count(model) == before + 1
-  _, g2 = privacy.backprop_clip_grad_sum(_loss, model, x, y)
+  step = nnx.jit(lambda m, x, y: privacy.backprop_clip_grad_sum(_loss, m, x, y))
+  _, g1 = step(model, x, y)
+  _, g2 = step(model, x, y)
+  assert _count(model) == before + 2
   assert not np.allclose(g1['fc']['layer']['kernel'][...], g2['fc']['layer']['kernel'][...])
-  # Under nnx.jit with the model as an argument, the change comes back out too.
-  nnx.jit(lambda m, x, y: privacy.backprop_clip_grad_sum(_loss, m, x, y))(model, x, y)
-  assert _count(model) == before + 3
 
 
 def test_a_state_change_of_a_captured_model_names_the_forms_to_use():
@@ -124,5 +124,5 @@ def test_per_example_paths_refuse_a_stateful_model_by_name(name, f):
   x, y = _batch()
   with pytest.raises(ValueError, match=f'{name}.*deterministic'):
     f(model, x, y)
-  model.eval()   # the documented remedy
-  f(model, x, y)
+  model.eval()   # the documented remedy (compiled: one program instead of op-by-op)
+  nnx.jit(f)(model, x, y)
