@@ -243,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> str:
   args = p.parse_args(argv)
   if args.quick:
     args.rounds, args.steps, args.epsilons, args.seeds, args.epochs = 1, 1, [3.0], [0], 0.5
-  lines = [f'# Differential privacy: backprop clipping vs per-example DP-SGD',
+  lines = ['# Differential privacy: backprop clipping vs per-example DP-SGD',
            '',
            f'Command: `python benchmarks/dp.py {" ".join(argv or [])}`',
            f'Date: {datetime.date.today().isoformat()}; {platform.machine()} CPU '

@@ -63,9 +63,6 @@ from ssgd_examples import models
 from ssgd_optax import per_example
 from ssgd_optax import privacy
 from ssgd_examples.data import load_dataset
-from ssgd_optax.privacy import _dpsgd as dpsgd_lib
-from ssgd_optax.privacy import _layers as layers_lib
-from ssgd_optax.privacy import _noise as noise_lib
 DELTA = 1e-5
 TUNE_EPSILON = 3.0
 
@@ -235,8 +232,8 @@ def _fresh_params(method: str, setup: TableSetup, image_shape, num_classes: int,
   model = _model(setup.arch, image_shape, num_classes, setup.width, seed)
   releases = 1
   if method == 'backprop_clip':
-    model = layers_lib.clip_layers(model, input_bound=bounds[0], grad_bound=bounds[1])
-    releases = layers_lib.num_releases(model)
+    model = privacy.clip_layers(model, input_bound=bounds[0], grad_bound=bounds[1])
+    releases = privacy.num_releases(model)
   graphdef, params = nnx.split(model)
   return graphdef, params, releases
 
@@ -262,7 +259,7 @@ def _compiled(method: str, setup: TableSetup, n: int, image_shape, num_classes: 
                                                0)
   sens = None
   if method == 'backprop_clip':
-    sens = layers_lib.sensitivities(nnx.merge(graphdef, template))
+    sens = privacy.sensitivities(nnx.merge(graphdef, template))
 
   def train(params, key, x, y, x_eval, y_eval, lr, clip, gamma, sigma):
     k_noise, k_sample = jax.random.split(key)
@@ -270,9 +267,9 @@ def _compiled(method: str, setup: TableSetup, n: int, image_shape, num_classes: 
       agg = privacy.dp_unit_normalize(sigma, expected_batch_size=ebs, key=k_noise, scope=scope,
                                       stability=gamma)
     elif method == 'dp_sgd_clip':
-      agg = noise_lib.add_gaussian_noise(sigma, clip, ebs, key=k_noise)
+      agg = privacy.add_gaussian_noise(sigma, clip, ebs, key=k_noise)
     elif method == 'backprop_clip':
-      agg = noise_lib.add_gaussian_noise(sigma, sens, ebs, key=k_noise)
+      agg = privacy.add_gaussian_noise(sigma, sens, ebs, key=k_noise)
     else:
       agg = optax.scale(1.0 / ebs)
     tx = optax.chain(agg, optax.trace(decay=0.9),
@@ -288,10 +285,10 @@ def _compiled(method: str, setup: TableSetup, n: int, image_shape, num_classes: 
         updates, opt_state = tx.update(grads, opt_state, params, mask=mask)
       else:
         if method == 'dp_sgd_clip':
-          grads = dpsgd_lib.dpsgd_grad_sum(per_example_loss, m, xb, yb, clip_norm=clip,
+          grads = privacy.dpsgd_grad_sum(per_example_loss, m, xb, yb, clip_norm=clip,
                                            mask=mask)[1]
         else:
-          grads = dpsgd_lib.backprop_clip_grad_sum(per_example_loss, m, xb, yb, mask=mask)[1]
+          grads = privacy.backprop_clip_grad_sum(per_example_loss, m, xb, yb, mask=mask)[1]
         updates, opt_state = tx.update(grads, opt_state, params)
       return (optax.apply_updates(params, updates), opt_state), None
 

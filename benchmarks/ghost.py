@@ -45,7 +45,6 @@ from flax import nnx
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'examples'))
 from ssgd_examples import models
 from ssgd_optax import privacy
-from ssgd_optax.privacy import _ghost as ghost
 VARIANTS = ('nonprivate', 'ghost_dpsgd', 'ghost_dpssgd', 'vmap_dpsgd')
 
 
@@ -66,9 +65,9 @@ def _fn(variant: str, graphdef):
     if variant == 'nonprivate':
       return nnx.grad(lambda m: _loss(m, x, y).sum())(m)
     if variant == 'ghost_dpsgd':
-      return ghost.ghost_grad_sum(_loss, m, x, y, clip_norm=1.0, method='ghost').grads
+      return privacy.ghost_grad_sum(_loss, m, x, y, clip_norm=1.0, method='ghost').grads
     if variant == 'ghost_dpssgd':
-      return ghost.ghost_grad_sum(_loss, m, x, y, weights='normalize', scope='per_layer',
+      return privacy.ghost_grad_sum(_loss, m, x, y, weights='normalize', scope='per_layer',
                                   stability=0.01, method='ghost').grads
     return privacy.dpsgd_grad_sum(_loss, m, x, y, clip_norm=1.0)[1]
   return f
@@ -157,8 +156,8 @@ def main(argv=None):
   for name, batch in cases:
     table += time_model(name, batch, rounds, steps, small)
   print('\n'.join(table))
-  btable = [f'| model | first batch where vmap > budget | non-private MiB | ghost MiB | '
-            f'vmap MiB | ghost fits |', '|---|---|---|---|---|---|']
+  btable = ['| model | first batch where vmap > budget | non-private MiB | ghost MiB | '
+            'vmap MiB | ghost fits |', '|---|---|---|---|---|---|']
   for name, gib, start, limit in budget_cases:
     btable.append(budget(name, gib, start, limit, small))
   print(f'\nBudget {budget_cases[0][1]} GiB (compiled memory_analysis):')

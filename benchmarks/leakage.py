@@ -50,7 +50,7 @@ import shlex
 import pathlib
 import sys
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -79,8 +79,6 @@ def _rescaled_source(name: str, size: int) -> np.ndarray:
 
 def colour_crops(n: int, size: int, seed: int = 0) -> np.ndarray:
   """``n`` colour crops ``[n, size, size, 3]`` in [0, 1] from scikit-image samples."""
-  import skimage.data
-  import skimage.transform
   rng = np.random.default_rng(seed)
   out = []
   for i in range(n):
@@ -405,6 +403,133 @@ def scaling_table(a, honest: dict[str, Callable]) -> tuple[list[str], list[dict]
   return lines, data
 
 
+def calibration_pools(kind: str, n: int, size: int, seed: int = 0
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """``(victims, reference, held_out)`` of one kind of data, three disjoint sets.
+
+  ``digits``: MNIST-subset test digits (victims) and two disjoint sets of
+  training digits (the server's public data for the thresholds, and a
+  held-out public set for the prediction), resized to ``size`` and grey to
+  RGB. ``crops``: scikit-image colour crops at positions drawn with three
+  different seeds. ``n`` images each (at most 1,000 digit victims).
+  """
+  if kind == 'crops':
+    return (colour_crops(n, size, seed), colour_crops(n, size, seed + 1000),
+            colour_crops(n, size, seed + 2000))
+  if kind != 'digits':
+    raise ValueError(f'kind must be digits or crops; got {kind!r}.')
+  from ssgd_examples import data
+  ds = data.load_dataset('mnist_subset', seed=seed)
+
+  def rgb(x):
+    d = np.asarray(jax.image.resize(x, (len(x), size, size, 1), 'linear'))
+    return np.repeat(np.clip(d, 0, 1), 3, axis=-1).astype(np.float32)
+
+  victims = rgb(ds.x_test[np.random.default_rng(seed).permutation(len(ds.x_test))[:n]])
+  train = np.random.default_rng(seed + 1).permutation(len(ds.x_train))
+  return victims, rgb(ds.x_train[train[:n]]), rgb(ds.x_train[train[n:2 * n]])
+
+
+def _mse_matched_psnr(true: np.ndarray, rec: np.ndarray) -> np.ndarray:
+  """PSNR after the old matching (minimum total MSE), to count what it lost."""
+  from scipy.optimize import linear_sum_assignment
+  t = true.reshape(len(true), -1).astype(np.float64)
+  r = rec.reshape(len(rec), -1).astype(np.float64)
+  cost = ((t[:, None] - r[None]) ** 2).mean(-1)
+  rows, cols = linear_sum_assignment(cost)
+  return np.minimum(-10 * np.log10(np.maximum(cost[rows, cols], 1e-30)), 100.0)
+
+
+def imprint_calibration(a) -> list[str]:
+  """Measured against predicted: inputs the imprint attack isolates and recovers.
+
+  For each kind of data and batch size: ``--calibration-batches`` random
+  batches of victims (no defence); the fraction alone in its bin (from the
+  victims' statistics), recovered as an exact copy (> 60 dB) and above 20 dB
+  (PSNR-matched :func:`ssgd_optax.attacks.score`; and > 60 dB under the old
+  minimum-MSE matching), against ``expected_recovered`` for uniform bins and
+  from the bins of a held-out public set. Then per-leaf SSGD with
+  ``rescale="statistic"`` for the ``mean`` and ``random`` statistics: the
+  fraction of trials in which fewer than half of the isolated inputs came back
+  above 20 dB (failed), over the same batches.
+  """
+  size, bins = a.size, a.imprint_bins
+  sizes = [int(b) for b in a.calibration_batch_sizes.split(',')]
+  f, params = attacks.as_functional(make_model('lenet', size, a.seed))
+  lines = [f'Imprint calibration: untrained sigmoid LeNet, {size}x{size}x3, {bins} bins '
+           f'(thresholds at quantiles of {a.imprint_reference} public images of the same kind, '
+           f'disjoint from the victims), {a.calibration_batches} random victim batches per row '
+           f'(drawn without replacement from {a.calibration_pool} victims), no defence. "held-out '
+           f'prediction": expected_recovered(..., reference_bins=imprint_bins(model, '
+           f'{a.calibration_pool} other public images)). Mean over the batches; ± one standard '
+           'error.', '',
+           '| data | B | alone (measured) | exact > 60 dB | > 20 dB | > 60 dB, MSE matching | '
+           'uniform prediction | held-out prediction |',
+           '|---|---:|---:|---:|---:|---:|---:|---:|']
+  rescale_lines = ['', f'Per-leaf SSGD, rescale="statistic": trials (batches of {sizes[0]}) in '
+                   'which fewer than half of the isolated inputs were recovered above 20 dB, and '
+                   'the median PSNR of the isolated inputs.', '',
+                   '| data | statistic | failed trials | median PSNR of isolated (dB) |',
+                   '|---|---|---:|---:|']
+  print('\n'.join(lines), flush=True)
+  rng = np.random.default_rng(a.seed)
+  leaf = attacks.make_defence('ssgd_per_leaf', jax.random.key(a.seed), 1)
+  none = attacks.make_defence('none', jax.random.key(a.seed), 1)
+  for kind in a.calibration_data.split(','):
+    victims, ref, held = calibration_pools(kind, a.calibration_pool, size, a.seed)
+    model = attacks.imprint_model(f, params, victims.shape[1:], bins=bins,
+                                  reference=ref[:a.imprint_reference], gain=a.imprint_gain,
+                                  key=jax.random.key(a.seed))
+    held_bins = attacks.imprint_bins(model, held)
+    for batch in sizes:
+      rows = {k: [] for k in ('alone', 'exact', 'p20', 'mse60')}
+      for _ in range(a.calibration_batches):
+        idx = rng.choice(len(victims), batch, replace=False)
+        x = victims[idx]
+        y = np.arange(batch, dtype=np.int32) % 10
+        b = attacks.imprint_bins(model, x)
+        counts = np.bincount(b + 1, minlength=bins + 1)
+        rows['alone'].append(np.mean(counts[b + 1] == 1))
+        obs = attacks.observe(model.apply_fn, model.params, jnp.asarray(x), jnp.asarray(y), none,
+                              threat_model='malicious_server')
+        res = attacks.imprint_attack(model.apply_fn, obs)
+        p = attacks.score(jnp.asarray(x), res.inputs).psnr
+        rows['exact'].append(np.mean(p > 60))
+        rows['p20'].append(np.mean(p > 20))
+        rows['mse60'].append(np.mean(_mse_matched_psnr(x, np.asarray(res.inputs)) > 60))
+
+      def cell(v):
+        v = np.asarray(v)
+        return f'{v.mean():.3f} ± {v.std(ddof=1) / np.sqrt(len(v)):.3f}'
+
+      uni = attacks.expected_recovered(bins, batch) / batch
+      cal = attacks.expected_recovered(bins, batch, reference_bins=held_bins) / batch
+      lines.append(f'| {kind} | {batch} | {cell(rows["alone"])} | {cell(rows["exact"])} | '
+                   f'{cell(rows["p20"])} | {cell(rows["mse60"])} | {uni:.3f} | {cal:.3f} |')
+      print(lines[-1], flush=True)
+    for stat in ('mean', 'random'):
+      m = attacks.imprint_model(f, params, victims.shape[1:], bins=bins,
+                                reference=ref[:a.imprint_reference], gain=a.imprint_gain,
+                                statistic=stat, key=jax.random.key(a.seed + 17))
+      failed, med = [], []
+      for _ in range(a.calibration_batches):
+        idx = rng.choice(len(victims), sizes[0], replace=False)
+        x = victims[idx]
+        y = np.arange(sizes[0], dtype=np.int32) % 10
+        b = attacks.imprint_bins(m, x)
+        alone = np.bincount(b + 1, minlength=bins + 1)[b + 1] == 1
+        obs = attacks.observe(m.apply_fn, m.params, jnp.asarray(x), jnp.asarray(y), leaf,
+                              threat_model='malicious_server')
+        res = attacks.imprint_attack(m.apply_fn, obs, rescale='statistic')
+        p = attacks.score(jnp.asarray(x), res.inputs).psnr[alone]
+        failed.append(np.mean(p > 20) < 0.5)
+        med.append(np.median(p))
+      rescale_lines.append(f'| {kind} | {stat} | {int(np.sum(failed))} / {len(failed)} | '
+                           f'{np.median(med):.1f} |')
+      print(rescale_lines[-1], flush=True)
+  return lines + rescale_lines
+
+
 def save_scaling_plot(path: str, data: list[dict], title: str) -> None:
   """Mean PSNR and fraction above 20 dB against batch size: one panel per attack,
   one line per defence."""
@@ -582,6 +707,14 @@ def main(argv: list[str] | None = None) -> str:
                  help='public images the server sets its thresholds with')
   p.add_argument('--imprint-participants', type=int, default=4,
                  help='participants summed by secure aggregation')
+  p.add_argument('--imprint-calibration', action='store_true',
+                 help='only the imprint calibration table (measured vs expected_recovered, '
+                      'and the per-leaf statistic rescale) on digits and photo crops')
+  p.add_argument('--calibration-data', default='digits,crops')
+  p.add_argument('--calibration-batch-sizes', default='16,64,256')
+  p.add_argument('--calibration-batches', type=int, default=20)
+  p.add_argument('--calibration-pool', type=int, default=1000,
+                 help='victims, public reference and held-out images per kind of data')
   p.add_argument('--scaling-merge', default=None,
                  help='comma list of scaling tables (--scaling --out) to join into --out and a plot')
   p.add_argument('--full', action='store_true',
@@ -626,6 +759,19 @@ def main(argv: list[str] | None = None) -> str:
   defences = list(attacks.available_defences()) if a.defences == 'all' else a.defences.split(',')
   dp_attacks = a.dp_attacks.split(',')
   all_attacks = optimisation_attacks(a.steps_ig, a.steps_dlg, a.tv)
+  if a.imprint_calibration:
+    t_start, load0 = time.time(), _load()
+    lines = imprint_calibration(a)
+    text = '\n'.join([f'Started {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, '
+                      f'{load0} on {os.cpu_count()} CPU cores (shared machine).', ''] + lines +
+                     ['', f'Total time {time.time() - t_start:.0f} s; {_load()} at the end; '
+                      f'jax {jax.__version__}.'])
+    if a.out:
+      with open(a.out, 'w') as fh:
+        fh.write('```\npython benchmarks/leakage.py ' + shlex.join(argv or sys.argv[1:]) +
+                 '\n```\n\n' + text + '\n')
+    print(text)
+    return text
   if a.scaling:
     t_start, load0 = time.time(), _load()
     started = datetime.datetime.now(datetime.timezone.utc)

@@ -224,9 +224,12 @@ def nnx_per_example_grads(loss_fn: Callable[..., Any],
     G[i] = m_i \, \nabla_\theta\, \text{loss\_fn}(\text{model}_\theta,
     x_{i:i+1}, \dots)
 
-  Call it inside ``nnx.jit`` (or ``jax.jit`` on split state). Deterministic
-  models only (no Dropout, no BatchNorm: they couple examples or need a key
-  per example).
+  The model is split once and merged inside (a pure function of its
+  parameters), so this works eagerly, under ``nnx.jit``, and under plain
+  ``jax.jit``/``jax.grad`` with the model captured from the enclosing scope.
+  Deterministic models only (no Dropout, no BatchNorm: they couple examples
+  or need a key per example); a forward pass that changes the model's state
+  raises a ``ValueError`` saying so.
 
   Args:
     loss_fn: ``loss_fn(model, *batch) -> scalar`` (or ``(scalar, aux)``).
@@ -273,4 +276,5 @@ def nnx_per_example_grads(loss_fn: Callable[..., Any],
 
   fn = per_example_grads(single, argnums=0, has_aux=has_aux, microbatch_size=microbatch_size,
                          axis_name=axis_name)
-  return fn(params, *batch, mask=mask)
+  from ssgd_optax import _nnx  # pylint: disable=g-import-not-at-top
+  return _nnx.clear_model_errors('nnx_per_example_grads')(fn)(params, *batch, mask=mask)

@@ -41,6 +41,23 @@ def test_batch_is_matched_before_scoring():
   assert attacks.match_batch(x, x[perm]).tolist() == [1, 3, 0, 2]
 
 
+def test_every_exact_copy_is_counted():
+  # An imprint-like batch: inputs 0 and 1 come back as exact copies, input 2 is
+  # lost in a mixture that lies on the far side of input 0 from input 2. Minimum
+  # total MSE pairs the copy of input 0 with input 2 (squared errors 0.09 + 0.09
+  # beat 0 + 0.36) and so counts one copy of two; maximum total PSNR keeps both.
+  x = jnp.stack([jnp.full((16,), v) for v in (0.5, 0.1, 0.8)])   # not images: no SSIM
+  rec = jnp.stack([x[0], x[1], jnp.full((16,), 0.2)])
+  s = attacks.score(x, rec)
+  assert int(np.sum(s.psnr > 60)) == 2, s.psnr
+  np.testing.assert_allclose(s.psnr[:2], 100.0)
+  # What the old matching did (shows the case exercises the difference).
+  from scipy.optimize import linear_sum_assignment
+  t, r = np.asarray(x).reshape(3, -1), np.asarray(rec).reshape(3, -1)
+  _, cols = linear_sum_assignment(((t[:, None] - r[None]) ** 2).mean(-1))
+  assert int(np.sum(np.all(t == r[cols], axis=1))) == 1
+
+
 def test_label_accuracy_is_a_multiset_score():
   assert attacks.label_accuracy(jnp.array([1, 1, 2]), jnp.array([1, 2, 2])) == pytest.approx(2 / 3)
   assert np.isnan(attacks.label_accuracy(jnp.array([1]), None))

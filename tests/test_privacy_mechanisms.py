@@ -15,7 +15,6 @@ from ssgd_examples import models as models_lib
 import ssgd_optax
 from ssgd_optax import _grouping as grouping
 from ssgd_optax import privacy
-from ssgd_optax.privacy import _accounting as accounting
 from ssgd_optax.privacy import _mechanisms as mechanisms
 from ssgd_optax.privacy import _sparse_vector as sparse_vector
 from ssgd_optax.privacy import _unit_normalization as unit_normalization

@@ -20,8 +20,6 @@ import pathlib
 import pkgutil
 import warnings
 
-import pytest
-
 import ssgd_optax
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -23,6 +23,7 @@ Needs the ``attacks`` extra (dm-pix, scipy via scikit-image), and ``flax`` for
 LeNet...) live with the examples (``examples/ssgd_examples/models.py``).
 """
 
+from ssgd_optax.attacks._analytic import ANALYTIC_RESCALES
 from ssgd_optax.attacks._analytic import analytic_attack
 from ssgd_optax.attacks._analytic import invert_dense
 from ssgd_optax.attacks._defences import available_defences
@@ -34,8 +35,10 @@ from ssgd_optax.attacks._defences import unregister_defence
 from ssgd_optax.attacks._deep_leakage import adaptive_dlg
 from ssgd_optax.attacks._deep_leakage import dlg
 from ssgd_optax.attacks._deep_leakage import idlg
+from ssgd_optax.attacks._imprint import IMPRINT_RESCALES
 from ssgd_optax.attacks._imprint import expected_recovered
 from ssgd_optax.attacks._imprint import imprint_attack
+from ssgd_optax.attacks._imprint import imprint_bins
 from ssgd_optax.attacks._imprint import imprint_model
 from ssgd_optax.attacks._imprint import imprint_readout
 from ssgd_optax.attacks._imprint import imprint_thresholds
@@ -75,6 +78,7 @@ from ssgd_optax.attacks._threat import THREAT_MODELS
 __all__ = [
     'adaptive_dlg',
     'analytic_attack',
+    'ANALYTIC_RESCALES',
     'as_functional',
     'AttackResult',
     'available_defences',
@@ -91,8 +95,10 @@ __all__ = [
     'idlg',
     'idlg_label',
     'imprint_attack',
+    'imprint_bins',
     'imprint_model',
     'imprint_readout',
+    'IMPRINT_RESCALES',
     'imprint_thresholds',
     'ImprintedModel',
     'invert_dense',

@@ -24,9 +24,12 @@ import jax.numpy as jnp
 
 from ssgd_optax.attacks import _engine
 from ssgd_optax.attacks import _threat as threat
-__all__ = ['RESCALES', 'invert_dense', 'analytic_attack']
 
-RESCALES = ('none', 'max')
+__all__ = ['ANALYTIC_RESCALES', 'invert_dense', 'analytic_attack']
+
+# The ``rescale`` choices of :func:`analytic_attack` (``attacks.IMPRINT_RESCALES`` are the
+# imprint attack's).
+ANALYTIC_RESCALES = ('none', 'max')
 
 
 def invert_dense(weight_grad: jax.Array, bias_grad: jax.Array) -> jax.Array:
@@ -104,8 +107,8 @@ def analytic_attack(apply_fn: threat.ApplyFn,
   """
   from ssgd_optax.attacks import _labels as labels_lib
   _engine.check_observation(apply_fn, observation, 'analytic_attack')
-  if rescale not in RESCALES:
-    raise ValueError(f'rescale must be one of {", ".join(map(repr, RESCALES))}; '
+  if rescale not in ANALYTIC_RESCALES:
+    raise ValueError(f'rescale must be one of {", ".join(map(repr, ANALYTIC_RESCALES))}; '
                      f'got {rescale!r}.')
   obs = observation
   x = invert_dense(_leaf(obs.update, weight_path), _leaf(obs.update, bias_path))

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ssgd_optax import _batch
+from ssgd_optax import _nnx
 from ssgd_optax import _numerics
 from ssgd_optax import _validation
 from ssgd_optax import per_example as per_example_lib
@@ -41,6 +42,7 @@ from ssgd_optax.privacy import _forward_pass as forward_pass
 __all__ = ['backprop_clip_grad_sum', 'clip_global_per_example', 'dpsgd_grad_sum']
 
 
+@_nnx.clear_model_errors('backprop_clip_grad_sum')
 def backprop_clip_grad_sum(per_example_loss: Callable[..., jax.Array], model: nnx.Module,
                            *batch: Any, mask: jax.Array | None = None,
                            wrt: Any = nnx.Param,
@@ -60,6 +62,14 @@ def backprop_clip_grad_sum(per_example_loss: Callable[..., jax.Array], model: nn
   :class:`~ssgd_optax.privacy.ClippedLayer` (a ``ValueError`` past its
   ``uses``, or for a call inside a nested ``scan``/``vmap``/``remat``), and
   checks that each clipped layer sees the ``B`` examples on its leading axis.
+
+  The model is split and merged inside (``ssgd_optax._nnx``), so this works
+  eagerly, under ``nnx.jit``/``nnx.value_and_grad`` with the model as an
+  argument, and under plain ``jax.jit``/``jax.grad`` with the model captured
+  from the enclosing scope. A forward pass that changes the model's state
+  (``nnx.Dropout``'s RNG count) is written back to the model, except when it
+  is captured from outside a ``jax`` transform: that raises a ``ValueError``
+  naming the ``nnx.jit`` and split/merge forms.
 
   Args:
     per_example_loss: ``per_example_loss(model, *batch) -> [B]`` losses.
@@ -82,8 +92,17 @@ def backprop_clip_grad_sum(per_example_loss: Callable[..., jax.Array], model: nn
     >>> from ssgd_optax.privacy import ClippedLinear, backprop_clip_grad_sum
     >>> model = ClippedLinear(3, 2, input_bound=1.0, grad_bound=0.1, rngs=nnx.Rngs(0))
     >>> loss = lambda m, x, y: optax.softmax_cross_entropy_with_integer_labels(m(x), y)
-    >>> _, g = backprop_clip_grad_sum(loss, model, jnp.ones((4, 3)), jnp.zeros(4, int))
+    >>> x, y = jnp.ones((4, 3)), jnp.zeros(4, int)
+    >>> _, g = backprop_clip_grad_sum(loss, model, x, y)
     >>> bool(jnp.linalg.norm(g['layer']['kernel'][...]) <= 4 * 1.0 * 0.1 + 1e-6)
+    True
+
+    Under ``jax.jit`` with the model captured from the enclosing scope (or
+    under ``nnx.jit`` with the model as an argument) the result is the same:
+
+    >>> import jax
+    >>> _, g1 = jax.jit(lambda x, y: backprop_clip_grad_sum(loss, model, x, y))(x, y)
+    >>> bool(jnp.allclose(g1['layer']['kernel'][...], g['layer']['kernel'][...]))
     True
   """
   if not callable(per_example_loss):
@@ -107,7 +126,7 @@ def backprop_clip_grad_sum(per_example_loss: Callable[..., jax.Array], model: nn
     return _batch.masked_sum(
         losses, ok if mask is None else ok & _batch.check_mask(mask, losses.shape[0]))
 
-  return nnx.value_and_grad(total, argnums=nnx.DiffState(0, wrt))(model)
+  return _nnx.value_and_grad(total, model, wrt, fn_name='backprop_clip_grad_sum')
 
 
 def clip_global_per_example(grads: Any, clip_norm: Any,
@@ -174,6 +193,7 @@ def _global_norm(leaves: Sequence[jax.Array]) -> jax.Array:
   return root / pre
 
 
+@_nnx.clear_model_errors('dpsgd_grad_sum')
 def dpsgd_grad_sum(per_example_loss: Callable[..., jax.Array], model: nnx.Module,
                    *batch: Any, clip_norm: Any, mask: jax.Array | None = None,
                    microbatch_size: int | None = None,
@@ -185,7 +205,11 @@ def dpsgd_grad_sum(per_example_loss: Callable[..., jax.Array], model: nnx.Module
   Per-example gradients come from a ``vmap`` over the batch
   (:func:`ssgd_optax.per_example.nnx_per_example_grads`); the L2
   sensitivity of ``G`` is ``C``. Works on the unclipped model (the same
-  architecture as backprop clipping without the wrappers).
+  architecture as backprop clipping without the wrappers), eagerly, under
+  ``nnx.jit``, or under ``jax.jit``/``jax.grad`` with the model captured from
+  the enclosing scope (it is split and merged inside); deterministic models
+  only (a forward pass that changes the model's state raises a
+  ``ValueError``).
 
   Args:
     per_example_loss: ``per_example_loss(model, *batch) -> [B]`` losses.

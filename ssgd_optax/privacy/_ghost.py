@@ -67,6 +67,7 @@ from flax.nnx.nn import linear as nnx_linear
 
 from ssgd_optax import _batch
 from ssgd_optax import _grouping as grouping_lib
+from ssgd_optax import _nnx
 from ssgd_optax import _numerics
 from ssgd_optax import _validation
 from ssgd_optax import per_example as per_example_lib
@@ -592,6 +593,7 @@ def _check_common(per_example_loss, model, batch, method):
 
 # ------------------------------------------------------------------ public ---
 
+@_nnx.clear_model_errors('ghost_norms')
 def ghost_norms(per_example_loss: Callable[..., jax.Array], model: nnx.Module, *batch: Any,
                 mask: jax.Array | None = None, wrt: Any = nnx.Param,
                 method: str = 'auto') -> GhostNorms:
@@ -605,7 +607,10 @@ def ghost_norms(per_example_loss: Callable[..., jax.Array], model: nnx.Module, *
   Args:
     per_example_loss: ``per_example_loss(model, *batch) -> [B]`` losses (not
       averaged).
-    model: an ``nnx.Module`` (not modified).
+    model: an ``nnx.Module`` (not modified; split and merged inside, so it
+      may be captured from an enclosing ``jax.jit``/``jax.grad``;
+      deterministic: a forward pass that changes its state raises a
+      ``ValueError``).
     *batch: arrays with leading axis ``B``.
     mask: ``[B]`` 0/1 (or bool) mask of real rows; masked rows get norm 0.
     wrt: ``nnx`` filter of the trained variables.
@@ -649,6 +654,7 @@ def _weight(n: jax.Array, weights: str, clip_norm: Any, stability: Any) -> jax.A
   return jnp.where(denom > 0, 1 / jnp.where(denom > 0, denom, 1), 0.0)
 
 
+@_nnx.clear_model_errors('ghost_grad_sum')
 def ghost_grad_sum(per_example_loss: Callable[..., jax.Array], model: nnx.Module, *batch: Any,
                    mask: jax.Array | None = None, weights: str = 'clip',
                    clip_norm: Any = None, scope: str = 'global', stability: Any = 0.0,
@@ -693,7 +699,10 @@ def ghost_grad_sum(per_example_loss: Callable[..., jax.Array], model: nnx.Module
 
   Args:
     per_example_loss: ``per_example_loss(model, *batch) -> [B]`` losses.
-    model: an ``nnx.Module`` (not modified).
+    model: an ``nnx.Module`` (not modified; split and merged inside, so it
+      may be captured from an enclosing ``jax.jit``/``jax.grad``;
+      deterministic: a forward pass that changes its state raises a
+      ``ValueError``).
     *batch: arrays with leading axis ``B``.
     mask: ``[B]`` mask of real rows, ``None`` = all.
     weights: ``"clip"`` (DP-SGD) or ``"normalize"`` (DP-SSGD, AUTO-S with
