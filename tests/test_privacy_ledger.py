@@ -380,14 +380,22 @@ def test_a_read_only_folder_is_refused_when_a_run_starts(tmp_path):
   assert not (folder / 'l.json').exists()
 
 
-def test_fingerprint_tells_data_sets_apart():
-  x = np.arange(12, dtype=np.float32).reshape(3, 4)
+def test_fingerprint_tells_data_sets_apart_but_not_orders():
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 255, (50, 4, 4), dtype=np.uint8)
+  y = rng.integers(0, 10, 50).astype(np.int32)
   fp = privacy.PrivacyLedger.fingerprint
-  assert fp(x, x[:, 0]) == fp(x.copy(), x[:, 0].copy())
-  assert fp(x) != fp(x.reshape(4, 3)) != fp(x.astype(np.float64))
-  y = x.copy()
-  y[2, 3] += 1
-  assert fp(x) != fp(y)
+  perm = rng.permutation(50)
+  assert fp(x, y) == fp(x[perm], y[perm]) == fp(x.copy(), y.copy())
+  y2 = y.copy()
+  y2[7] = (y2[7] + 1) % 10
+  x2 = x.copy()
+  x2[3, 1, 1] ^= 1
+  others = {fp(x, y2), fp(x2, y), fp(x[1:], y[1:]), fp(x, y.astype(np.int64)), fp(x),
+            fp(x.reshape(50, 16), y)}
+  assert fp(x, y) not in others and len(others) == 6
+  with pytest.raises(ValueError, match='aligned'):
+    fp(x, y[:3])
 
 
 # -------------------------------------------------------- tracker state

@@ -190,22 +190,32 @@ class PrivacyLedger:
 
   @staticmethod
   def fingerprint(*arrays: Any) -> str:
-    """``"sha256:<hex>"`` of the arrays' dtypes, shapes and bytes: a data set's identity.
+    """``"sha256:<hex>"`` identifying a data set given as arrays aligned on axis 0.
+
+    Example ``i`` is ``(arrays[0][i], arrays[1][i], ...)`` (e.g. an image and
+    its label); the fingerprint hashes the sorted per-example SHA-256s, so the
+    same examples in any order give the same fingerprint, and any changed,
+    added or removed example gives another.
 
     >>> import numpy as np
-    >>> a = PrivacyLedger.fingerprint(np.zeros(3), np.arange(2))
-    >>> a == PrivacyLedger.fingerprint(np.zeros(3), np.arange(2)), a.startswith('sha256:')
+    >>> x, y = np.arange(6.0).reshape(3, 2), np.array([0, 1, 1])
+    >>> a = PrivacyLedger.fingerprint(x, y)
+    >>> a == PrivacyLedger.fingerprint(x[::-1], y[::-1]), a.startswith('sha256:')
     (True, True)
-    >>> a == PrivacyLedger.fingerprint(np.zeros(3), np.arange(1, 3))
+    >>> a == PrivacyLedger.fingerprint(x, np.array([0, 1, 0]))
     False
     """
     if not arrays:
       raise ValueError('fingerprint needs at least one array (the data set).')
-    h = hashlib.sha256()
-    for a in arrays:
-      a = np.ascontiguousarray(np.asarray(a))
-      h.update(f'{a.dtype.str}{a.shape};'.encode())
-      h.update(memoryview(a).cast('B'))
+    arrays = tuple(np.ascontiguousarray(np.asarray(a)) for a in arrays)
+    if any(a.ndim == 0 for a in arrays) or len({len(a) for a in arrays}) != 1:
+      raise ValueError('fingerprint: the arrays must be aligned on axis 0 (one row per example); '
+                       f'got shapes {[a.shape for a in arrays]}.')
+    head = ';'.join(f'{a.dtype.str}{a.shape[1:]}' for a in arrays)
+    rows = sorted(hashlib.sha256(b''.join(a[i].tobytes() for a in arrays)).digest()
+                  for i in range(len(arrays[0])))
+    h = hashlib.sha256(f'{head};{len(rows)};'.encode())
+    h.update(b''.join(rows))
     return 'sha256:' + h.hexdigest()
 
   # ------------------------------------------------------------------ reading
