@@ -586,6 +586,7 @@ def train_and_evaluate(config: Config) -> dict:
                                epoch=epoch)
     for i, (xb, yb) in enumerate(batches):
       step_fn(placement.put_batch(xb), placement.put_batch(yb))
+      checkpoints.fault_point('step')
       if progress is not None:
         progress.update()
         if i % 10 == 0 or i == steps_per_epoch - 1:

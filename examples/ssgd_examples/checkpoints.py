@@ -59,7 +59,8 @@ import numpy as np
 
 from ssgd_examples import cli
 
-__all__ = ['Checkpointer', 'Restored', 'check_workdir', 'exit_with_error', 'fault_point',
+__all__ = ['Checkpointer', 'DPCheckpoints', 'Restored', 'RunFlags', 'holds_dp_run', 'open_ledger',
+           'prepare_workdir', 'read_results', 'write_results', 'check_workdir', 'exit_with_error', 'fault_point',
            'fresh_run_dir', 'keys_in', 'keys_out', 'latest_step', 'merge_resume', 'newest_run',
            'read_config', 'tree_digests']
 
@@ -509,3 +510,188 @@ class Checkpointer:
 
 class _Damaged(Exception):
   """A checkpoint that fails verification (the message says how)."""
+
+
+# ------------------------------------------------------------- DP training
+
+
+class DPCheckpoints:
+  """The checkpoints of one DP training loop: model, optimizer and budget tracker.
+
+  The optimizer's PRNG keys (the noise keys) are saved as zeros unless
+  ``keep_keys`` (``--reproducible-noise``: keys derived from ``--seed``, no
+  secret); a resumed run then keeps the fresh keys its optimizer was built
+  with. The tracker's :meth:`~ssgd_optax.privacy.BudgetTracker.state_dict` is
+  saved, so a resumed run reports the steps and epsilon of an uninterrupted one.
+
+  Args:
+    folder: the checkpoints' folder, or ``None`` (no checkpoints).
+    keep_keys: save the noise keys (only when they are not secret).
+    every: steps between checkpoints.
+  """
+
+  def __init__(self, folder: str | None, *, keep_keys: bool, every: int):
+    self.folder = folder
+    self.keep_keys = keep_keys
+    self.every = every
+    self._ckpt = Checkpointer(folder) if folder else None
+
+  def restore(self, model: Any, optimizer: Any, tracker: Any) -> int:
+    """Restores the newest intact checkpoint in place; returns its step (0 if none)."""
+    if self._ckpt is None:
+      return 0
+    from flax import nnx  # pylint: disable=import-outside-toplevel
+    had = bool(self._ckpt.steps())
+    fresh = nnx.state(optimizer)
+    restored = self._ckpt.restore({'model': nnx.state(model),
+                                   'optimizer': keys_out(fresh, keep=True)})
+    if restored is None:
+      if had:
+        print(f'no intact checkpoint in {self.folder}: training from step 0', file=sys.stderr,
+              flush=True)
+      return 0
+    meta = restored.meta
+    keep = self.keep_keys and meta.get('noise_keys') == 'saved'
+    nnx.update(model, restored.state['model'])
+    nnx.update(optimizer, keys_in(restored.state['optimizer'], fresh, keep=keep))
+    if tracker is not None:
+      tracker.load_state_dict(meta['tracker'])
+    return int(meta['step'])
+
+  def save(self, step: int, model: Any, optimizer: Any, tracker: Any, *,
+           force: bool = False) -> None:
+    """Saves checkpoint ``step`` if it is due (every ``every`` steps) or ``force``."""
+    if self._ckpt is None or not (force or step % self.every == 0):
+      return
+    from flax import nnx  # pylint: disable=import-outside-toplevel
+    if step in self._ckpt.steps():
+      return
+    state = {'model': nnx.state(model),
+             'optimizer': keys_out(nnx.state(optimizer), keep=self.keep_keys)}
+    self._ckpt.save(step, state, {
+        'step': step, 'tracker': None if tracker is None else tracker.state_dict(),
+        'noise_keys': 'saved' if self.keep_keys else 'omitted (secret)'})
+
+  def close(self) -> None:
+    if self._ckpt is not None:
+      self._ckpt.close()
+
+
+# ------------------------------------------------------ the DP scripts' runs
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFlags:
+  """The run-folder, resume and privacy-ledger flags of the DP scripts (a base class)."""
+  workdir: str | None = cli.flag(
+      None, "config.json, results.json and checkpoints/ (default: a fresh "
+      "runs/<script>/<date-time> per run; '' = write nothing)", resume_may_differ=True)
+  resume: bool = cli.flag(False, 'continue the run in --workdir (default: the newest run of this '
+                          'script) from its newest intact checkpoints, with its configuration',
+                          resume_may_differ=True)
+  overwrite: bool = cli.flag(False, 'delete the checkpoints and results already in --workdir',
+                             resume_may_differ=True)
+  checkpoint_every: int | None = cli.flag(None, 'steps between checkpoints (default: one epoch)',
+                                          type=int, check=cli.at_least(1),
+                                          resume_may_differ=True)
+  stop_after_steps: int | None = cli.flag(
+      None, 'stop a training after this many steps, as if preempted; then --resume', type=int,
+      check=cli.at_least(1), resume_may_differ=True)
+  ledger: str | None = cli.flag(
+      None, "the data set's privacy ledger: a file recording every run on it, written before "
+      'each step is released (created if missing; see docs/privacy.md)')
+  total_epsilon: float | None = cli.flag(
+      None, "refuse a run that would take the ledger's composed epsilon (at --delta) over this "
+      'total; needs --ledger', type=float, check=cli.finite(positive=True),
+      resume_may_differ=True)
+
+  def validate_run(self) -> None:
+    """Checks the run flags together; raises ``ValueError`` naming them."""
+    if self.workdir == '' and (self.resume or self.overwrite or self.stop_after_steps):
+      raise ValueError("--resume, --overwrite and --stop-after-steps need --workdir (where "
+                       "checkpoints live); got --workdir ''.")
+    if self.resume and self.overwrite:
+      raise ValueError('--resume and --overwrite exclude each other.')
+    check_workdir(self.workdir)
+    if self.workdir and not (self.resume or self.overwrite) and holds_dp_run(self.workdir):
+      raise ValueError(f'--workdir {self.workdir!r} already holds a run: pass --resume to '
+                       'continue it, --overwrite to start it afresh, or leave out --workdir to '
+                       'get a fresh folder.')
+    if self.total_epsilon is not None and self.ledger is None:
+      raise ValueError('--total-epsilon needs --ledger (the file that records every run on the '
+                       'data set, whose composed total it limits).')
+    if self.ledger is not None:
+      if os.path.isdir(self.ledger):
+        raise ValueError(f'--ledger {self.ledger!r} is a folder; name a file.')
+      folder = os.path.dirname(os.path.abspath(self.ledger))
+      if not os.path.isdir(folder):
+        raise ValueError(f'--ledger {self.ledger!r}: the folder {folder!r} does not exist.')
+
+
+def holds_dp_run(workdir: str) -> bool:
+  """Whether ``workdir`` holds a DP script's run (results or checkpoints)."""
+  if os.path.exists(os.path.join(workdir, 'results.json')):
+    return True
+  root = os.path.join(workdir, 'checkpoints')
+  return os.path.isdir(root) and any(latest_step(os.path.join(root, n)) is not None
+                                     for n in os.listdir(root))
+
+
+def prepare_workdir(config: Any, runs_dir: str) -> str:
+  """The run's folder (``''``: none), made ready: created, cleared by ``--overwrite``,
+  ``config.json`` written for a new run."""
+  workdir = config.workdir if config.workdir is not None else fresh_run_dir(runs_dir)
+  if not workdir:
+    return ''
+  os.makedirs(workdir, exist_ok=True)
+  if config.overwrite:
+    shutil.rmtree(os.path.join(workdir, 'checkpoints'), ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(os.path.join(workdir, 'results.json'))
+  if not config.resume:
+    saved = dataclasses.asdict(dataclasses.replace(config, workdir=workdir))
+    _write_json(os.path.join(workdir, 'config.json'), saved)
+  return workdir
+
+
+def _write_json(path: str, value: Any) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(value, f, indent=2)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def read_results(workdir: str) -> dict[str, Any]:
+  """The finished trainings of the run in ``workdir`` (``results.json``; ``{}`` if none)."""
+  path = os.path.join(workdir, 'results.json') if workdir else ''
+  if not path or not os.path.exists(path):
+    return {}
+  try:
+    with open(path, encoding='utf-8') as f:
+      results = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    print(f'warning: {path} is unreadable ({type(e).__name__}); its trainings are resumed from '
+          'their checkpoints', file=sys.stderr, flush=True)
+    return {}
+  return results if isinstance(results, dict) else {}
+
+
+def write_results(workdir: str, results: dict[str, Any]) -> None:
+  """Records the finished trainings (atomically: a kill leaves the old file or the new)."""
+  if workdir:
+    _write_json(os.path.join(workdir, 'results.json'), results)
+
+
+def open_ledger(path: str | None, *, dataset: str, arrays: tuple[Any, ...]) -> Any:
+  """The data set's :class:`~ssgd_optax.privacy.PrivacyLedger` (``None`` without ``path``);
+  a bad ledger ends the program with one line and exit status 2, before any work."""
+  if path is None:
+    return None
+  from ssgd_optax import privacy  # pylint: disable=import-outside-toplevel
+  try:
+    return privacy.PrivacyLedger(path, dataset=dataset,
+                                 fingerprint=privacy.PrivacyLedger.fingerprint(*arrays))
+  except privacy.LedgerError as e:
+    exit_with_error(str(e))

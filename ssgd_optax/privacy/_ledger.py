@@ -92,7 +92,7 @@ __all__ = [
 LEDGER_FORMAT = 'ssgd_optax privacy ledger'
 # The format version this module writes and the newest it reads.
 LEDGER_VERSION = 1
-_STATUSES = ('running', 'finished')
+_STATUSES = ('running', 'ended')
 
 
 class LedgerError(ValueError):
@@ -546,4 +546,4 @@ class LedgerRun:
     if steps > self.recorded_steps:
       raise ValueError(f'finish({steps}): only {self.recorded_steps} steps were reserved; '
                        'call reserve() before releasing each step.')
-    self._write(steps, 'finished')
+    self._write(steps, 'ended')
