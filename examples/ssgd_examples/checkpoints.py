@@ -371,8 +371,9 @@ class Checkpointer:
       if primary:
         os.makedirs(self.folder, exist_ok=True)
     try:
-      self._manager = ocp.CheckpointManager(
-          self.folder, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, **kw))
+      with _quiet():  # orbax logs each unreadable step's metadata file; restore() reports them
+        self._manager = ocp.CheckpointManager(
+            self.folder, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, **kw))
     except Exception as e:  # pylint: disable=broad-except
       raise ValueError(f'cannot open the checkpoints in {self.folder!r}: {_why(e)}.') from None
 
@@ -394,7 +395,8 @@ class Checkpointer:
 
   def steps(self) -> list[int]:
     """The committed checkpoint steps, oldest first."""
-    return sorted(self._manager.all_steps())
+    with _quiet():
+      return sorted(self._manager.all_steps())
 
   def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
     """Starts writing ``state`` (arrays) and ``meta`` (JSON values) as checkpoint ``step``.
@@ -604,6 +606,12 @@ class RunFlags:
       None, "refuse a run that would take the ledger's composed epsilon (at --delta) over this "
       'total; needs --ledger', type=float, check=cli.finite(positive=True),
       resume_may_differ=True)
+
+  def __post_init__(self):
+    # The ledger is a file outside the run: kept as an absolute path, so that a
+    # run resumed from another folder records into the same ledger.
+    if self.ledger:
+      object.__setattr__(self, 'ledger', os.path.abspath(self.ledger))
 
   def validate_run(self) -> None:
     """Checks the run flags together; raises ``ValueError`` naming them."""
