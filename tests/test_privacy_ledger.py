@@ -81,21 +81,29 @@ def test_runs_are_composed_by_dp_accounting_not_added():
   # The case: two complete runs on one data set spend compute_epsilon over
   # all their steps, far less than twice one run's epsilon and far more than once.
   step = MECH.dp_event(sampling_rate=Q)
-  one = privacy.compute_epsilon(MECH, sampling_rate=Q, steps=400, delta=DELTA)
-  both = privacy.compute_epsilon(MECH, sampling_rate=Q, steps=800, delta=DELTA)
-  got = _accounting.compose_epsilon([(step, 400), (step, 400)], delta=DELTA)
+  one = privacy.compute_epsilon(MECH, sampling_rate=Q, steps=200, delta=DELTA)
+  both = privacy.compute_epsilon(MECH, sampling_rate=Q, steps=400, delta=DELTA)
+  got = _accounting.compose_epsilon([(step, 200), (step, 200)], delta=DELTA)
   assert got == pytest.approx(both, rel=1e-3)
   assert one * 1.2 < got < 2 * one
   # Different mechanisms compose too (PLD against dp_accounting's own RDP composition).
-  other = privacy.GaussianMechanism(0.8, num_releases=4).dp_event(sampling_rate=0.02)
-  pld = _accounting.compose_epsilon([(step, 400), (other, 50)], delta=DELTA)
-  rdp = _accounting.compose_epsilon([(step, 400), (other, 50)], delta=DELTA, accountant='rdp')
+  other = privacy.GaussianMechanism(4.0, num_releases=4).dp_event(sampling_rate=0.02)
+  pld = _accounting.compose_epsilon([(step, 200), (other, 50)], delta=DELTA)
+  rdp = _accounting.compose_epsilon([(step, 200), (other, 50)], delta=DELTA, accountant='rdp')
   acc = dp_accounting.rdp.RdpAccountant()
-  acc.compose(dp_accounting.ComposedDpEvent([dp_accounting.SelfComposedDpEvent(step, 400),
+  acc.compose(dp_accounting.ComposedDpEvent([dp_accounting.SelfComposedDpEvent(step, 200),
                                              dp_accounting.SelfComposedDpEvent(other, 50)]))
   assert rdp == pytest.approx(acc.get_epsilon(DELTA), rel=1e-9)
   assert pld <= rdp
   assert _accounting.compose_epsilon([], delta=DELTA) == 0.0
+  with pytest.raises(TypeError, match='each part must be'):
+    _accounting.compose_epsilon([step], delta=DELTA)
+  with pytest.raises(TypeError, match='DpEvent'):
+    _accounting.compose_epsilon([(1.0, 3)], delta=DELTA)
+  with pytest.raises(ValueError, match='neighboring_relation'):
+    _accounting.compose_epsilon([(step, 1)], delta=DELTA, neighboring_relation='any')
+  with pytest.raises(ValueError, match='steps'):
+    _accounting.compose_epsilon([(step, -1)], delta=DELTA)
   assert _accounting.compose_epsilon([(step, 0)], delta=DELTA) == 0.0
   assert math.isinf(_accounting.compose_epsilon([(dp_accounting.NonPrivateDpEvent(), 1)],
                                                 delta=DELTA))
@@ -331,7 +339,8 @@ def _rewrite(path, change, fix_digest=True):
     (lambda p: open(p, 'wb').write(b'\xff\xfe junk'), {}, 'damaged'),
     (lambda p: _rewrite(p, lambda d: d['runs'][0].update(steps=1), fix_digest=False), {},
      'does not match its SHA-256'),
-    (lambda p: _rewrite(p, lambda d: d['runs'][0].update(steps=-1)), {}, 'run 0 is not a valid record'),
+    (lambda p: _rewrite(p, lambda d: d['runs'][0].update(steps=-1)), {},
+     'run 0 is not a valid record'),
     (lambda p: _rewrite(p, lambda d: d['runs'][0]['event'].update(type='os')), {},
      'run 0 is not a valid record'),
     (lambda p: open(p, 'w').write('{"a": 1}'), {}, 'is not a privacy ledger'),
@@ -402,7 +411,8 @@ def test_fingerprint_tells_data_sets_apart_but_not_orders():
 
 
 def test_budget_tracker_state_dict_round_trips_and_refuses_other_settings():
-  kw = dict(mechanism=MECH, sampling_rate=Q, accountant='rdp')
+  # max_steps_limit keeps each tracker's search for its step budget short.
+  kw = dict(mechanism=MECH, sampling_rate=Q, accountant='rdp', max_steps_limit=64)
   tracker = privacy.BudgetTracker(2.0, DELTA, **kw)
   tracker.step(37)
   state = json.loads(json.dumps(tracker.state_dict()))  # as written into a checkpoint

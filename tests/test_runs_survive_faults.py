@@ -272,11 +272,12 @@ def test_every_script_killed_anywhere_resumes_to_the_uninterrupted_result(
     ran = ran[1:]
   check_ledger_covers(tmp_path / f'{name}.ledger', ran)
   assert sum(r['steps'] for r in runs) >= a['steps']
-  fingerprint = json.loads((full / f'{name}.ledger').read_text())['dataset']['fingerprint']
+  full_ledger = uninterrupted_runs / f'{name}.ledger'
+  fingerprint = json.loads(full_ledger.read_text())['dataset']['fingerprint']
   dataset = 'mnist_subset'
   total = privacy.PrivacyLedger(tmp_path / f'{name}.ledger', dataset=dataset,
                                 fingerprint=fingerprint).spent(1e-5)
-  alone = privacy.PrivacyLedger(full / f'{name}.ledger', dataset=dataset,
+  alone = privacy.PrivacyLedger(full_ledger, dataset=dataset,
                                 fingerprint=fingerprint).spent(1e-5)
   assert total >= alone
 
@@ -506,6 +507,28 @@ def test_train_py_resumes_from_the_newest_intact_checkpoint_or_restarts_in_one_l
     assert len(err.strip().splitlines()) == lines, err
     assert resumed['final']['test_accuracy'] == full['final']['test_accuracy']
     _assert_bit_identical(tmp_path / 'full' / 'checkpoints', workdir / 'checkpoints')
+
+
+@pytest.mark.slow
+def test_a_run_stopped_by_the_total_mid_way_keeps_its_steps_and_says_so(dp_ssgd, tmp_path,
+                                                                       capsys, monkeypatch):
+  """Another run made the next block too expensive (the library test builds that race):
+  the script saves what it did, says why in one line, exits with status 2."""
+  real = _ledger.LedgerRun.reserve
+
+  def reserve(self, steps):
+    if steps > 4:
+      raise privacy.TotalBudgetExceededError('privacy ledger x: ... stopped before step 5.')
+    real(self, steps)
+  monkeypatch.setattr(_ledger.LedgerRun, 'reserve', reserve)
+  workdir = tmp_path / 'run'
+  with pytest.raises(SystemExit) as info:
+    dp_ssgd.main(DP_SSGD + ['--ledger', str(tmp_path / 'l.json'), '--workdir', str(workdir)])
+  assert info.value.code == 2
+  err = capsys.readouterr().err.strip()
+  assert err.endswith('stopped before step 5.') and len(err.splitlines()) == 1
+  assert checkpoints.latest_step(workdir / 'checkpoints' / 'eps8') == 4
+  assert json.loads((tmp_path / 'l.json').read_text())['runs'][0]['steps'] == 6  # block 4-6
 
 
 # -------------------------------------------------------------- bad input

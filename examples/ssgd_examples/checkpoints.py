@@ -59,10 +59,10 @@ import numpy as np
 
 from ssgd_examples import cli
 
-__all__ = ['Checkpointer', 'DPCheckpoints', 'Restored', 'RunFlags', 'holds_dp_run', 'open_ledger',
-           'prepare_workdir', 'read_results', 'write_results', 'check_workdir', 'exit_with_error', 'fault_point',
-           'fresh_run_dir', 'keys_in', 'keys_out', 'latest_step', 'merge_resume', 'newest_run',
-           'read_config', 'tree_digests']
+__all__ = ['check_workdir', 'Checkpointer', 'DPCheckpoints', 'exit_with_error', 'fault_point',
+           'fresh_run_dir', 'holds_dp_run', 'keys_in', 'keys_out', 'latest_step', 'merge_resume',
+           'newest_run', 'open_ledger', 'prepare_workdir', 'read_config', 'read_results',
+           'Restored', 'RunFlags', 'tree_digests', 'write_results']
 
 _FORMAT = 'ssgd_examples checkpoint'
 _VERSION = 1
@@ -321,10 +321,15 @@ def _quiet() -> Iterator[None]:
   for lg in loggers:
     lg.setLevel(logging.CRITICAL)
   sys.unraisablehook = lambda unraisable: None
+  failed = False
   try:
     yield
+  except BaseException:
+    failed = True
+    raise
   finally:
-    gc.collect()  # finalises the failed reads' coroutines while their noise is muted
+    if failed:
+      gc.collect()  # finalises the failed reads' coroutines while their noise is muted
     sys.unraisablehook = hook
     for lg, level in zip(loggers, levels):
       lg.setLevel(level)
@@ -418,8 +423,11 @@ class Checkpointer:
   def _meta(self, step: int) -> dict[str, Any]:
     """Checkpoint ``step``'s record, checked; raises on a damaged one."""
     import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
-    record = self._manager.restore(step, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore())).meta
+    return self._check_record(self._manager.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore())).meta)
+
+  @staticmethod
+  def _check_record(record: Any) -> dict[str, Any]:
     if not isinstance(record, dict) or record.get('format') != _FORMAT:
       raise _Damaged('no checkpoint record (written by another program?)')
     if not isinstance(record.get('version'), int) or record['version'] > _VERSION:
@@ -459,9 +467,10 @@ class Checkpointer:
     for step in reversed(self.steps()):
       try:
         with _quiet():
-          record = self._meta(step)
-          state = self._manager.restore(step, args=ocp.args.Composite(
-              state=ocp.args.StandardRestore(abstract))).state
+          restored = self._manager.restore(step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+          record = self._check_record(restored.meta)
+          state = restored.state
           self._verify(state, record['digests'])
       except Exception as e:  # pylint: disable=broad-except
         damaged.append((step, e.args[0] if isinstance(e, _Damaged) else _why(e)))

@@ -12,7 +12,7 @@ that total in one file per data set, at a path the user names:
   the mechanism's type, the planned and the recorded number of steps, and the
   data set's name and fingerprint (once, for the whole file);
 * **when**: *before* the steps are released (write-ahead). :meth:`LedgerRun.reserve`
-  writes and ``fsync``\ s the new count before the caller runs the steps, so a
+  writes and fsyncs the new count before the caller runs the steps, so a
   kill at any point can over-count (steps recorded but never run), never
   under-count. :meth:`LedgerRun.finish` lowers the count to the steps that ran;
 * **how**: each write replaces the whole file atomically (a temporary file,
@@ -264,8 +264,9 @@ class PrivacyLedger:
     if doc['neighboring_relation'] != self.neighboring_relation:
       raise LedgerError(
           f'privacy ledger {self.path!r} records guarantees under the '
-          f'{doc["neighboring_relation"]!r} relation; this run states {self.neighboring_relation!r}.'
-          ' Runs under different relations do not compose: use one ledger per relation.')
+          f'{doc["neighboring_relation"]!r} relation; this run states '
+          f'{self.neighboring_relation!r}. Runs under different relations do not compose: use '
+          'one ledger per relation.')
     return doc
 
   def _check_structure(self, doc: dict[str, Any]) -> None:
@@ -417,7 +418,7 @@ class PrivacyLedger:
       delta: the delta of ``total_epsilon`` (required with it).
       accountant: ``"pld"`` or ``"rdp"``, for the total.
       label: free text recorded with the run (e.g. the command and workdir).
-      steps_per_write: steps each write reserves ahead (fewer ``fsync``\\ s;
+      steps_per_write: steps each write reserves ahead (fewer fsyncs;
         a kill may then count up to ``steps_per_write - 1`` steps that never
         ran), ``>= 1``.
 
@@ -516,7 +517,7 @@ class LedgerRun:
     """Makes the file count at least ``steps`` steps of this run, before they are released.
 
     Call it with the number of steps that will have run once the next step
-    is done (``t + 1`` before step ``t``); it writes (and ``fsync``\\ s) only
+    is done (``t + 1`` before step ``t``); it writes (and fsyncs) only
     when that exceeds :attr:`recorded_steps`, then reserving
     ``steps_per_write`` steps (at most up to ``planned_steps``) at once.
 
