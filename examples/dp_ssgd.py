@@ -289,8 +289,7 @@ class Config(checkpoints.RunFlags):
 
 def _resume(config: Config, explicit: set[str]) -> Config:
   if config.resume and config.workdir != '':
-    return checkpoints.merge_resume(config, explicit, runs_dir=RUNS_DIR,
-                                    holds_run=checkpoints.holds_dp_run)
+    return checkpoints.merge_resume(config, explicit, runs_dir=RUNS_DIR)
   return config
 
 

@@ -325,8 +325,7 @@ def noise_line(reproducible: bool, seed: int) -> str:
 
 def _resume(config: Config, explicit: set[str]) -> Config:
   if config.resume and config.workdir != '':
-    return checkpoints.merge_resume(config, explicit, runs_dir=RUNS_DIR,
-                                    holds_run=checkpoints.holds_dp_run)
+    return checkpoints.merge_resume(config, explicit, runs_dir=RUNS_DIR)
   return config
 
 

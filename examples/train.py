@@ -205,10 +205,6 @@ def _latest_epoch(workdir: str) -> int | None:
   return checkpoints.latest_step(os.path.join(workdir, 'checkpoints'))
 
 
-def _holds_run(workdir: str) -> bool:
-  return _latest_epoch(workdir) is not None
-
-
 def merge_resume(config: Config, explicit: set[str]) -> Config:
   """The run's saved configuration, with the flags given on the command line.
 
@@ -216,7 +212,7 @@ def merge_resume(config: Config, explicit: set[str]) -> Config:
     ValueError: a flag contradicts the checkpoint (only fields marked
       ``resume_may_differ`` may change), or there is nothing to resume.
   """
-  return checkpoints.merge_resume(config, explicit, runs_dir=RUNS_DIR, holds_run=_holds_run)
+  return checkpoints.merge_resume(config, explicit, runs_dir=RUNS_DIR)
 
 
 def validate_config(config: Config) -> Config:

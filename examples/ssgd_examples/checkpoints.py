@@ -187,16 +187,16 @@ def read_config(workdir: str) -> dict[str, Any]:
   return saved
 
 
-def merge_resume(config: Any, explicit: set[str], *, runs_dir: str,
-                 holds_run: Callable[[str], bool]) -> Any:
+def merge_resume(config: Any, explicit: set[str], *, runs_dir: str) -> Any:
   """The run's saved configuration, with the flags given on the command line.
 
   Args:
     config: the parsed dataclass (fields ``workdir`` and those of
       :func:`ssgd_examples.cli.flag`).
     explicit: names of the fields given explicitly on the command line.
-    runs_dir: where runs without ``--workdir`` live (the newest is resumed).
-    holds_run: whether a folder holds a run.
+    runs_dir: where runs without ``--workdir`` live (the newest one with a
+      ``config.json`` is resumed, even if it was killed before its first
+      checkpoint).
 
   Returns:
     The merged configuration, with ``workdir`` set.
@@ -208,7 +208,7 @@ def merge_resume(config: Any, explicit: set[str], *, runs_dir: str,
   cls = type(config)
   workdir = config.workdir
   if workdir is None:
-    workdir = newest_run(runs_dir, holds_run)
+    workdir = newest_run(runs_dir, lambda w: os.path.exists(os.path.join(w, 'config.json')))
     if workdir is None:
       raise ValueError(f'--resume without --workdir continues the newest run under {runs_dir}; '
                        'there is none.')
