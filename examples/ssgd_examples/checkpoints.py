@@ -373,8 +373,7 @@ class Checkpointer:
       pid = jax.process_index()
       kw.update(create=False, multiprocessing_options=ocp.options.MultiprocessingOptions(
           primary_host=pid, active_processes={pid}))
-      if primary:
-        os.makedirs(self.folder, exist_ok=True)
+      os.makedirs(self.folder, exist_ok=True)
     try:
       with _quiet():  # orbax logs each unreadable step's metadata file; restore() reports them
         self._manager = ocp.CheckpointManager(
