@@ -360,7 +360,8 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
                     stop_after_steps=args.stop_after_steps, ledger=ledger,
                     total_epsilon=args.total_epsilon,
                     label=f'dp_ssgd {key} {os.path.abspath(workdir) if workdir else ""}'.strip())
-      except (privacy.TotalBudgetExceededError, privacy.LedgerError) as e:
+      except (privacy.TotalBudgetExceededError, privacy.LedgerError,
+              checkpoints.IncompatibleCheckpoint) as e:
         checkpoints.exit_with_error(str(e))
       if not res.completed:
         print(f'target eps {eps:g}: stopped after step {res.steps} (--stop-after-steps); '

@@ -409,7 +409,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             stop_after_steps=args.stop_after_steps, ledger=ledger,
             total_epsilon=args.total_epsilon,
             label=f'dp_train {key} {os.path.abspath(workdir) if workdir else ""}'.strip())
-      except (privacy.TotalBudgetExceededError, privacy.LedgerError) as e:
+      except (privacy.TotalBudgetExceededError, privacy.LedgerError,
+              checkpoints.IncompatibleCheckpoint) as e:
         checkpoints.exit_with_error(str(e))
       if not r['completed']:
         print(f'{key}: stopped after step {r["steps"]} (--stop-after-steps); continue with '

@@ -678,7 +678,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
   """Command-line entry point; returns the metrics dict."""
   config = parse_args(argv)
   with cli.distributed_errors(config):
-    result = train_and_evaluate(config)
+    try:
+      result = train_and_evaluate(config)
+    except checkpoints.IncompatibleCheckpoint as e:
+      checkpoints.exit_with_error(str(e))
   if jax.process_index() == 0:
     print(summary_line(result))
     workdir = result['config']['workdir']

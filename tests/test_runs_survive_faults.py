@@ -462,6 +462,15 @@ def test_every_damaged_file_of_a_checkpoint_is_caught_and_the_newest_intact_one_
       (str(_data_file(base, files)), m) for m in ('truncate', 'flip', 'delete')}
 
 
+def test_a_checkpoint_of_another_model_is_refused_and_not_set_aside(tmp_path):
+  base, _ = _checkpoint_files(tmp_path)
+  other = {**_tree(), 'w': np.zeros((100, 200), np.float32)}
+  with checkpoints.Checkpointer(base) as ckpt:
+    with pytest.raises(checkpoints.IncompatibleCheckpoint, match=r"checkpoint 2 .*\['w'\]"):
+      ckpt.restore(other)
+  assert sorted(p.name for p in base.iterdir()) == ['1', '2']
+
+
 def test_no_intact_checkpoint_and_an_incomplete_one_are_each_said_in_one_line(tmp_path, capsys):
   base, _ = _checkpoint_files(tmp_path)
   for step in ('1', '2'):
@@ -477,6 +486,7 @@ def test_no_intact_checkpoint_and_an_incomplete_one_are_each_said_in_one_line(tm
   assert sorted(p.name for p in base.iterdir()) == ['1.damaged', '2.damaged']
 
 
+@pytest.mark.slow  # the Checkpointer tests above cover it in the default run
 def test_train_py_resumes_from_the_newest_intact_checkpoint_or_restarts_in_one_line(
     train, tmp_path, capsys):
   flags = ['--dataset', 'digits', '--model', 'mlp', '--batch-size', '64', '--epochs', '2',

@@ -60,9 +60,10 @@ import numpy as np
 from ssgd_examples import cli
 
 __all__ = ['check_workdir', 'Checkpointer', 'DPCheckpoints', 'exit_with_error', 'fault_point',
-           'fresh_run_dir', 'holds_dp_run', 'keys_in', 'keys_out', 'latest_step', 'merge_resume',
-           'newest_run', 'open_ledger', 'prepare_workdir', 'read_config', 'read_results',
-           'Restored', 'RunFlags', 'tree_digests', 'write_results']
+           'fresh_run_dir', 'holds_dp_run', 'IncompatibleCheckpoint', 'keys_in', 'keys_out',
+           'latest_step', 'merge_resume', 'newest_run', 'open_ledger', 'prepare_workdir',
+           'read_config', 'read_results', 'Restored', 'RunFlags', 'tree_digests',
+           'write_results']
 
 _FORMAT = 'ssgd_examples checkpoint'
 _VERSION = 1
@@ -252,6 +253,11 @@ def _sha256(a: Any) -> str:
   return h.hexdigest()
 
 
+def _shapes(tree: Any) -> dict[str, str]:
+  return {path: f'{np.dtype(leaf.dtype).str}{tuple(np.shape(leaf))}'
+          for path, leaf in _leaves(tree)}
+
+
 def tree_digests(tree: Any) -> dict[str, str]:
   """``{leaf path: SHA-256 of its dtype, shape and bytes}``."""
   return {path: _sha256(leaf) for path, leaf in _leaves(tree)}
@@ -413,7 +419,7 @@ class Checkpointer:
     if self._process_local:
       state = jax.tree.map(np.asarray, state)
     record = {'format': _FORMAT, 'version': _VERSION, 'meta': meta,
-              'digests': tree_digests(state)}
+              'arrays': _shapes(state), 'digests': tree_digests(state)}
     record['sha256'] = _record_digest(record)
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(record)))
@@ -469,9 +475,13 @@ class Checkpointer:
           restored = self._manager.restore(step, args=ocp.args.Composite(
               state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
           record = self._check_record(restored.meta)
+          self._check_arrays(step, record, like)
           state = restored.state
           self._verify(state, record['digests'])
+      except IncompatibleCheckpoint:
+        raise
       except Exception as e:  # pylint: disable=broad-except
+        self._refuse_incompatible(step, like)
         damaged.append((step, e.args[0] if isinstance(e, _Damaged) else _why(e)))
         continue
       found = Restored(step, state, record['meta'])
@@ -483,6 +493,25 @@ class Checkpointer:
             + (f'; using checkpoint {found.step}, the newest intact one' if found else
                '; no intact checkpoint is left'), file=sys.stderr, flush=True)
     return found
+
+  def _refuse_incompatible(self, step: int, like: Any) -> None:
+    """Raises :class:`IncompatibleCheckpoint` if ``step``'s intact record holds other arrays
+    than ``like`` (another model or optimizer: not damage, so nothing is set aside)."""
+    try:
+      with _quiet():
+        record = self._meta(step)
+    except Exception:  # pylint: disable=broad-except
+      return  # a damaged record: the caller reports it
+    self._check_arrays(step, record, like)
+
+  def _check_arrays(self, step: int, record: dict[str, Any], like: Any) -> None:
+    want, have = _shapes(like), record.get('arrays')
+    if isinstance(have, dict) and have != want:
+      differ = sorted(set(want) ^ set(have)) or [p for p in want if want[p] != have[p]]
+      raise IncompatibleCheckpoint(
+          f'checkpoint {step} in {self.folder} holds other arrays than this run builds (first: '
+          f'{differ[0]}): it was written by another model, optimizer or version of the script; '
+          'start a new run or restore it with the code that wrote it.')
 
   @staticmethod
   def _verify(state: Any, digests: Any) -> None:
@@ -520,6 +549,10 @@ class Checkpointer:
 
 class _Damaged(Exception):
   """A checkpoint that fails verification (the message says how)."""
+
+
+class IncompatibleCheckpoint(ValueError):
+  """An intact checkpoint of other arrays than the run restores into (never set aside)."""
 
 
 # ------------------------------------------------------------- DP training
@@ -565,7 +598,11 @@ class DPCheckpoints:
     nnx.update(model, restored.state['model'])
     nnx.update(optimizer, keys_in(restored.state['optimizer'], fresh, keep=keep))
     if tracker is not None:
-      tracker.load_state_dict(meta['tracker'])
+      try:
+        tracker.load_state_dict(meta['tracker'])
+      except (ValueError, TypeError) as e:
+        raise IncompatibleCheckpoint(f'checkpoint {restored.step} in {self.folder}: the budget '
+                                     f'tracker cannot continue from it: {e}') from None
     return int(meta['step'])
 
   def save(self, step: int, model: Any, optimizer: Any, tracker: Any, *,
