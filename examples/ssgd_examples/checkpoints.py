@@ -24,6 +24,10 @@ share so that a run survives a kill:
   next to the model; they are saved as zeros and a resumed run draws fresh ones
   (with ``--reproducible-noise`` they derive from ``--seed``, are no secret, and
   are saved so that a resumed run is bit-identical).
+* **the DP scripts' runs** (:class:`RunFlags`, :class:`DPCheckpoints`,
+  :func:`prepare_workdir`, :func:`read_results`, :func:`open_ledger`): the
+  run, resume and ledger flags, checkpoints of model, optimizer and budget
+  tracker, the finished trainings of a command, the data set's privacy ledger.
 * **fault injection** (:func:`fault_point`) for the kill tests.
 
 Example:
