@@ -228,6 +228,28 @@ def test_a_kill_during_a_ledger_write_never_under_counts(tmp_path, monkeypatch, 
   assert len(again.runs()) == 2
 
 
+def test_the_kill_check_catches_a_ledger_written_in_place(tmp_path, monkeypatch):
+  # The broken writer: the ledger rewritten in place (truncate, write) instead of
+  # replaced atomically. A kill mid-write leaves a file the next run cannot read.
+  ledger = _ledger_at(tmp_path)
+  run = ledger.start_run(MECH, sampling_rate=Q, planned_steps=10)
+  run.reserve(3)
+
+  def in_place(path, data):
+    with open(path, 'wb') as f:
+      f.write(data[:len(data) // 2])
+      f.flush()
+      os.kill(os.getpid(), signal.SIGKILL)
+
+  def work():
+    monkeypatch.setattr(_ledger, '_atomic_write', in_place)
+    run.reserve(4)
+
+  assert os.WTERMSIG(_killed_child(work)) == signal.SIGKILL
+  with pytest.raises(privacy.LedgerError, match='damaged'):
+    privacy.PrivacyLedger(ledger.path, dataset='toy')
+
+
 def test_concurrent_writers_lose_no_record(tmp_path):
   path = tmp_path / 'ledger.json'
   privacy.PrivacyLedger(path, dataset='toy').start_run(MECH, sampling_rate=Q, planned_steps=0)
