@@ -24,6 +24,19 @@ The noise and Poisson-sampling keys come from the operating system's CSPRNG
 which voids the guarantee (anyone who knows the seed can regenerate and
 subtract the noise); ``--seed`` always sets the model initialisation. The
 script prints which was used.
+
+Runs survive kills, as ``examples/train.py``'s do: each run writes to a fresh
+``runs/dp_train/<date-time>`` (or ``--workdir``) its ``config.json``, verified
+checkpoints of each training (model, optimizer, budget tracker; never the
+secret noise keys) every ``--checkpoint-every`` steps, and ``results.json``;
+``--resume`` continues it, reporting the steps and epsilon of an uninterrupted
+run. With ``--ledger FILE`` every step is recorded in the data set's privacy
+ledger before it is released, and ``--total-epsilon`` refuses a run that
+would take the composed total of all runs on the data set over the limit::
+
+  python examples/dp_train.py --methods dpsgd --epsilons 1 --ledger mnist.ledger \
+    --total-epsilon 2 --workdir runs/a
+  python examples/dp_train.py --workdir runs/a --resume      # after a kill
 """
 
 import dataclasses
@@ -40,6 +53,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from ssgd_examples import checkpoints
 from ssgd_examples import cli
 from ssgd_examples import data as data_lib
 from ssgd_examples import models as models_lib
@@ -47,6 +61,7 @@ from ssgd_optax import privacy
 
 METHODS = ('bp', 'dpsgd', 'nonprivate')
 _TRAIN_SIZES = {'mnist_subset': 4000, 'mnist': 60000}
+RUNS_DIR = os.path.join('runs', 'dp_train')
 flag = cli.flag
 
 
@@ -138,7 +153,11 @@ def train_and_evaluate(method: str, dataset: Any, *, target_epsilon: float | Non
                        learning_rate: float = 1e-2, input_bound: float = 3.0,
                        grad_bound: float = 0.1, clip_norm: float = 1.0, seed: int = 0,
                        accountant: str = 'pld', verbose: bool = False,
-                       noise_seed: int | None = None) -> dict[str, Any]:
+                       noise_seed: int | None = None, checkpoint_dir: str | None = None,
+                       checkpoint_every: int | None = None, resume: bool = False,
+                       stop_after_steps: int | None = None,
+                       ledger: privacy.PrivacyLedger | None = None,
+                       total_epsilon: float | None = None, label: str = '') -> dict[str, Any]:
   """Trains one model and returns its accuracy and accounted privacy.
 
   Args:
@@ -158,10 +177,19 @@ def train_and_evaluate(method: str, dataset: Any, *, target_epsilon: float | Non
     noise_seed: seed of the noise and Poisson-sampling keys. ``None`` (the
       default) draws it from the operating system (:func:`ssgd_optax.privacy.os_seed`);
       a known value voids the privacy guarantee (use it only to reproduce a run).
+    checkpoint_dir: folder of this training's checkpoints (``None``: none).
+    checkpoint_every: steps between checkpoints (default: one epoch).
+    resume: continue from the newest intact checkpoint in ``checkpoint_dir``.
+    stop_after_steps: stop after this step, as if preempted.
+    ledger: the data set's privacy ledger: every step is recorded before it
+      is released (not for ``nonprivate``).
+    total_epsilon: with ``ledger``, the limit on the composed total of all runs.
+    label: recorded with the ledger entry.
 
   Returns:
     A dict with ``accuracy``, ``epsilon`` (PLD), ``epsilon_rdp``, ``noise_multiplier``,
-    ``steps``, ``num_releases``, ``seconds``.
+    ``steps``, ``num_releases``, ``seconds``, ``completed`` (``False``: stopped by
+    ``stop_after_steps``).
   """
   if method not in METHODS:
     raise ValueError(f'method must be one of {METHODS}; got {method!r}.')
@@ -192,14 +220,40 @@ def train_and_evaluate(method: str, dataset: Any, *, target_epsilon: float | Non
   step_fn = make_train_step(method, num_examples=n, sampling_rate=q, max_batch_size=max_batch,
                             clip_norm=clip_norm)
   x_all, y_all = jnp.asarray(x_train), jnp.asarray(dataset.y_train)
+  if ledger is not None and not private:
+    raise ValueError('a non-private training releases its data without noise: it cannot be '
+                     'recorded in a privacy ledger (its epsilon is infinite).')
+  every = checkpoint_every or max(1, round(1 / q))
+  saved = checkpoints.DPCheckpoints(checkpoint_dir, keep_keys=noise_seed is not None, every=every)
+  first = saved.restore(model, optimizer, tracker) if resume else 0
+  last = min(steps, stop_after_steps or steps)
+  entry = None
+  if ledger is not None and first < last:
+    # Refused here, before any step, if the ledger's total would be exceeded.
+    entry = ledger.start_run(mechanism, sampling_rate=q, planned_steps=steps - first,
+                             total_epsilon=total_epsilon, delta=delta, accountant=accountant,
+                             label=label, steps_per_write=every)
   start = time.perf_counter()
-  taken = 0
-  label = f'{method} eps={target_epsilon}' if private else method
-  for t in cli.progress(range(steps), desc=label, quiet=not verbose):
-    if tracker is not None and not tracker.step():
-      break  # Never release an update past the budget.
-    step_fn(model, optimizer, x_all, y_all, jax.random.fold_in(key_sample, t))
-    taken += 1
+  taken = first
+  desc = f'{method} eps={target_epsilon}' if private else method
+  try:
+    for t in cli.progress(range(first, last), desc=desc, quiet=not verbose):
+      if entry is not None:
+        entry.reserve(t + 1 - first)  # written ahead: a kill never under-counts
+      if tracker is not None and not tracker.step():
+        break  # Never release an update past the budget.
+      step_fn(model, optimizer, x_all, y_all, jax.random.fold_in(key_sample, t))
+      checkpoints.fault_point('step')
+      taken += 1
+      saved.save(taken, model, optimizer, tracker, force=taken == last)
+  except privacy.TotalBudgetExceededError:
+    if taken > first:
+      saved.save(taken, model, optimizer, tracker, force=True)  # keep what was done
+    raise
+  finally:
+    saved.close()
+  if entry is not None:
+    entry.finish(taken - first)
   jax.block_until_ready(nnx.state(model))
   seconds = time.perf_counter() - start
   acc = evaluate(model, x_test, np.asarray(dataset.y_test))
@@ -208,14 +262,16 @@ def train_and_evaluate(method: str, dataset: Any, *, target_epsilon: float | Non
   eps_rdp = privacy.compute_epsilon(mechanism, accountant='rdp', **kw) if private else math.inf
   return dict(method=method, target_epsilon=target_epsilon, accuracy=acc, epsilon=eps,
               epsilon_rdp=eps_rdp, noise_multiplier=z, steps=taken, num_releases=num_releases,
-              seconds=seconds, max_batch_size=max_batch)
+              seconds=seconds, max_batch_size=max_batch,
+              completed=taken == steps or (tracker is not None and tracker.exhausted))
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(checkpoints.RunFlags):
   """The example's settings; each field is a flag (``batch_size`` -> ``--batch-size``)."""
   dataset: str = flag('mnist_subset', 'data set', choices=tuple(_TRAIN_SIZES))
-  data_dir: str | None = flag(None, 'folder with the MNIST IDX files (default $SSGD_OPTAX_DATA)')
+  data_dir: str | None = flag(None, 'folder with the MNIST IDX files (default $SSGD_OPTAX_DATA)',
+                              resume_may_differ=True)
   methods: tuple[str, ...] = flag(('bp', 'dpsgd'), 'methods to train', choices=METHODS)
   epsilons: tuple[float, ...] = flag((0.5, 1.0, 3.0, 8.0), 'target epsilons',
                                      check=cli.finite(positive=True))
@@ -236,7 +292,7 @@ class Config:
                          choices=privacy.ACCOUNTANTS)
   max_train: int | None = flag(None, 'use only the first N training (and test) images (smoke '
                                'tests)', type=int, check=cli.at_least(1))
-  quiet: bool = flag(False, 'no progress bar')
+  quiet: bool = flag(False, 'no progress bar', resume_may_differ=True)
 
   def validate(self) -> None:
     n = min(_TRAIN_SIZES[self.dataset], self.max_train or math.inf)
@@ -252,6 +308,11 @@ class Config:
         raise ValueError(f'--data-dir {data_dir!r} is not a directory.')
     elif self.data_dir is not None:
       raise ValueError('--data-dir is for --dataset mnist; mnist_subset is embedded.')
+    if self.ledger is not None and 'nonprivate' in self.methods:
+      raise ValueError('--methods nonprivate releases the data without noise: it cannot be '
+                       'recorded in a privacy ledger (its epsilon is infinite); run it without '
+                       '--ledger.')
+    self.validate_run()
 
 
 def noise_line(reproducible: bool, seed: int) -> str:
@@ -262,33 +323,112 @@ def noise_line(reproducible: bool, seed: int) -> str:
   return 'noise and sampling keys: drawn from the operating system (secrets), secret'
 
 
+def _resume(config: Config, explicit: set[str]) -> Config:
+  if config.resume and config.workdir != '':
+    return checkpoints.merge_resume(config, explicit, runs_dir=RUNS_DIR)
+  return config
+
+
+def parse_args(argv: Sequence[str] | None) -> Config:
+  """The validated :class:`Config`; exits with status 2 on a bad flag.
+
+  With ``--resume`` the configuration is read from the run's ``config.json``
+  and only the flags given explicitly are compared with it, before any data
+  is read.
+  """
+  return cli.parse(Config, argv, description=__doc__, prepare=_resume)
+
+
+def _trainings(args: Config) -> list[tuple[str, float | None, str]]:
+  """``(method, target epsilon, key)`` of every training the command runs."""
+  return [(method, eps, 'nonprivate' if eps is None else f'{method}-eps{eps:g}')
+          for method in args.methods
+          for eps in ([None] if method == 'nonprivate' else args.epsilons)]
+
+
+def _plan(args: Config, workdir: str, ds: Any) -> list[tuple[Any, float, int]]:
+  """``(mechanism, q, steps still to run)`` of each private training not finished yet."""
+  n = len(ds.x_train)
+  q = args.batch_size / n
+  steps = max(1, round(args.epochs / q))
+  h, _, c = ds.x_train.shape[1:]
+  done = checkpoints.read_results(workdir)
+  plan = []
+  for method, eps, key in _trainings(args):
+    if eps is None or key in done:
+      continue
+    first = (checkpoints.latest_step(os.path.join(workdir, 'checkpoints', key))
+             if args.resume and workdir else None) or 0
+    model = make_model(method, seed=args.seed, input_bound=args.input_bound,
+                       grad_bound=args.grad_bound, image_size=h, channels=c,
+                       num_classes=ds.num_classes)
+    mechanism = make_mechanism(method, model, clip_norm=args.clip_norm)
+    z = privacy.calibrate_noise_multiplier(eps, mechanism=mechanism, sampling_rate=q,
+                                           steps=steps, delta=args.delta,
+                                           accountant=args.accountant)
+    plan.append((mechanism._replace(noise_multiplier=z), q, max(0, steps - first)))
+  return plan
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
   """CLI entry point; returns the result rows."""
-  args = cli.parse(Config, argv, description=__doc__)
+  args = parse_args(argv)
   ds = data_lib.load_dataset(args.dataset, data_dir=args.data_dir, seed=args.seed)
   if args.max_train:
     ds = ds._replace(x_train=ds.x_train[:args.max_train], y_train=ds.y_train[:args.max_train],
                      x_test=ds.x_test[:args.max_train], y_test=ds.y_test[:args.max_train])
+  ledger = checkpoints.open_ledger(args.ledger, dataset=args.dataset,
+                                   arrays=(ds.x_train, ds.y_train))
+  if ledger is not None and args.total_epsilon is not None:
+    try:  # every training of this command, before any of them runs
+      ledger.check_total(args.total_epsilon, args.delta, accountant=args.accountant,
+                         planned=_plan(args, args.workdir or '', ds))
+    except privacy.TotalBudgetExceededError as e:
+      checkpoints.exit_with_error(str(e))
+  workdir = checkpoints.prepare_workdir(args, RUNS_DIR)
   print(f'{ds.name}: {len(ds.x_train)} train / {len(ds.x_test)} test images, expected batch '
         f'{args.batch_size}, {args.epochs:g} epochs, delta={args.delta:g}')
   print(noise_line(args.reproducible_noise, args.seed))
   print('| method | target eps | z per release | L | steps | accuracy | eps (PLD) | eps (RDP) |')
   print('|---|---:|---:|---:|---:|---:|---:|---:|', flush=True)
+  done = checkpoints.read_results(workdir)
   rows = []
-  for method in args.methods:
-    targets = [None] if method == 'nonprivate' else args.epsilons
-    for eps in targets:
-      r = train_and_evaluate(method, ds, target_epsilon=eps, delta=args.delta,
-                             epochs=args.epochs, batch_size=args.batch_size,
-                             learning_rate=args.lr, input_bound=args.input_bound,
-                             grad_bound=args.grad_bound, clip_norm=args.clip_norm,
-                             seed=args.seed, accountant=args.accountant,
-                             verbose=not args.quiet,
-                             noise_seed=args.seed if args.reproducible_noise else None)
-      rows.append(r)
-      print(f"| {method} | {eps if eps is not None else '-'} | {r['noise_multiplier']:.3f} | "
-            f"{r['num_releases']} | {r['steps']} | {r['accuracy']:.4f} | {r['epsilon']:.3f} | "
-            f"{r['epsilon_rdp']:.3f} |", flush=True)
+  for method, eps, key in _trainings(args):
+    if key in done:
+      r = done[key]
+    else:
+      try:
+        r = train_and_evaluate(
+            method, ds, target_epsilon=eps, delta=args.delta, epochs=args.epochs,
+            batch_size=args.batch_size, learning_rate=args.lr, input_bound=args.input_bound,
+            grad_bound=args.grad_bound, clip_norm=args.clip_norm, seed=args.seed,
+            accountant=args.accountant, verbose=not args.quiet,
+            noise_seed=args.seed if args.reproducible_noise else None,
+            checkpoint_dir=os.path.join(workdir, 'checkpoints', key) if workdir else None,
+            checkpoint_every=args.checkpoint_every, resume=args.resume,
+            stop_after_steps=args.stop_after_steps, ledger=ledger,
+            total_epsilon=args.total_epsilon,
+            label=f'dp_train {key} {os.path.abspath(workdir) if workdir else ""}'.strip())
+      except (privacy.TotalBudgetExceededError, privacy.LedgerError,
+              checkpoints.IncompatibleCheckpoint) as e:
+        checkpoints.exit_with_error(str(e))
+      if not r['completed']:
+        print(f'{key}: stopped after step {r["steps"]} (--stop-after-steps); continue with '
+              f'--resume --workdir {workdir}', flush=True)
+        rows.append(r)
+        break
+      done[key] = r
+      checkpoints.write_results(workdir, done)
+    rows.append(r)
+    print(f"| {method} | {eps if eps is not None else '-'} | {r['noise_multiplier']:.3f} | "
+          f"{r['num_releases']} | {r['steps']} | {r['accuracy']:.4f} | {r['epsilon']:.3f} | "
+          f"{r['epsilon_rdp']:.3f} |", flush=True)
+  if ledger is not None:
+    print(f'privacy ledger {ledger.path}: {len(ledger.runs())} run(s) on this data set, '
+          f'composed eps {ledger.spent(args.delta, accountant=args.accountant):.3f} at '
+          f'delta={args.delta:g}', flush=True)
+  if workdir:
+    print(f'results and checkpoints in {workdir}')
   return rows
 
 

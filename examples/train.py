@@ -56,6 +56,7 @@ import optax
 from flax import nnx
 
 import ssgd_optax
+from ssgd_examples import checkpoints
 from ssgd_examples import cli
 from ssgd_examples import data as data_lib
 from ssgd_examples import models as models_lib
@@ -190,6 +191,7 @@ class Config(cli.DistributedFlags):
                        "--workdir (where checkpoints live); got --workdir ''.")
     if c.resume and c.overwrite:
       raise ValueError('--resume and --overwrite exclude each other.')
+    checkpoints.check_workdir(c.workdir)
     if c.workdir and not c.resume and not c.overwrite and _latest_epoch(
         c.workdir) is not None:
       raise ValueError(
@@ -200,47 +202,7 @@ class Config(cli.DistributedFlags):
 
 def _latest_epoch(workdir: str) -> int | None:
   """The newest checkpointed epoch in ``workdir`` (from folder names: fast)."""
-  folder = os.path.join(workdir, 'checkpoints')
-  steps = [int(n) for n in (os.listdir(folder) if os.path.isdir(folder) else ())
-           if n.isdigit()]
-  return max(steps) if steps else None
-
-
-def _newest_run(root: str = RUNS_DIR) -> str | None:
-  if not os.path.isdir(root):
-    return None
-  runs = [os.path.join(root, n) for n in sorted(os.listdir(root))]
-  runs = [r for r in runs if _latest_epoch(r) is not None]
-  return max(runs, key=os.path.getmtime) if runs else None
-
-
-def _fresh_run_dir(root: str = RUNS_DIR) -> str:
-  """``runs/train/<date-time>``, never an existing folder (process 0's choice)."""
-  stamp = time.strftime('%Y%m%d-%H%M%S')
-  path, n = os.path.join(root, stamp), 1
-  while os.path.exists(path):
-    n += 1
-    path = os.path.join(root, f'{stamp}-{n}')
-  if jax.process_count() > 1:  # every process must write to the same folder
-    from jax.experimental import multihost_utils
-    # Process 0's path as fixed-size bytes (the processes' clocks and views
-    # of the folder may differ; an int64 stamp would be cut to int32).
-    chars = np.zeros(512, np.uint8)
-    encoded = np.frombuffer(path.encode(), np.uint8)[:512]
-    chars[:len(encoded)] = encoded
-    chars = np.asarray(multihost_utils.broadcast_one_to_all(chars)).astype(np.uint8)
-    path = chars.tobytes().rstrip(b'\0').decode()
-  return path
-
-
-def _config_from_checkpoint(workdir: str) -> dict:
-  """The saved configuration of the run in ``workdir`` (``config.json``)."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise ValueError(f'--resume: {path!r} does not exist (no run to continue '
-                     f'in --workdir {workdir!r}).')
-  with open(path) as f:
-    return json.load(f)
+  return checkpoints.latest_step(os.path.join(workdir, 'checkpoints'))
 
 
 def merge_resume(config: Config, explicit: set[str]) -> Config:
@@ -250,32 +212,7 @@ def merge_resume(config: Config, explicit: set[str]) -> Config:
     ValueError: a flag contradicts the checkpoint (only fields marked
       ``resume_may_differ`` may change), or there is nothing to resume.
   """
-  workdir = config.workdir
-  if workdir is None:
-    workdir = _newest_run()
-    if workdir is None:
-      raise ValueError(f'--resume without --workdir continues the newest run '
-                       f'under {RUNS_DIR}; there is none.')
-  saved = _config_from_checkpoint(workdir)
-  free = {f.name for f in dataclasses.fields(Config)
-          if f.metadata.get('resume_may_differ')}
-  fields = {f.name for f in dataclasses.fields(Config)}
-  conflicts = []
-  for name in sorted(explicit - free):
-    want = getattr(config, name)
-    have = saved.get(name)
-    if want != have:
-      conflicts.append(f'{cli.flag_name(name)} {want!r} (the checkpoint has '
-                       f'{have!r})')
-  if conflicts:
-    raise ValueError(f'cannot resume the run in {workdir!r} with different '
-                     'settings: ' + ', '.join(conflicts) + '. Leave these '
-                     'flags out (they are read from the checkpoint) or start '
-                     'a new run.')
-  merged = {k: v for k, v in saved.items() if k in fields and k not in free}
-  merged.update({k: getattr(config, k) for k in free})
-  merged['workdir'] = workdir
-  return Config(**merged)
+  return checkpoints.merge_resume(config, explicit, runs_dir=RUNS_DIR)
 
 
 def validate_config(config: Config) -> Config:
@@ -463,69 +400,48 @@ def evaluate(model: nnx.Module, x: np.ndarray, y: np.ndarray, *,
 # ---------------------------------------------------------------- checkpoints
 
 
-def _checkpoint_manager(workdir: str):
-  import orbax.checkpoint as ocp
-  path = os.path.abspath(os.path.join(workdir, 'checkpoints'))
-  kw = {'create': True}
-  if jax.process_count() > 1:
-    # Process 0 alone writes (host copies of the replicated state) and each
-    # process reads for itself, so no process waits on another's file I/O.
-    pid = jax.process_index()
-    kw = {'create': False, 'multiprocessing_options':
-          ocp.options.MultiprocessingOptions(primary_host=pid,
-                                             active_processes={pid})}
-    os.makedirs(path, exist_ok=True)
-  return ocp.CheckpointManager(
-      path, options=ocp.CheckpointManagerOptions(max_to_keep=2, **kw))
+def _checkpointer(workdir: str, primary: bool = True) -> checkpoints.Checkpointer:
+  # In a multi-process job process 0 alone writes (host copies of the
+  # replicated state) and each process reads for itself, so no process waits
+  # on another's file I/O.
+  return checkpoints.Checkpointer(os.path.join(workdir, 'checkpoints'), max_to_keep=2,
+                                  primary=primary, process_local=jax.process_count() > 1)
 
 
-def _save(manager, epoch: int, model, optimizer, meta: dict) -> None:
-  import orbax.checkpoint as ocp
-  state = {'model': nnx.state(model), 'optimizer': nnx.state(optimizer)}
-  if jax.process_count() > 1:
-    state = jax.tree.map(np.asarray, state)
-  manager.save(epoch, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+def _state(model, optimizer) -> dict:
+  return {'model': nnx.state(model), 'optimizer': nnx.state(optimizer)}
 
 
-def _restore(manager, model, optimizer) -> dict | None:
-  """Restores the latest checkpoint into model/optimizer; returns its meta."""
-  import orbax.checkpoint as ocp
-  epoch = manager.latest_step()
-  if epoch is None:
+def _restore(ckpt: checkpoints.Checkpointer, model, optimizer) -> dict | None:
+  """Restores the newest intact checkpoint into model/optimizer; returns its meta."""
+  restored = ckpt.restore(_state(model, optimizer))
+  if restored is None:
     return None
-  state = {'model': nnx.state(model), 'optimizer': nnx.state(optimizer)}
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-  restored = manager.restore(epoch, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
   nnx.update(model, restored.state['model'])
   nnx.update(optimizer, restored.state['optimizer'])
   return restored.meta
 
 
 def load_checkpoint(workdir: str) -> tuple[nnx.Module, nnx.Optimizer, dict]:
-  """The model and optimizer of the latest checkpoint in ``workdir``.
+  """The model and optimizer of the newest intact checkpoint in ``workdir``.
 
   Returns:
     ``(model, optimizer, meta)``; ``meta`` holds the epoch, the config and
     the history up to that epoch.
 
   Raises:
-    FileNotFoundError: ``workdir`` holds no checkpoint.
+    FileNotFoundError: ``workdir`` holds no intact checkpoint.
   """
-  import orbax.checkpoint as ocp
-  manager = _checkpoint_manager(workdir)
-  try:
-    epoch = manager.latest_step()
-    if epoch is None:
-      raise FileNotFoundError(f'no checkpoint in {workdir!r}/checkpoints.')
-    meta = manager.restore(epoch, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore())).meta
+  with _checkpointer(workdir) as ckpt:
+    newest = ckpt.latest_meta()
+    if newest is None:
+      raise FileNotFoundError(f'no intact checkpoint in {workdir!r}/checkpoints.')
+    meta = newest[1]
     model, optimizer = build(Config(**meta['config']), meta['image_shape'],
                              meta['num_classes'], meta['steps_per_epoch'])
-    _restore(manager, model, optimizer)
-  finally:
-    manager.close()
+    meta = _restore(ckpt, model, optimizer)
+    if meta is None:
+      raise FileNotFoundError(f'no intact checkpoint in {workdir!r}/checkpoints.')
   return model, optimizer, meta
 
 
@@ -591,7 +507,7 @@ def train_and_evaluate(config: Config) -> dict:
   start = time.perf_counter()
   c = validate_config(config)
   if c.workdir is None:
-    c = dataclasses.replace(c, workdir=_fresh_run_dir())
+    c = dataclasses.replace(c, workdir=checkpoints.fresh_run_dir(RUNS_DIR))
   primary = jax.process_index() == 0
   quiet = c.quiet or not primary
   placement = _Placement(c.devices)
@@ -606,7 +522,7 @@ def train_and_evaluate(config: Config) -> dict:
 
   history: list[dict] = []
   first_epoch = 0
-  manager = None
+  ckpt = None
   config_dict = dataclasses.asdict(c)
   last_epoch = c.stop_after_epochs or c.epochs
   if c.workdir:
@@ -618,12 +534,15 @@ def train_and_evaluate(config: Config) -> dict:
       if not c.resume:
         with open(os.path.join(c.workdir, 'config.json'), 'w') as f:
           json.dump(config_dict, f, indent=2)
-    manager = _checkpoint_manager(c.workdir)
+    ckpt = _checkpointer(c.workdir, primary)
+    meta = None
     if c.resume:
       # Restored into host-local arrays, placed on the mesh below.
-      meta = _restore(manager, model, optimizer)
-      if meta is None:
-        raise ValueError(f'--resume: no checkpoint in {c.workdir!r}.')
+      meta = _restore(ckpt, model, optimizer)
+      if meta is None and primary:
+        print(f'no intact checkpoint in {c.workdir}: training from epoch 0 with the run\'s '
+              'configuration', file=sys.stderr, flush=True)
+    if meta is not None:
       free = {f.name for f in dataclasses.fields(Config)
               if f.metadata.get('resume_may_differ')}
       diff = [k for k in config_dict if k not in free
@@ -642,8 +561,8 @@ def train_and_evaluate(config: Config) -> dict:
       elif not quiet:
         print(f'resumed from epoch {first_epoch} in {c.workdir}')
     if not primary:  # process 0 alone writes checkpoints
-      manager.close()
-      manager = None
+      ckpt.close()
+      ckpt = None
   placement.replicate(model, optimizer)
 
   progress = None
@@ -663,6 +582,7 @@ def train_and_evaluate(config: Config) -> dict:
                                epoch=epoch)
     for i, (xb, yb) in enumerate(batches):
       step_fn(placement.put_batch(xb), placement.put_batch(yb))
+      checkpoints.fault_point('step')
       if progress is not None:
         progress.update()
         if i % 10 == 0 or i == steps_per_epoch - 1:
@@ -683,16 +603,15 @@ def train_and_evaluate(config: Config) -> dict:
           f'epoch {epoch + 1}/{c.epochs}: train loss {h["train_loss"]:.4f} '
           f'acc {h["train_accuracy"]:.4f} | test loss {h["test_loss"]:.4f} '
           f'acc {h["test_accuracy"]:.4f} | {h["epoch_time_s"]:.1f} s')
-    if manager is not None and ((epoch + 1) % c.checkpoint_every == 0
-                                or epoch + 1 == last_epoch):
-      _save(manager, epoch + 1, model, optimizer,
-            {'epoch': epoch + 1, 'data_seed': c.seed, 'config': config_dict,
-             'history': history, **shapes})
+    if ckpt is not None and ((epoch + 1) % c.checkpoint_every == 0
+                             or epoch + 1 == last_epoch):
+      ckpt.save(epoch + 1, _state(model, optimizer),
+                {'epoch': epoch + 1, 'data_seed': c.seed, 'config': config_dict,
+                 'history': history, **shapes})
   if progress is not None:
     progress.close()
-  if manager is not None:
-    manager.wait_until_finished()
-    manager.close()
+  if ckpt is not None:
+    ckpt.close()
 
   final_eval = (history[-1] if history and history[-1]['epoch'] == last_epoch
                 else None)
@@ -759,7 +678,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
   """Command-line entry point; returns the metrics dict."""
   config = parse_args(argv)
   with cli.distributed_errors(config):
-    result = train_and_evaluate(config)
+    try:
+      result = train_and_evaluate(config)
+    except checkpoints.IncompatibleCheckpoint as e:
+      checkpoints.exit_with_error(str(e))
   if jax.process_index() == 0:
     print(summary_line(result))
     workdir = result['config']['workdir']

@@ -13,7 +13,7 @@ from ssgd_examples.scripts import load as _load
 def test_dp_train_example_tiny(capsys):
   dp_train = _load('examples/dp_train.py')
   rows = dp_train.main(['--methods', 'bp', 'dpsgd', '--epsilons', '2', '--epochs', '1',
-                        '--max-train', '512', '--accountant', 'rdp', '--quiet'])
+                        '--max-train', '512', '--accountant', 'rdp', '--quiet', '--workdir', ''])
   out = capsys.readouterr().out
   assert 'noise and sampling keys: drawn from the operating system' in out
   assert '| bp | 2.0 |' in out and '| dpsgd | 2.0 |' in out
@@ -150,6 +150,7 @@ def test_the_examples_say_where_the_noise_keys_came_from(capsys):
   assert 'NO privacy guarantee' in dp_train.noise_line(True, 0)
   example = _load('examples/dp_ssgd.py', 'keys_dp_ssgd_cli')
   example.main(['--epsilons', '8', '--train-size', '100', '--epochs', '1', '--batch-size', '50',
-                '--hidden', '4', '--accountant', 'rdp', '--quiet', '--reproducible-noise'])
+                '--hidden', '4', '--accountant', 'rdp', '--quiet', '--reproducible-noise',
+                '--workdir', ''])
   assert 'derived from --seed 0 (--reproducible-noise): NO privacy guarantee' in (
       capsys.readouterr().out)

@@ -373,10 +373,11 @@ def test_bad_arguments(call, err, match):
 
 
 
-def test_example_runs_end_to_end(capsys):
+def test_example_runs_end_to_end(capsys, tmp_path):
   example = _load('examples/dp_ssgd.py')
   results = example.main(['--epsilons', '8', '--train-size', '400', '--epochs', '2',
-                          '--batch-size', '100', '--hidden', '16', '--accountant', 'rdp'])
+                          '--batch-size', '100', '--hidden', '16', '--accountant', 'rdp',
+                          '--workdir', str(tmp_path / 'run')])
   (res,) = results
   assert 0 < res.epsilon <= 8.0 and res.steps == 8 and res.noise_multiplier > 0
   assert res.accuracy > 0.3  # 10 classes: well above chance after 8 private steps

@@ -58,7 +58,10 @@ What lives where (implementation modules are private; import from here):
   ``noisy_normalized_mean``);
 * Poisson sampling (``poisson_sample``, ``max_batch_size_for``...);
 * accounting (``compute_epsilon``, ``calibrate_noise_multiplier``,
-  ``BudgetTracker``; ``dp_accounting``, PLD/RDP).
+  ``BudgetTracker``; ``dp_accounting``, PLD/RDP);
+* the privacy ledger of a data set over all its runs (``PrivacyLedger``,
+  ``LedgerRun``, ``LedgerError``, ``TotalBudgetExceededError``): write-ahead,
+  composed by ``dp_accounting``, with a total-epsilon limit.
 """
 
 from ssgd_optax.privacy._accounting import ACCOUNTANTS
@@ -77,6 +80,10 @@ from ssgd_optax.privacy._clipping import per_example_norm
 from ssgd_optax.privacy._dpsgd import backprop_clip_grad_sum
 from ssgd_optax.privacy._dpsgd import clip_global_per_example
 from ssgd_optax.privacy._dpsgd import dpsgd_grad_sum
+from ssgd_optax.privacy._ledger import LedgerError
+from ssgd_optax.privacy._ledger import LedgerRun
+from ssgd_optax.privacy._ledger import PrivacyLedger
+from ssgd_optax.privacy._ledger import TotalBudgetExceededError
 from ssgd_optax.privacy._layers import ClippedConv
 from ssgd_optax.privacy._layers import ClippedLayer
 from ssgd_optax.privacy._layers import ClippedLinear
@@ -163,6 +170,8 @@ __all__ = [
     'ghost_supported',
     'GhostGradSum',
     'GhostNorms',
+    'LedgerError',
+    'LedgerRun',
     'make_dp_event',
     'max_batch_size_for',
     'Mechanism',
@@ -176,9 +185,11 @@ __all__ = [
     'overflow_probability',
     'per_example_norm',
     'poisson_sample',
+    'PrivacyLedger',
     'REPLACE_ONE',
     'sensitivities',
     'sparse_vector_mechanism',
     'SparseVectorMechanism',
+    'TotalBudgetExceededError',
     'truncation_delta',
 ]
