@@ -750,14 +750,18 @@ def _timing_point(results: dict, method: str, search: dict) -> dict:
   return {k: v[len(v) // 2] for k, v in search[method].items()}
 
 
-def run_timing(args, setup: TableSetup, results: dict, search: dict,
+def run_timing(args, setup: TableSetup, results: dict, search: dict, points: dict,
                train_size: int | None) -> None:
-  """Seconds per training step of every method, interleaved in one process."""
+  """Seconds per training step of every method, interleaved in one process.
+
+  Each method runs at its chosen point (from ``points``, merged result files)
+  at the middle epsilon.
+  """
   test = _device_data(False, train_size)
   eps = args.epsilons[len(args.epsilons) // 2]
   variants = {}
   for method in args.methods:
-    point = _timing_point(results, method, search)
+    point = _timing_point(points, method, search)
     for path in (('vmap', 'ghost') if method in GHOST_METHODS else ('vmap',)):
       name = method if path == 'vmap' else f'{method} (ghost)'
       variants[name] = functools.partial(train_once, method, point, epsilon=eps, seed=0,
@@ -794,6 +798,38 @@ def run_timing(args, setup: TableSetup, results: dict, search: dict,
       ratio={k: [t / b for t, b in zip(v, times['sgd'])] for k, v in times.items()},
       torch_threads=_torch_threads(), xla_flags=os.environ.get('XLA_FLAGS', ''))
   _save(args.json, results)
+
+
+def run_cross(args, setup: TableSetup, results: dict, points: dict,
+              train_size: int | None) -> None:
+  """Trains method A at method B's chosen point (``--cross A@B``), every epsilon and seed.
+
+  Paired with B's own runs (same seeds: same initialisation and batches), this
+  separates what the code does from what each method's search chose.
+  """
+  test = _device_data(False, train_size)
+  cross = results.setdefault('cross', {})
+  for pair in args.cross:
+    a, b = pair.split('@')
+    for eps in args.epsilons:
+      key = _eps_key(b, eps)
+      src = points.get('runs', {}).get(b, {}).get(key, {})
+      if 'search' not in src:
+        print(f'[cross] {pair} eps {eps:g}: no chosen point of {b}', file=sys.stderr, flush=True)
+        continue
+      point = src['search']['best']
+      entry = cross.setdefault(pair, {}).setdefault(
+          _eps_key(a, eps), dict(point=point, seeds=[], acc=[], seconds=[]))
+      for seed in range(args.seeds):
+        if seed in entry['seeds']:
+          continue
+        r = train_once(a, point, epsilon=eps, seed=seed, data=test, setup=setup)
+        print(f'[cross] {pair} eps {eps:g} seed {seed}: {r.accuracy:.4f}', file=sys.stderr,
+              flush=True)
+        entry['seeds'].append(seed)
+        entry['acc'].append(r.accuracy)
+        entry['seconds'].append(r.seconds)
+        _save(args.json, results)
 
 
 def _torch_threads():
@@ -933,6 +969,31 @@ def report(results: dict, commands: Sequence[str]) -> str:
       cells.append(f'{100 * p["mean"]:+.1f} ± {100 * p["se"]:.1f} ({100 * p["std"]:.1f}; '
                    f'{p["wins"]}/{p["n"]})')
     lines.append(f'| {_NAMES[m]} | ' + ' | '.join(cells) + ' |')
+  if results.get('cross'):
+    lines += ['', '### The same point in other code (paired over seeds)', '',
+              '`A at B\'s point`: method A trained at the point B\'s search chose, on the same '
+              'seeds (initialisation, batches); the difference to B\'s own runs is what the code '
+              'changes, the search left out. Cells: A\'s test accuracy (mean ± std); A − B, mean '
+              '± standard error (seeds where A is higher).', '',
+              '| A at B\'s point | ' + ' | '.join(f'ε = {e:g}' for e in epsilons) + ' |',
+              '|---|' + '---|' * len(epsilons)]
+    for pair, by_eps in results['cross'].items():
+      a, b = pair.split('@')
+      cells = []
+      for eps in epsilons:
+        e = by_eps.get(_eps_key(a, eps))
+        other = accs(b, eps)
+        if not e or not e['acc']:
+          cells.append('-')
+          continue
+        mine = dict(zip(e['seeds'], e['acc']))
+        common = sorted(set(mine) & set(other))
+        cell = f'{_pct(list(mine.values()))} ({_cfg_text(e["point"])})'
+        if common:
+          p = paired([mine[s] for s in common], [other[s] for s in common])
+          cell += f'; {100 * p["mean"]:+.1f} ± {100 * p["se"]:.1f} ({p["wins"]}/{p["n"]})'
+        cells.append(cell)
+      lines.append(f'| {a} at {b}\'s point | ' + ' | '.join(cells) + ' |')
   lines += ['', '### Chosen points (validation accuracy, mean over the search seeds), σ and ε '
             'spent', '',
             '| method | ' + ' | '.join(f'ε = {e:g}' for e in epsilons) + ' |',
@@ -998,6 +1059,8 @@ def merge(paths: Sequence[str]) -> dict:
       for key, e in by_eps.items():
         if e.get('test', {}).get('acc') or key not in runs.get(m, {}):
           runs.setdefault(m, {})[key] = e
+    for pair, by_eps in r.get('cross', {}).items():
+      merged.setdefault('cross', {}).setdefault(pair, {}).update(by_eps)
     for k in ('checks', 'timing'):
       if r.get(k):
         merged[k] = r[k]
@@ -1030,6 +1093,12 @@ def main(argv: Sequence[str] | None = None) -> str:
   parser.add_argument('--timing', action='store_true',
                       help='time a training step of every method, interleaved')
   parser.add_argument('--timing-rounds', type=int, default=5)
+  parser.add_argument('--cross', nargs='+', default=[], metavar='A@B',
+                      help='train method A at method B\'s chosen points (every epsilon, --seeds '
+                           'seeds): the same setting in other code')
+  parser.add_argument('--points-from', nargs='+', default=None, metavar='JSON',
+                      help='result files whose chosen points --cross and --timing use '
+                           '(default: --json)')
   parser.add_argument('--torch-threads', type=int, default=0,
                       help='PyTorch intra-op threads (0: its default); for JAX set XLA_FLAGS')
   parser.add_argument('--json', default=None,
@@ -1067,6 +1136,9 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.error('--width: three positive ints (C1 C2 DENSE) for the cnn, positive for the mlp')
   if args.arch != 'cnn':
     args.methods = [m for m in args.methods if m not in OPACUS_METHODS]
+  for pair in args.cross:
+    if pair.count('@') != 1 or not set(pair.split('@')) <= set(TABLE_METHODS):
+      parser.error(f'--cross: {pair!r} is not METHOD@METHOD with methods from {TABLE_METHODS}')
   train_size, accountant, search = None, 'pld', SEARCH
   if args.quick:  # smoke test: tiny data, one point per axis (no tuning), fast RDP accounting
     args.epsilons, args.seeds, args.search_seeds, args.epochs = [3.0], 1, 1, 1.0
@@ -1100,8 +1172,13 @@ def main(argv: Sequence[str] | None = None) -> str:
     _save(args.json, results)
   if not args.no_table:
     run_table(args, setup, results, search, given, train_size)
+  points = merge(args.points_from) if args.points_from else results
+  if args.points_from and points['config'] != results['config']:
+    parser.error('--points-from: those results have another configuration.')
+  if args.cross:
+    run_cross(args, setup, results, points, train_size)
   if args.timing:
-    run_timing(args, setup, results, search, train_size)
+    run_timing(args, setup, results, search, points, train_size)
   text = report(results, results['commands'])
   print(text)
   if args.out:

@@ -109,6 +109,18 @@ def test_report_pairs_every_row_with_our_clipping_and_shows_missing_anchors(benc
   assert '| Opacus hooks | not run (ImportError: no torch) | not run |' in text
   # The non-private row is tuned and tested once and shown at every epsilon.
   assert text.count('96.0 ± 1.4') == 2
+  # Our clipping at jax_privacy's point, paired with jax_privacy's own runs.
+  r['cross'] = {'dp_sgd_clip@jax_privacy': {'3': dict(point=dict(lr=1.0), seeds=[1, 0],
+                                                      acc=[0.8, 0.9], seconds=[1.0, 1.0])}}
+  text = bench.report(r, r['commands'])
+  assert "| dp_sgd_clip at jax_privacy's point | - | 85.0 ± 7.1 (lr=1); -5.0 ± 5.0 (0/2) |" in text
+
+
+def test_cross_pairs_are_checked(bench):
+  with pytest.raises(SystemExit):
+    bench.main(['--quick', '--no-table', '--cross', 'dp_sgd_clip'])
+  with pytest.raises(SystemExit):
+    bench.main(['--quick', '--no-table', '--cross', 'dp_sgd_clip@nonsense'])
 
 
 def test_merge_refuses_results_of_another_setup(bench, tmp_path):
