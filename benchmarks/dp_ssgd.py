@@ -1158,11 +1158,12 @@ def main(argv: Sequence[str] | None = None) -> str:
       torch.set_num_threads(args.torch_threads)
     except ImportError:
       pass
+  config = json.loads(json.dumps(config))  # as stored: lists, not tuples
   results = {}
   if args.json and os.path.exists(args.json):
     with open(args.json, encoding='utf-8') as f:
       results = json.load(f)
-    if results['config'] != json.loads(json.dumps(config)):
+    if results['config'] != config:
       parser.error(f'--json {args.json} holds results of another configuration '
                    f'({results["config"]}); use a new file.')
   results.update(config=config, versions=_versions())
