@@ -97,7 +97,11 @@ def _torch_runners(x: np.ndarray, y: np.ndarray, threads: int, seed: int) -> tup
         nn.Conv2d(16, 32, 4, 2, bias=False), nn.ReLU(), nn.MaxPool2d(2, 1),
         nn.Flatten(), nn.Linear(288, 32, bias=False), nn.ReLU(), nn.Linear(32, 10, bias=False))
 
-  xt = torch.tensor(np.asarray(x)).permute(0, 3, 1, 2).contiguous()
+  # Standard NCHW strides: a permuted one-channel array counts as contiguous, so
+  # .contiguous() would keep it channels-last, and Opacus's per-sample conv gradients
+  # are wrong on channels-last inputs (benchmarks/opacus_channels_last.py).
+  xt = torch.tensor(np.asarray(x)).permute(0, 3, 1, 2)
+  xt = xt.clone(memory_format=torch.contiguous_format)
   yt = torch.tensor(np.asarray(y), dtype=torch.long)
   ce = nn.CrossEntropyLoss()
   runners = {}

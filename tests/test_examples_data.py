@@ -1,5 +1,5 @@
 # Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
-"""Tests for ssgd_optax.data: embedded sets, IDX and CIFAR-10 readers."""
+"""Tests for ssgd_examples.data: embedded sets, IDX and CIFAR-10 readers."""
 
 import gzip
 import os

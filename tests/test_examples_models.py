@@ -1,5 +1,5 @@
 # Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
-"""Tests for ssgd_optax.models: shapes, no BatchNorm, per-example independence."""
+"""Tests for ssgd_examples.models: shapes, no BatchNorm, per-example independence."""
 
 import jax
 import jax.numpy as jnp

@@ -1,5 +1,5 @@
 # Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
-"""Tests for ssgd_optax.privacy.clipping and ssgd_optax.privacy.layers."""
+"""Tests for the clipping and backprop-clipping layers of ssgd_optax.privacy."""
 
 import jax
 import jax.numpy as jnp
