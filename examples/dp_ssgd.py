@@ -25,13 +25,15 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
+# The harness first: Ctrl-C during the imports below also ends in one line (exit 130).
+from ssgd_examples import cli
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
-from ssgd_examples import cli
 from ssgd_examples import models
 from ssgd_optax import per_example
 from ssgd_optax import privacy
@@ -202,6 +204,7 @@ class Config:
       False, 'derive the noise and sampling keys from --seed so that runs repeat exactly. '
       'VOIDS THE PRIVACY GUARANTEE: whoever knows the seed can regenerate the noise')
   quiet: bool = flag(False, 'no progress bar and no intermediate accuracies')
+  verbose: bool = cli.verbose_flag()
 
   def validate(self) -> None:
     n = self.train_size or TRAIN_IMAGES
@@ -241,4 +244,4 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
 
 
 if __name__ == '__main__':
-  main(sys.argv[1:])
+  cli.run(main, sys.argv[1:])

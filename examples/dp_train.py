@@ -34,13 +34,15 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+# The harness first: Ctrl-C during the imports below also ends in one line (exit 130).
+from ssgd_examples import cli
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
-from ssgd_examples import cli
 from ssgd_examples import data as data_lib
 from ssgd_examples import models as models_lib
 from ssgd_optax import privacy
@@ -237,6 +239,7 @@ class Config:
   max_train: int | None = flag(None, 'use only the first N training (and test) images (smoke '
                                'tests)', type=int, check=cli.at_least(1))
   quiet: bool = flag(False, 'no progress bar')
+  verbose: bool = cli.verbose_flag()
 
   def validate(self) -> None:
     n = min(_TRAIN_SIZES[self.dataset], self.max_train or math.inf)
@@ -293,4 +296,4 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
 
 
 if __name__ == '__main__':
-  main(sys.argv[1:])
+  cli.run(main, sys.argv[1:])
