@@ -11,7 +11,7 @@ accounted epsilon, the implementation is broken. The statistics come from
 supplies the canaries, the scoring (jit/vmap-compiled) and the checks.
 Threat models and how to read the numbers: ``docs/auditing.md``.
 
-**White box** (the attacker of :mod:`ssgd_optax.attacks.threat`: it sees every
+**White box** (the attacker of :mod:`ssgd_optax.attacks`: it sees every
 shared update ``u_t``). Gradient canaries ``c_j`` are inserted as extra
 per-example gradients, each present at step ``t`` with the Poisson rate ``q``
 of the real data if it is included (:func:`sample_canaries`, then

@@ -28,6 +28,7 @@ def _python(code: str, **kw) -> subprocess.Popen:
 
 def _interrupt_when_ready(proc: subprocess.Popen, timeout: float = 60) -> tuple[str, str]:
   assert proc.stdout.readline().strip() == 'ready'
+  time.sleep(0.5)  # into the loop (at 'ready' the signal would land in print())
   proc.send_signal(signal.SIGINT)
   out, err = proc.communicate(timeout=timeout)
   return out, err

@@ -463,7 +463,7 @@ class BackpropClipMechanism(NamedTuple):
   of its gradient has L2 sensitivity ``Delta_l`` and gets noise
   ``N(0, (z Delta_l)^2 I)``. The ``L`` releases are computed on the same
   Poisson batch and composed exactly by the accountant
-  (:mod:`ssgd_optax.privacy.accounting`).
+  (:func:`ssgd_optax.privacy.compute_epsilon`).
 
   Attributes:
     noise_multiplier: ``z >= 0`` of each release (``None`` before
@@ -480,7 +480,7 @@ class BackpropClipMechanism(NamedTuple):
       model the mechanism was built from; ``L`` Gaussian releases per step.
     * Holds only for gradients computed by
       :func:`~ssgd_optax.privacy.backprop_clip_grad_sum` on that model
-      (see :mod:`ssgd_optax.privacy.layers` for what is checked).
+      (see :func:`ssgd_optax.privacy.check_model` for what is checked).
   """
 
   noise_multiplier: Any
