@@ -15,9 +15,9 @@ cross-checked with RDP).
 
 Examples::
 
-  python examples/dp_train.py                      # embedded 4,000-image subset
+  python examples/dp_train.py                      # ~8 min on 2 CPU cores: 8 runs
+  python examples/dp_train.py --methods bp --epsilons 1 --epochs 2   # ~1 min
   python examples/dp_train.py --dataset mnist --data-dir ~/data/mnist
-  python examples/dp_train.py --methods bp --epsilons 1 --epochs 2
 
 The noise and Poisson-sampling keys come from the operating system's CSPRNG
 (``secrets``) unless ``--reproducible-noise`` derives them from ``--seed``,
