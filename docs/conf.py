@@ -111,7 +111,9 @@ def _directive(module, name: str) -> str:
     return f'.. autoclass:: {full}\n   :members:\n'
   if callable(obj):
     return f'.. autofunction:: {full}\n'
-  return f'.. autodata:: {full}\n   :annotation: = {_short_repr(obj)}\n'
+  # py:data, not autodata: a constant has no docstring of its own and autodata
+  # would show its type's ("Built-in immutable sequence").
+  return f'.. py:data:: {name}\n   :module: {module.__name__}\n   :value: {_short_repr(obj)}\n'
 
 
 def _short_repr(obj) -> str:
@@ -129,7 +131,15 @@ def write_api_pages(out: pathlib.Path = HERE / 'api') -> list[str]:
     lines = [title, '=' * len(title), '', f'.. automodule:: {name}', '   :no-members:', '',
              f'*{what}.* Import path: ``{name}``; the members below are its ``__all__``.', '',
              '.. rubric:: Contents', '', '.. autosummary::', '   :nosignatures:', '']
-    lines += [f'   {n}' for n in names]
+    # Constants have no docstring of their own (autosummary would show their
+    # type's): a table of their values instead.
+    constants = [n for n in names if not callable(getattr(module, n))]
+    lines += [f'   {n}' for n in names if n not in constants]
+    if constants:
+      lines += ['', '.. list-table::', '   :header-rows: 1', '', '   * - constant',
+                '     - value']
+      for n in constants:
+        lines += [f'   * - :data:`{n}`', f'     - ``{_short_repr(getattr(module, n))}``']
     lines += ['', '.. rubric:: Reference', '']
     for n in names:
       lines.append(_directive(module, n))

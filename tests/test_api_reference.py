@@ -56,8 +56,11 @@ def test_every_public_module_has_a_page_and_every_name_one_entry(tmp_path):
   assert len(pages) == len(conf.API)
   documented = collections.Counter()
   for page in tmp_path.glob('ssgd_optax*.rst'):
-    documented.update(re.findall(r'^\.\. auto(?:function|class|exception|data):: (\S+)$',
-                                 page.read_text(), flags=re.M))
+    text = page.read_text()
+    documented.update(re.findall(r'^\.\. auto(?:function|class|exception):: (\S+)$', text,
+                                 flags=re.M))
+    documented.update(f'{m}.{n}' for n, m in re.findall(
+        r'^\.\. py:data:: (\S+)\n   :module: (\S+)$', text, flags=re.M))
   expected = _expected()
   assert set(documented) == set(expected)
   assert [n for n, c in documented.items() if c != 1] == []
