@@ -35,7 +35,8 @@ def _interrupt_when_ready(proc: subprocess.Popen, timeout: float = 60) -> tuple[
 
 
 # main() waits for Ctrl-C in a loop that collects garbage; the gc callback
-# takes most of the time, so the signal lands in it.
+# takes nearly all of the time, so the signal lands in it (and a re-delivery
+# must wait until it lands outside).
 _GC_LOOP = '''
 import gc, sys, time
 from ssgd_examples import cli

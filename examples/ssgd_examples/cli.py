@@ -535,7 +535,7 @@ def _on_sigint(signum, frame) -> None:  # pylint: disable=unused-argument
 # Python drops an exception raised in a gc callback or a __del__ (JAX runs one
 # at every collection: `_xla_gc_callback`): raised there, the
 # KeyboardInterrupt would be lost and the run would go on.
-_CALLBACKS = ('_xla_gc_callback', '__del__', '_unraisablehook')
+_CALLBACKS = {'_xla_gc_callback', '__del__', '_unraisablehook'}
 
 
 def _in_callback(frame) -> bool:
@@ -563,8 +563,12 @@ def _excepthook(exc_type, exc, tb) -> None:
 
 
 def _unraisablehook(unraisable) -> None:
-  # The fallback for a callback that _in_callback does not know.
+  # The fallback for a callback that _in_callback does not know yet: learn
+  # its name, so that the interrupt delivered again is not raised there too.
   if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+    code = getattr(unraisable.object, '__code__', None)
+    if code is not None:
+      _CALLBACKS.add(code.co_name)
     _redeliver_soon()
     return
   _unraisablehook.previous(unraisable)
