@@ -198,3 +198,10 @@ def test_documented_benchmark_commands_do_not_overwrite_tracked_results():
       if m.group(1).rstrip('`);,') in tracked:
         offenders.append(f'{doc}: {m.group(0)}')
   assert not offenders, offenders
+
+
+@pytest.mark.slow  # one secure-aggregation round per variant (n = 4, 10^4 entries)
+def test_secure_aggregation_quick_writes_its_table(scripts, tmp_path):
+  out = tmp_path / 'sa.md'
+  text = scripts['benchmarks/secure_aggregation.py'].main(['--quick', '--out', str(out)])
+  assert out.read_text() == text and '| 4 | 10,000 | verified+dp |' in text

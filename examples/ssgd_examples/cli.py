@@ -11,6 +11,22 @@ usage line, a message that names the flag, and exit status 2
 ``validate()`` method, which raises ``ValueError`` naming the flags.
 
 Examples, benchmarks and tests share it (``from ssgd_examples import cli``).
+Every script ends with ``cli.run(main, sys.argv[1:])``, which gives all of
+them the same exits: Ctrl-C prints one line and exits 130 (:func:`run`,
+:func:`handle_interrupts`), third-party log noise stays hidden unless the
+configuration's ``--verbose`` (:func:`set_verbose`), and a missing data file
+is one line. Output flags (:func:`output_flag`) are checked with the other
+flags; a benchmark without ``--out`` writes to a new file under
+``runs/benchmarks/`` (:func:`write_output`). ``parse(..., quick=...)`` gives
+``--quick`` its small values for the flags not given explicitly.
+
+To move a script onto the layer: import ``cli`` before JAX (so that Ctrl-C
+during the imports is one line too), write its flags as a frozen dataclass
+of :func:`flag` fields with checks (``validate()`` for combinations, files
+and folders included), add ``verbose: bool = cli.verbose_flag()``, parse
+with ``cli.parse(Config, argv, quick=QUICK)``, write with
+``cli.write_output(config.out, text, name=...)`` and end with
+``cli.run(main, sys.argv[1:])``.
 
 Example:
 
