@@ -9,7 +9,11 @@
 #
 #   bash benchmarks/accelerator.sh                 # on a GPU/TPU machine
 #   bash benchmarks/accelerator.sh --quick         # tiny settings (CPU smoke test, ~1-2 min)
-#   bash benchmarks/accelerator.sh --out DIR       # results folder
+#   bash benchmarks/accelerator.sh --out DIR       # results folder (default: a new
+#                                                  # runs/benchmarks/accelerator-* folder)
+#
+# Needs the bench and test extras (the last step runs pytest):
+#   pip install -e ".[bench,test]"
 #
 # Without an accelerator (JAX's default backend is cpu) the script runs the
 # --quick settings on the CPU, so CI can smoke-test it. Every step runs under
@@ -25,7 +29,7 @@ while [[ $# -gt 0 ]]; do
     --quick) QUICK=1; shift ;;
     --out) [[ $# -ge 2 ]] || { echo 'accelerator.sh: --out needs a folder' >&2; exit 2; }
            OUT="$2"; shift 2 ;;
-    -h|--help) sed -n '3,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '3,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "accelerator.sh: unknown argument '$1' (accepted: --quick, --out DIR)" >&2; exit 2 ;;
   esac
 done
@@ -37,13 +41,17 @@ PY="${PYTHON:-python}"
 # Ask JAX for its backend without the test suite's CPU pinning.
 BACKEND="$("$PY" -c 'import jax; print(jax.default_backend())' 2>/dev/null)" || {
   echo 'accelerator.sh: cannot import jax' >&2; exit 2; }
+# Checked before any work: the last step runs the tests.
+"$PY" -c 'import pytest' 2>/dev/null || {
+  echo 'accelerator.sh: the last step runs pytest, which is not installed: pip install -e ".[bench,test]"' >&2
+  exit 2; }
 if [[ "$BACKEND" == cpu && $QUICK -eq 0 ]]; then
   echo 'accelerator.sh: no accelerator (JAX backend cpu): running the --quick settings on CPU.'
   QUICK=1
 fi
 export JAX_PLATFORMS="$BACKEND"
 STAMP="$(date -u +%Y-%m-%dT%H-%MZ)"
-OUT="${OUT:-benchmarks/results/accelerator-$BACKEND-$STAMP}"
+OUT="${OUT:-runs/benchmarks/accelerator-$BACKEND-$STAMP}"
 mkdir -p "$OUT" || exit 2
 
 DEVICE="$("$PY" -c 'import jax; d = jax.devices(); print(f"{len(d)} x {d[0].device_kind} ({d[0].platform}), jax {jax.__version__}")')"

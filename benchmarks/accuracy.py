@@ -22,13 +22,16 @@ SGD; SGD with momentum 0.9 (SGDm); Adam; ``optax.normalize_by_update_norm``
 momentum, built from optax parts); SSGD with momentum 0.9 and scope global,
 per_leaf or per_layer.
 
-  python benchmarks/accuracy.py --out benchmarks/results/accuracy.md \\
-      --plot benchmarks/results/accuracy.png
+  python benchmarks/accuracy.py                  # 8 min on 2 quiet CPU cores
   python benchmarks/accuracy.py --quick          # seconds; smoke test
   python benchmarks/accuracy.py --datasets fashion_mnist --data-dir DIR
+
+The tables go to a new file under ``runs/benchmarks/`` unless ``--out`` names
+one (the committed tables are ``benchmarks/results/accuracy.md`` and
+``accuracy.png``); one progress line per cell goes to stderr.
 """
 
-import argparse
+import dataclasses
 import datetime
 import json
 import math
@@ -37,14 +40,19 @@ import sys
 import time
 from collections.abc import Sequence
 
+# The examples' harness (ssgd_examples: cli, data, models, scripts) lives in
+# examples/; its command-line layer first, so that Ctrl-C during the imports
+# below also ends in one line (exit 130).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'examples'))
+from ssgd_examples import cli
+from ssgd_examples.cli import flag
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
-# The examples' harness (ssgd_examples: cli, data, models, scripts) lives in examples/.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'examples'))
 from ssgd_examples import data as data_lib
 from ssgd_examples import models as models_lib
 from ssgd_examples import scripts
@@ -250,80 +258,70 @@ def plot(results: dict, path: str) -> None:
   plt.close(fig)
 
 
-def _positive_ints(text: str) -> list[int]:
-  try:
-    values = [int(v) for v in text.split(',') if v]
-  except ValueError:
-    raise argparse.ArgumentTypeError(f'expected comma-separated ints; got '
-                                     f'{text!r}') from None
-  if not values or min(values) < 1:
-    raise argparse.ArgumentTypeError(f'expected ints >= 1; got {text!r}')
-  return values
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The study's flags (each checked before any work)."""
+  datasets: tuple[str, ...] = flag(DEFAULT_DATASETS, 'data sets', choices=data_lib.DATASETS)
+  data_dir: str | None = flag(None, 'folder with the fashion_mnist/mnist/cifar10 files',
+                              type=str, check=cli.existing_dir)
+  optimizers: tuple[str, ...] = flag(tuple(OPTIMIZERS), 'optimizers', choices=tuple(OPTIMIZERS))
+  batch_sizes: tuple[int, ...] = flag(DEFAULT_BATCH_SIZES, 'batch sizes',
+                                      check=cli.at_least(1))
+  epochs: int = flag(20, 'epochs per model', check=cli.at_least(1))
+  seeds: int = flag(3, 'seeds per (rate, optimizer, batch size); a std needs two',
+                    check=cli.at_least(2))
+  hidden: int = flag(128, 'hidden ReLU units of the MLP', check=cli.at_least(1))
+  val_fraction: float = flag(0.1, 'validation fraction of the training set',
+                             check=cli.in_range(0, 1, lo_open=True, hi_open=True))
+  quick: bool = flag(False, 'digits, batch sizes 32 and 256, SGD and SSGD global, 3 rates, '
+                     '2 epochs, 16 hidden units (a smoke test, seconds); flags given '
+                     'explicitly win')
+  out: str | None = cli.output_flag('the Markdown tables (default: a new file under '
+                                    'runs/benchmarks/)')
+  plot: str | None = cli.output_flag('PNG of accuracy and chosen rate vs batch', suffix='.png')
+  json: str | None = cli.output_flag('raw results (every seed and rate) as JSON', suffix='.json')
+  verbose: bool = cli.verbose_flag()
+
+  def validate(self) -> None:
+    for name in self.datasets:
+      if name in ('mnist', 'fashion_mnist', 'cifar10'):
+        if self.data_dir is None:
+          raise ValueError(f'--datasets {name} needs --data-dir (its local files).')
+        try:
+          data_lib.check_files(name, self.data_dir)
+        except data_lib.DatasetError as e:
+          raise ValueError(f'--data-dir: {e}') from None
 
 
-def _choices(options: Sequence[str]):
-  def parse(text: str) -> list[str]:
-    values = [v for v in text.split(',') if v]
-    bad = [v for v in values if v not in options]
-    if bad or not values:
-      raise argparse.ArgumentTypeError(
-          f'unknown {bad or text!r}; choose from {", ".join(options)}')
-    return values
-  return parse
+QUICK = dict(datasets=('digits',), batch_sizes=(32, 256), optimizers=('SGD', 'SSGD global'),
+             epochs=2, hidden=16)
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-  """Runs the study; prints (and optionally writes) the Markdown tables."""
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--datasets', type=_choices(data_lib.DATASETS),
-                 default=list(DEFAULT_DATASETS))
-  p.add_argument('--data-dir', default=None,
-                 help='folder with fashion_mnist/mnist files')
-  p.add_argument('--optimizers', type=_choices(list(OPTIMIZERS)),
-                 default=list(OPTIMIZERS))
-  p.add_argument('--batch-sizes', type=_positive_ints,
-                 default=list(DEFAULT_BATCH_SIZES))
-  p.add_argument('--epochs', type=int, default=20)
-  p.add_argument('--seeds', type=int, default=3)
-  p.add_argument('--hidden', type=int, default=128)
-  p.add_argument('--val-fraction', type=float, default=0.1)
-  p.add_argument('--quick', action='store_true',
-                 help='digits, batch sizes 32 and 256, SGD and SSGD global, '
-                      '3 rates, 2 epochs, 16 hidden units (a smoke test)')
-  p.add_argument('--out', help='write the Markdown here too')
-  p.add_argument('--plot', help='PNG of accuracy and chosen rate vs batch')
-  p.add_argument('--json', help='raw results (every seed and rate) as JSON')
-  args = p.parse_args(argv)
-  if args.epochs < 1 or args.seeds < 2 or args.hidden < 1:
-    p.error('--epochs and --hidden must be >= 1 and --seeds >= 2 (a std '
-            'needs two runs)')
-  if not 0 < args.val_fraction < 1:
-    p.error(f'--val-fraction must be in (0, 1); got {args.val_fraction}')
-  grids = {}
-  if args.quick:
-    args.datasets, args.batch_sizes = ['digits'], [32, 256]
-    args.optimizers = ['SGD', 'SSGD global']
-    args.epochs, args.hidden = 2, 16
-    grids = {l: OPTIMIZERS[l][2][2:5] for l in args.optimizers}
-  for name in args.datasets:
-    if name in ('mnist', 'fashion_mnist', 'cifar10') and args.data_dir is None:
-      p.error(f'--datasets {name} needs --data-dir (its local files)')
+  """Runs the study; prints and writes the Markdown tables."""
+  args = cli.parse(Config, argv, description=__doc__.split('\n')[0], quick=QUICK)
+  # --quick: three rates per optimizer around the middle of its grid.
+  grids = {l: OPTIMIZERS[l][2][2:5] for l in args.optimizers} if args.quick else {}
+  cells = len(args.datasets) * len(args.batch_sizes) * len(args.optimizers)
 
   seeds = list(range(args.seeds))
   start, cpu_start = time.perf_counter(), time.process_time()
   results = {}
+  done = 0
   for ds_name in args.datasets:
     ds = data_lib.load_dataset(ds_name, data_dir=args.data_dir, seed=0)
     val = ds.validation_split(args.val_fraction, seed=0)
     results[ds_name] = []
     for b in args.batch_sizes:
       for label in args.optimizers:
+        cli.check_interrupt()
         t0 = time.perf_counter()
         cell = run_cell(label, ds, val, b, epochs=args.epochs, seeds=seeds,
                         hidden=args.hidden, grid=grids.get(label))
         cell['time_s'] = time.perf_counter() - t0
         results[ds_name].append(cell)
-        print(f'# {ds_name} batch {b} {label}: lr {cell["lr"]:g} test '
+        done += 1
+        print(f'# [{done}/{cells}] {ds_name} batch {b} {label}: lr {cell["lr"]:g} test '
               f'{100 * cell["mean"]:.2f} ± {100 * cell["std"]:.2f} '
               f'({cell["time_s"]:.1f} s)', file=sys.stderr, flush=True)
   elapsed = time.perf_counter() - start
@@ -343,8 +341,7 @@ def main(argv: Sequence[str] | None = None) -> str:
             f'{len(seeds)} seeds), test accuracy of those seeds.\n')
   text = header + '\n' + markdown(results, config)
   print(text)
-  if args.out:
-    pathlib.Path(args.out).write_text(text + '\n')
+  cli.write_output(args.out, text, name='accuracy')
   if args.plot:
     plot(results, args.plot)
   if args.json:
@@ -354,4 +351,4 @@ def main(argv: Sequence[str] | None = None) -> str:
 
 
 if __name__ == '__main__':
-  main()
+  cli.run(main, sys.argv[1:])

@@ -11,12 +11,18 @@ MultiStepLR at 3/8, 5/8, 7/8, clamp to [0, 1]). Compilation is excluded (one
 warm-up run per variant).
 
     python benchmarks/attack_speed.py --quick
-    python benchmarks/attack_speed.py --steps 200 --repeats 5 --out benchmarks/results/attack_speed.md
+    python benchmarks/attack_speed.py --steps 200 --repeats 7    # minutes
+
+The table goes to a new file under ``runs/benchmarks/`` unless ``--out``
+names one (the committed table is ``benchmarks/results/attack_speed.md``).
+The PyTorch column needs torch; a CPU-only build: ``pip install torch==2.13.0``
+where a local CPU wheel is available, else
+``pip install torch --index-url https://download.pytorch.org/whl/cpu``.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import datetime
 import os
 import shlex
@@ -24,13 +30,18 @@ import pathlib
 import sys
 import time
 
+# The examples' harness (ssgd_examples: cli, data, models, scripts) lives in
+# examples/; its command-line layer first, so that Ctrl-C during the imports
+# below also ends in one line (exit 130).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'examples'))
+from ssgd_examples import cli
+from ssgd_examples.cli import flag
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-# The examples' harness (ssgd_examples: cli, data, models, scripts) lives in examples/.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'examples'))
 from ssgd_optax import attacks
 from ssgd_examples import models
 
@@ -92,16 +103,23 @@ def torch_inverting_gradients(model, target, label, steps, torch, tv=1e-2, lr=0.
   return x.detach()
 
 
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The benchmark's flags (each checked before any work)."""
+  steps: int = flag(200, 'attack iterations per run', check=cli.at_least(1))
+  repeats: int = flag(5, 'timed runs per variant (interleaved; median)', check=cli.at_least(1))
+  threads: int = flag(2, 'torch intra-op threads', check=cli.at_least(1))
+  quick: bool = flag(False, '4 steps, 1 repeat (a smoke test); flags given explicitly win')
+  out: str | None = cli.output_flag('the Markdown table (default: a new file under '
+                                    'runs/benchmarks/)')
+  verbose: bool = cli.verbose_flag()
+
+
+QUICK = dict(steps=4, repeats=1)
+
+
 def main(argv: list[str] | None = None) -> str:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--quick', action='store_true')
-  p.add_argument('--steps', type=int, default=200)
-  p.add_argument('--repeats', type=int, default=5)
-  p.add_argument('--threads', type=int, default=2, help='torch intra-op threads')
-  p.add_argument('--out', default=None)
-  a = p.parse_args(argv)
-  if a.quick:
-    a.steps, a.repeats = 4, 1
+  a = cli.parse(Config, argv, description=__doc__.split('\n\n')[0], quick=QUICK)
   load = os.getloadavg()
   f, params = attacks.as_functional(models.LeNetZhu((32, 32, 3), 10, rngs=nnx.Rngs(0)))
   x = jax.random.uniform(jax.random.key(1), (1, 32, 32, 3))
@@ -133,7 +151,7 @@ def main(argv: list[str] | None = None) -> str:
   for fn in variants.values():  # warm-up: compilation excluded
     fn()
   times = {k: [] for k in variants}
-  for _ in range(a.repeats):
+  for _ in cli.progress(range(a.repeats), desc='repeats', unit='repeat'):
     for k, fn in variants.items():  # interleaved
       t = time.perf_counter()
       fn()
@@ -154,12 +172,11 @@ def main(argv: list[str] | None = None) -> str:
             f'{load[0]:.2f} at the start; jax {jax.__version__}.']
   text = '\n'.join(lines)
   print(text)
-  if a.out:
-    with open(a.out, 'w') as fh:
-      fh.write('```\npython benchmarks/attack_speed.py ' + shlex.join(argv or sys.argv[1:])
-               + '\n```\n\n' + text + '\n')
+  cli.write_output(a.out, '```\npython benchmarks/attack_speed.py '
+                   + shlex.join(argv if argv is not None else sys.argv[1:])
+                   + '\n```\n\n' + text, name='attack_speed')
   return text
 
 
 if __name__ == '__main__':
-  main()
+  cli.run(main, sys.argv[1:])

@@ -11,26 +11,34 @@
    against centralized SGD on all data and standalone training (mean over
    participants), mean +- std over seeds.
 
-    python benchmarks/federated.py --out benchmarks/results/federated.md
-    python benchmarks/federated.py --quick
+    python benchmarks/federated.py             # many minutes; progress lines on stderr
+    python benchmarks/federated.py --quick     # seconds; smoke test
+
+The tables go to a new file under ``runs/benchmarks/`` unless ``--out`` names
+one (the committed tables are ``benchmarks/results/federated.md``).
 """
 
 from __future__ import annotations
 
-import pathlib
-import argparse
+import dataclasses
 import datetime
 import os
+import pathlib
 import statistics
 import sys
 import time
+
+# The examples' harness (ssgd_examples: cli, data, models, scripts) lives in
+# examples/; its command-line layer first, so that Ctrl-C during the imports
+# below also ends in one line (exit 130).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'examples'))
+from ssgd_examples import cli
+from ssgd_examples.cli import flag
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-# The examples' harness (ssgd_examples: cli, data, models, scripts) lives in examples/.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'examples'))
 from ssgd_examples import scripts
 from ssgd_optax import federated
 from ssgd_optax import selective_sharing
@@ -171,16 +179,27 @@ def render(timing_rows, acc, cfg) -> str:
   return '\n'.join(out)
 
 
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The benchmark's flags (each checked before any work)."""
+  seeds: int = flag(3, 'seeds of the accuracy part', check=cli.at_least(1))
+  rounds: int = flag(10, 'DSSGD rounds (one local epoch each)', check=cli.at_least(1))
+  quick: bool = flag(False, 'digits, 6 participants, 1 round, 1 seed (a smoke test, seconds); '
+                     'flags given explicitly win')
+  out: str | None = cli.output_flag('the Markdown tables (default: a new file under '
+                                    'runs/benchmarks/)')
+  verbose: bool = cli.verbose_flag()
+
+
+QUICK = dict(seeds=1, rounds=1)
+
+
 def main(argv=None) -> str:
-  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  p.add_argument('--quick', action='store_true', help='tiny smoke run (seconds)')
-  p.add_argument('--out', default=None)
-  p.add_argument('--seeds', type=int, default=3)
-  p.add_argument('--rounds', type=int, default=10)
-  a = p.parse_args(argv)
+  a = cli.parse(Config, argv, description=__doc__.split('\n\n')[0], quick=QUICK)
   if a.quick:
     setting = ex.load('digits')
-    cfg = dict(dataset='digits', participants=6, rounds=1, seeds=[0], theta_us=[0.1],
+    cfg = dict(dataset='digits', participants=6, rounds=a.rounds,
+               seeds=list(range(a.seeds)), theta_us=[0.1],
                orders=['asynchronous'], concurrency=3, max_staleness=1,
                hidden=8, lr=0.05, batch=8, reps=1, timing_participants=[4],
                timing_theta_u=0.1, timing_models=[('digits', 8)])
@@ -208,11 +227,9 @@ def main(argv=None) -> str:
                  batch_size=cfg['batch'], hidden=cfg['hidden'], lr=cfg['lr'])
   text = render(rows, acc, cfg)
   print(text)
-  if a.out:
-    with open(a.out, 'w') as f:
-      f.write(text)
+  cli.write_output(a.out, text, name='federated')
   return text
 
 
 if __name__ == '__main__':
-  main(sys.argv[1:])
+  cli.run(main, sys.argv[1:])

@@ -1,8 +1,11 @@
 # Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
 """Step time of data-parallel SGD vs SSGD (privacy and optimisation modes).
 
-    python benchmarks/parallel.py --out benchmarks/results/parallel.md
+    python benchmarks/parallel.py                # minutes; one progress line per cell
     python benchmarks/parallel.py --quick        # a few seconds, smoke test
+
+The table goes to a new file under ``runs/benchmarks/`` unless ``--out`` names
+one (the committed tables are ``benchmarks/results/parallel*.md``).
 
 For 1, 2, 4 and 8 (virtual) devices and both ``jax.pmap`` and
 ``jax.shard_map`` (``ssgd_optax.parallel``'s train steps), one run times
@@ -22,20 +25,25 @@ all-reduce ops in the compiled step. On CPU, set
 
 from __future__ import annotations
 
-import pathlib
-import argparse
+import dataclasses
 import datetime
 import os
+import pathlib
 import sys
 import time
+
+# The examples' harness (ssgd_examples: cli, data, models, scripts) lives in
+# examples/; its command-line layer first, so that Ctrl-C during the imports
+# below also ends in one line (exit 130).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'examples'))
+from ssgd_examples import cli
+from ssgd_examples.cli import flag
 
 import jax
 import numpy as np
 import optax
 from flax import nnx
 
-# The examples' harness (ssgd_examples: cli, data, models, scripts) lives in examples/.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'examples'))
 from ssgd_examples import scripts
 import ssgd_optax
 from ssgd_optax import parallel
@@ -145,27 +153,41 @@ def to_markdown(rows, *, config: str) -> str:
   return '\n'.join(lines) + '\n'
 
 
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The benchmark's flags (each checked before any work)."""
+  devices: tuple[int, ...] = flag((1, 2, 4, 8), 'device counts', check=cli.at_least(1))
+  backends: tuple[str, ...] = flag(('pmap', 'shard_map'), 'backends',
+                                   choices=('pmap', 'shard_map'))
+  batch_size: int = flag(128, 'global batch size (divisible by every device count)',
+                         check=cli.at_least(1))
+  features: int = flag(16, 'CNN features', check=cli.at_least(1))
+  scope: str = flag('per_layer', 'SSGD scope', choices=ssgd_optax.SCOPES)
+  rounds: int = flag(15, 'timed rounds (interleaved; medians)', check=cli.at_least(1))
+  steps: int = flag(5, 'steps per timed round', check=cli.at_least(1))
+  quick: bool = flag(False, 'tiny settings (2 devices, shard_map only, a few seconds); flags '
+                     'given explicitly win')
+  out: str | None = cli.output_flag('the Markdown table (default: a new file under '
+                                    'runs/benchmarks/)')
+  verbose: bool = cli.verbose_flag()
+
+  def validate(self) -> None:
+    available = jax.device_count()
+    if max(self.devices) > available:
+      raise ValueError(f'--devices {max(self.devices)} exceeds the {available} devices JAX '
+                       'sees (on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count=N '
+                       'before JAX starts; this script asks for 8).')
+    bad = [d for d in self.devices if self.batch_size % d]
+    if bad:
+      raise ValueError(f'--batch-size {self.batch_size} must be divisible by every --devices '
+                       f'count; not by {", ".join(map(str, bad))}.')
+
+
+QUICK = dict(devices=(2,), batch_size=8, features=1, backends=('shard_map',), rounds=2, steps=1)
+
+
 def main(argv: list[str] | None = None) -> str:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument('--quick', action='store_true',
-                 help='tiny settings (2 devices, shard_map only), a few seconds')
-  p.add_argument('--devices', type=int, nargs='+', default=[1, 2, 4, 8])
-  p.add_argument('--backends', nargs='+', choices=('pmap', 'shard_map'),
-                 default=['pmap', 'shard_map'])
-  p.add_argument('--batch-size', type=int, default=128, help='global batch size')
-  p.add_argument('--features', type=int, default=16)
-  p.add_argument('--scope', choices=ssgd_optax.SCOPES, default='per_layer')
-  p.add_argument('--rounds', type=int, default=15)
-  p.add_argument('--steps', type=int, default=5, help='steps per timed round')
-  p.add_argument('--out', default=None, help='also write the Markdown table here')
-  args = p.parse_args(argv)
-  if args.quick:
-    args.devices, args.batch_size, args.features = [2], 8, 1
-    args.backends = ['shard_map']
-    args.rounds, args.steps = 2, 1
-  available = jax.device_count()
-  if max(args.devices) > available:
-    raise SystemExit(f'--devices {max(args.devices)} exceeds the {available} devices JAX sees.')
+  args = cli.parse(Config, argv, description=__doc__.splitlines()[0], quick=QUICK)
   rows = benchmark(device_counts=tuple(args.devices), backends=tuple(args.backends),
                    batch_size=args.batch_size,
                    features=args.features, scope=args.scope, rounds=args.rounds,
@@ -178,9 +200,7 @@ def main(argv: list[str] | None = None) -> str:
             'medians.')
   table = to_markdown(rows, config=config)
   print(table)
-  if args.out:
-    with open(args.out, 'w', encoding='utf-8') as f:
-      f.write(table)
+  cli.write_output(args.out, table, name='parallel')
   return table
 
 
@@ -193,4 +213,4 @@ def _ensure_host_devices(count: int = 8) -> None:
 
 if __name__ == '__main__':
   _ensure_host_devices()
-  main(sys.argv[1:])
+  cli.run(main, sys.argv[1:])

@@ -16,14 +16,17 @@ repetitions:
 Participant time (all ``n`` participants' steps, summed) and server time are
 reported separately, with ratios to ``old``.
 
-    python benchmarks/secure_aggregation.py --out benchmarks/results/secure_aggregation.md
-    python benchmarks/secure_aggregation.py --quick
+    python benchmarks/secure_aggregation.py               # ~10 min on 2 CPU cores
+    python benchmarks/secure_aggregation.py --quick       # seconds; smoke test
     python benchmarks/secure_aggregation.py --decode-only   # correcting one wrong share
+
+The table goes to a new file under ``runs/benchmarks/`` unless ``--out`` names
+one (the committed table is ``benchmarks/results/secure_aggregation.md``).
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import datetime
 import importlib.util
 import os
@@ -34,6 +37,13 @@ import statistics
 import subprocess
 import sys
 import time
+
+# The examples' harness (ssgd_examples: cli, data, models, scripts) lives in
+# examples/; its command-line layer first, so that Ctrl-C during the imports
+# below also ends in one line (exit 130).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'examples'))
+from ssgd_examples import cli
+from ssgd_examples.cli import flag
 
 import numpy as np
 
@@ -49,7 +59,8 @@ def load_at(rev: str):
     source = subprocess.run(['git', 'show', f'{rev}:{path}'], cwd=root, check=True,
                             capture_output=True, text=True).stdout
   except (OSError, subprocess.CalledProcessError) as e:
-    raise SystemExit(f'--compare-rev {rev!r}: cannot read {path} from git ({e}).') from None
+    raise ValueError(f'--compare-rev {rev!r}: cannot read {path} from git '
+                     f'({(getattr(e, "stderr", "") or str(e)).strip()}).') from None
   spec = importlib.util.spec_from_loader(f'_secure_aggregation_at_{rev}', loader=None)
   module = importlib.util.module_from_spec(spec)
   exec(compile(source, f'{rev}:{path}', 'exec'), module.__dict__)
@@ -142,26 +153,42 @@ def decode_cost(participants: list[int], reps: int) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--compare-rev', default='6029fde')
-  parser.add_argument('--participants', type=int, nargs='+', default=[10, 100])
-  parser.add_argument('--entries', type=int, nargs='+', default=[100_000, 1_000_000])
-  parser.add_argument('--reps', type=int, default=3)
-  parser.add_argument('--reps-largest', type=int, default=1,
-                      help='repetitions for the largest n x d (minutes per round here)')
-  parser.add_argument('--quick', action='store_true', help='n = 4, 10^4 entries, 1 rep')
-  parser.add_argument('--decode-only', action='store_true',
-                      help='only the cost of correcting a wrong share (Reed-Solomon decoding)')
-  parser.add_argument('--out', default=None)
-  args = parser.parse_args(argv)
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The benchmark's flags (each checked before any work)."""
+  compare_rev: str = flag('6029fde', 'the git revision of the old protocol')
+  participants: tuple[int, ...] = flag((10, 100), 'participant counts (>= 3: threshold '
+                                       'ceil(2n/3) >= 2)', check=cli.at_least(3))
+  entries: tuple[int, ...] = flag((100_000, 1_000_000), 'entries of each update',
+                                  check=cli.at_least(1))
+  reps: int = flag(3, 'repetitions (interleaved; medians)', check=cli.at_least(1))
+  reps_largest: int = flag(1, 'repetitions for the largest n x d (minutes per round here)',
+                           check=cli.at_least(1))
+  quick: bool = flag(False, 'n = 4, 10^4 entries, 1 rep (a smoke test); flags given '
+                     'explicitly win')
+  decode_only: bool = flag(False, 'only the cost of correcting a wrong share (Reed-Solomon '
+                           'decoding)')
+  out: str | None = cli.output_flag('the Markdown table (default: a new file under '
+                                    'runs/benchmarks/)')
+  verbose: bool = cli.verbose_flag()
+
+  def validate(self) -> None:
+    if not self.decode_only:
+      load_at(self.compare_rev)  # a bad revision is refused before any round
+
+
+QUICK = dict(participants=(4,), entries=(10_000,), reps=1, reps_largest=1)
+
+
+def main(argv=None) -> str:
+  args = cli.parse(Config, argv, description=__doc__.split('\n\n')[0], quick=QUICK)
   if args.decode_only:
     load = os.getloadavg()[0]
-    print(f'load average {load:.1f}; medians of {args.reps} repetitions\n')
-    print(decode_cost(args.participants, args.reps))
-    return
-  if args.quick:
-    args.participants, args.entries, args.reps, args.reps_largest = [4], [10_000], 1, 1
+    text = (f'load average {load:.1f}; medians of {args.reps} repetitions\n\n'
+            + decode_cost(args.participants, args.reps))
+    print(text)
+    cli.write_output(args.out, text, name='secure_aggregation_decode')
+    return text
   old = load_at(args.compare_rev)
   load = os.getloadavg()
   start = time.time()
@@ -170,6 +197,8 @@ def main(argv=None) -> None:
   for n in args.participants:
     for d in args.entries:
       reps = args.reps_largest if (n, d) == largest and not args.quick else args.reps
+      print(f'[secure_aggregation] n={n}, {d:,} entries, {reps} repetition(s) ...',
+            file=sys.stderr, flush=True)
       rows += measure(old, n, d, reps)
   lines = [
       '### Secure aggregation: one round, old protocol vs verified vs verified + distributed DP',
@@ -189,9 +218,9 @@ def main(argv=None) -> None:
                  f'{r["ratio_p"]:.2f} | {r["ratio_s"]:.2f} | {r["ratio"]:.2f} |')
   text = '\n'.join(lines) + '\n'
   print(text)
-  if args.out:
-    pathlib.Path(args.out).write_text(text)
+  cli.write_output(args.out, text, name='secure_aggregation')
+  return text
 
 
 if __name__ == '__main__':
-  main()
+  cli.run(main, sys.argv[1:])

@@ -12,7 +12,7 @@ All variants are timed side by side: every round runs each variant once in a
 shuffled order, and the table reports the median over rounds and the ratio of
 medians to ``optax.sgd``.
 
-    python benchmarks/transform_overhead.py            # full run
+    python benchmarks/transform_overhead.py            # full run (minutes)
     python benchmarks/transform_overhead.py --quick    # seconds, smoke test
     python benchmarks/transform_overhead.py --rounds 10 --skip-cnn --compare-rev HEAD
                                 # the working tree against the last commit
@@ -20,13 +20,21 @@ medians to ``optax.sgd``.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import functools
+import pathlib
 import platform
 import random
 import statistics
 import sys
 import time
+
+# The examples' harness (ssgd_examples: cli, data, models, scripts) lives in
+# examples/; its command-line layer first, so that Ctrl-C during the imports
+# below also ends in one line (exit 130).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'examples'))
+from ssgd_examples import cli
+from ssgd_examples.cli import flag
 
 import jax
 import jax.numpy as jnp
@@ -65,24 +73,26 @@ def make_tree(shapes, dtype, seed=0):
 
 
 def load_normalize_at(rev: str):
-  """SSGD's module (``ssgd_optax/_normalize.py``, ``normalize.py`` before the
-  restructure) as committed at git revision ``rev``, as a module, so that an
-  old implementation can be timed beside the current one."""
+  """SSGD's implementation as committed at git revision ``rev``, as a module.
+
+  ``ssgd_optax/_normalize.py`` (``normalize.py`` before the package layout of
+  issue 22), so that an old implementation can be timed beside the current
+  one. Raises ``ValueError`` naming ``--compare-rev`` if git has neither.
+  """
   import importlib.util
-  import pathlib
   import subprocess
   root = pathlib.Path(__file__).resolve().parent.parent
-  source = None
+  errors = []
   for path in ('ssgd_optax/_normalize.py', 'ssgd_optax/normalize.py'):
     try:
       source = subprocess.run(['git', 'show', f'{rev}:{path}'], cwd=root, check=True,
                               capture_output=True, text=True).stdout
       break
     except (OSError, subprocess.CalledProcessError) as e:
-      error = e
-  if source is None:
-    raise SystemExit(f'--compare-rev {rev!r}: cannot read ssgd_optax/_normalize.py (or '
-                     f'normalize.py) at that revision from git ({error}).') from None
+      errors.append((getattr(e, 'stderr', '') or str(e)).strip())
+  else:
+    raise ValueError(f'--compare-rev {rev!r}: git has no ssgd_optax/_normalize.py or '
+                     f'normalize.py at that revision ({errors[-1]}).')
   spec = importlib.util.spec_from_loader(f'_normalize_at_{rev}', loader=None)
   module = importlib.util.module_from_spec(spec)
   exec(compile(source, f'{rev}:{path}', 'exec'), module.__dict__)
@@ -231,24 +241,35 @@ def table(medians, baseline='optax.sgd'):
   return '\n'.join(lines)
 
 
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The benchmark's flags (each checked before any work)."""
+  rounds: int = flag(30, 'interleaved timing rounds (medians)', check=cli.at_least(1))
+  inner: int = flag(3, 'calls per timed sample', check=cli.at_least(1))
+  cnn_batch: int = flag(128, 'batch of the CNN train step', check=cli.at_least(1))
+  compare_rev: str | None = flag(None, 'also time ssgd_optax/_normalize.py as committed at this '
+                                 'git revision (e.g. HEAD), side by side in the same rounds',
+                                 type=str, metavar='REV')
+  skip_cnn: bool = flag(False, 'leave out the full train step')
+  quick: bool = flag(False, 'tiny tree, 2 rounds (a smoke test, seconds); flags given '
+                     'explicitly win')
+  out: str | None = cli.output_flag('the Markdown tables (default: a new file under '
+                                    'runs/benchmarks/)')
+  verbose: bool = cli.verbose_flag()
+
+  def validate(self) -> None:
+    if self.compare_rev is not None:
+      load_normalize_at(self.compare_rev)  # a bad revision is refused before any timing
+
+
+QUICK = dict(rounds=2, inner=1, cnn_batch=8)
+
+
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--quick', action='store_true', help='tiny tree, few rounds (smoke test)')
-  parser.add_argument('--rounds', type=int, default=30)
-  parser.add_argument('--inner', type=int, default=3, help='calls per timed sample')
-  parser.add_argument('--cnn-batch', type=int, default=128)
-  parser.add_argument('--out', type=str, default=None, help='also write the Markdown here')
-  parser.add_argument('--compare-rev', type=str, default=None, metavar='REV',
-                      help='also time ssgd_optax/_normalize.py as committed at this git '
-                           'revision (e.g. HEAD), side by side in the same rounds')
-  parser.add_argument('--skip-cnn', action='store_true', help='leave out the full train step')
-  args = parser.parse_args(argv)
-  if args.rounds < 1 or args.inner < 1 or args.cnn_batch < 1:
-    parser.error('--rounds, --inner and --cnn-batch must be >= 1')
+  args = cli.parse(Config, argv, description=__doc__.splitlines()[0], quick=QUICK)
   width, rounds, inner, batch, leaves = 1.0, args.rounds, args.inner, args.cnn_batch, None
   if args.quick:
-    width, rounds, inner, batch, leaves = 0.05, 2, 1, 8, 24
-
+    width, leaves = 0.05, 24
   compare = load_normalize_at(args.compare_rev) if args.compare_rev else None
   out = [f'jax {jax.__version__}, optax {optax.__version__}, backend {jax.default_backend()}, '
          f'{jax.device_count()} device(s), {platform.processor() or platform.machine()}; '
@@ -274,11 +295,9 @@ def main(argv=None):
     out.append(table(medians))
   text = '\n'.join(out)
   print(text)
-  if args.out:
-    with open(args.out, 'w') as f:
-      f.write(text + '\n')
+  cli.write_output(args.out, text, name='transform_overhead')
   return text
 
 
 if __name__ == '__main__':
-  sys.exit(0 if main() else 1)
+  cli.run(main, sys.argv[1:])

@@ -30,6 +30,9 @@ import os
 import sys
 import time
 
+# The harness first: Ctrl-C during the imports below also ends in one line (exit 130).
+from ssgd_examples import cli
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,7 +40,6 @@ import optax
 from flax import nnx
 
 import ssgd_optax
-from ssgd_examples import cli
 from ssgd_optax import parallel
 
 TRAIN_IMAGES = 4000  # the embedded MNIST subset's training split
@@ -95,6 +97,7 @@ class Config(cli.DistributedFlags):
                                 type=int, check=cli.in_range(1, TRAIN_IMAGES))
   seed: int = flag(0, 'initialisation and data-order seed', check=cli.at_least(0))
   quiet: bool = flag(False, 'no progress bar and no per-epoch lines')
+  verbose: bool = cli.verbose_flag()
 
   def validate(self) -> None:
     self.validate_distributed()
@@ -244,4 +247,4 @@ def _ensure_host_devices(argv: list[str]) -> None:
 
 if __name__ == '__main__':
   _ensure_host_devices(sys.argv[1:])
-  main()
+  cli.run(main, sys.argv[1:])

@@ -35,12 +35,14 @@ import sys
 import time
 from typing import Any, NamedTuple
 
+# The harness first: Ctrl-C during the imports below also ends in one line (exit 130).
+from ssgd_examples import cli
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ssgd_examples import cli
 from ssgd_examples import data as data_lib
 from ssgd_optax import federated
 from ssgd_optax import selective_sharing
@@ -332,6 +334,7 @@ class Config:
   no_baselines: bool = flag(False, 'skip centralized and standalone training')
   seed: int = flag(0, 'seed of the split, the model and the dropouts', check=cli.at_least(0))
   quiet: bool = flag(False, 'no progress bar')
+  verbose: bool = cli.verbose_flag()
 
   def validate(self) -> None:
     if self.secure_aggregation and self.order not in (None, 'synchronous'):
@@ -424,4 +427,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == '__main__':
-  main(sys.argv[1:])
+  cli.run(main, sys.argv[1:])

@@ -22,12 +22,14 @@ import dataclasses
 import sys
 import time
 
+# The harness first: Ctrl-C during the imports below also ends in one line (exit 130).
+from ssgd_examples import cli
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ssgd_examples import cli
 from ssgd_optax import attacks
 from ssgd_examples import data
 from ssgd_examples import models
@@ -73,8 +75,9 @@ class Config:
   size: int = flag(16, 'image side (pixels)', check=cli.at_least(4))
   steps: int = flag(300, 'attack optimisation steps', check=cli.at_least(1))
   seed: int = flag(0, 'model, defence and attack seed', check=cli.at_least(0))
-  png: str | None = flag(None, 'save originals vs reconstructions here', check=cli.writable_file)
+  png: str | None = cli.output_flag('save originals vs reconstructions here', suffix='.png')
   quiet: bool = flag(False, 'no progress bar')
+  verbose: bool = cli.verbose_flag()
 
   def validate(self) -> None:
     names = self.defences.split(',')
@@ -128,4 +131,4 @@ def main(argv: list[str] | None = None) -> dict[str, attacks.Scores]:
 
 
 if __name__ == '__main__':
-  main(sys.argv[1:])
+  cli.run(main, sys.argv[1:])

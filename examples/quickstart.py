@@ -12,6 +12,9 @@ rate, so the norm of each shared gradient carries no information.
 import dataclasses
 import sys
 
+# The harness first: Ctrl-C during the imports below also ends in one line (exit 130).
+from ssgd_examples import cli
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,7 +23,6 @@ from flax import nnx
 from sklearn.datasets import load_digits
 
 import ssgd_optax
-from ssgd_examples import cli
 
 flag = cli.flag
 # load_digits has 1,797 images; the last 4/5 of the split train.
@@ -99,6 +101,7 @@ class Config:
   momentum: float = flag(0.9, 'heavy-ball momentum', check=cli.in_range(0, 1, hi_open=True))
   seed: int = flag(0, 'split, initialisation and data-order seed', check=cli.at_least(0))
   quiet: bool = flag(False, 'print only the result line')
+  verbose: bool = cli.verbose_flag()
 
 
 def main(argv=None):
@@ -112,5 +115,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  main()
-  sys.exit(0)
+  cli.run(main, sys.argv[1:])

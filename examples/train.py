@@ -49,6 +49,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+# The harness first: Ctrl-C during the imports below also ends in one line (exit 130).
+from ssgd_examples import cli
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,7 +60,6 @@ from flax import nnx
 
 import ssgd_optax
 from ssgd_examples import checkpoints
-from ssgd_examples import cli
 from ssgd_examples import data as data_lib
 from ssgd_examples import models as models_lib
 
@@ -133,6 +135,7 @@ class Config(cli.DistributedFlags):
       resume_may_differ=True)
   quiet: bool = flag(False, 'no progress bar and no per-epoch lines',
                      aliases=('--no-progress',), resume_may_differ=True)
+  verbose: bool = cli.verbose_flag()
 
   def resolved(self) -> 'Config':
     """The config with optimizer-dependent defaults filled in."""
@@ -183,6 +186,10 @@ class Config(cli.DistributedFlags):
                          'docs/training.md.')
       if not os.path.isdir(data_dir):
         raise ValueError(f'--data-dir {data_dir!r} is not a directory.')
+      try:  # every file of the split, before any work
+        data_lib.check_files(c.dataset, data_dir)
+      except data_lib.DatasetError as e:
+        raise ValueError(f'--data-dir: {e}') from None
     if c.stop_after_epochs is not None and c.stop_after_epochs > c.epochs:
       raise ValueError(f'--stop-after-epochs must be an int in [1, --epochs '
                        f'({c.epochs})]; got {c.stop_after_epochs!r}.')
@@ -581,6 +588,7 @@ def train_and_evaluate(config: Config) -> dict:
     batches = data_lib.batches(x_train, ds.y_train, c.batch_size, seed=c.seed,
                                epoch=epoch)
     for i, (xb, yb) in enumerate(batches):
+      cli.check_interrupt()  # a safe point for Ctrl-C
       step_fn(placement.put_batch(xb), placement.put_batch(yb))
       checkpoints.fault_point('step')
       if progress is not None:
@@ -691,4 +699,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == '__main__':
-  main(sys.argv[1:])
+  cli.run(main, sys.argv[1:])

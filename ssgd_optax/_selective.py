@@ -211,7 +211,7 @@ def selective_sharing(fraction: float,
   (all eligible entries when fewer than ``k`` exceed ``tau``). This is
   Shokri & Shmatikov's upload rule with ``fraction`` = ``theta_u``,
   ``threshold`` = ``tau`` and ``clip`` = ``gamma``. It alone is *not*
-  differential privacy (see :func:`dp_selective_sharing`); the entries it
+  differential privacy (see :func:`ssgd_optax.privacy.dp_selective_sharing`); the entries it
   shares are exact values, and an MLP's first-layer rows still show
   the inputs (McSherry, 2017).
 

@@ -1,7 +1,7 @@
 # Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
 """Multi-device SSGD: where to normalise relative to the all-reduce.
 
-:func:`aggregate` is the all-reduce as an optax transformation, so the order
+:func:`ssgd_optax.aggregate` is the all-reduce as an optax transformation, so the order
 of "normalise" and "share" is the order of the chain:
 
 ==========================================  =================================

@@ -22,7 +22,7 @@ Design points:
   or Inf comes back as a non-finite row and never touches the other rows.
   ``vmap`` alone does not promise that (on XLA:CPU the batched kernel
   gradient of a convolution mixes rows: one NaN pixel makes every row NaN),
-  so the rows are isolated first (:func:`ssgd_optax._batch.isolated_rows`):
+  so the rows are isolated first (``ssgd_optax._batch.isolated_rows``):
   rows with a NaN/Inf input and padded rows are swapped for a copy of a real
   row before the batched gradient, their output is set to NaN (resp. zeros),
   and if a real row still comes back non-finite (an overflow inside the

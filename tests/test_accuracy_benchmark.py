@@ -64,9 +64,9 @@ def test_grids_are_half_decade_ladders(accuracy):
 
 
 @pytest.mark.parametrize('flags, match', [
-  (['--seeds', '1'], '--seeds >= 2'),
-  (['--batch-sizes', '16,x'], 'comma-separated ints'),
-  (['--optimizers', 'SGD,Lion'], 'unknown'),
+  (['--seeds', '1'], '--seeds must be an int >= 2'),
+  (['--batch-sizes', '16,x'], "invalid int value: '16,x'"),
+  (['--optimizers', 'SGD,Lion'], "invalid choice: 'Lion'"),
   (['--datasets', 'fashion_mnist'], 'needs --data-dir'),
   (['--val-fraction', '1.5'], '--val-fraction'),
 ])

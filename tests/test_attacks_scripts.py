@@ -61,7 +61,9 @@ def test_leakage_benchmark_quick(tmp_path):
 
 
 @pytest.mark.slow  # benchmark smoke test: run with -m slow
-def test_attack_speed_quick():
+def test_attack_speed_quick(tmp_path):
   bench = _load('benchmarks/attack_speed.py')
-  text = bench.main(['--quick'])
+  out = tmp_path / 'speed.md'
+  text = bench.main(['--quick', '--out', str(out)])
+  assert text in out.read_text()
   assert 'loop="scan"' in text and 'loop="python"' in text

@@ -234,11 +234,17 @@ def add_args(code: str, args: str) -> str:
   return new
 
 
+# The one package a doc may install by name: PyTorch, whose PyPI wheel is the CUDA build.
+_THIRD_PARTY = re.compile(r'torch(==[\w.+]+)?')
+
+
 def pip_problems(code: str, extras: set) -> list:
   problems = []
   for m in _PIP.finditer(join_continuations(code)):
     args = shlex.split(m.group(1))
-    specs = [a for a in args if not a.startswith('-')]
+    specs = [a for a in args if not a.startswith('-') and not a.startswith('http')]
+    if specs and all(_THIRD_PARTY.fullmatch(s) for s in specs):
+      continue  # PyTorch's CPU build, installed before the `torch` extra
     if '-e' not in args or any(not re.fullmatch(r'\.(\[[\w,-]+\])?', s) for s in specs):
       problems.append(f'"pip install {m.group(1).strip()}": from a checkout install the '
                       'package itself: pip install -e ".[extra]"')

@@ -1,5 +1,5 @@
 # Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
-"""Tests for ssgd_optax.privacy.accounting."""
+"""Tests for the accountant of ssgd_optax.privacy."""
 
 import math
 

@@ -29,9 +29,11 @@ def test_quickstart_rejects_bad_flags(flags, match, capsys):
 
 
 @pytest.mark.slow  # benchmark smoke test: run with -m slow
-def test_overhead_benchmark_quick():
+def test_overhead_benchmark_quick(tmp_path):
   bench = _load('benchmarks/transform_overhead.py')
-  text = bench.main(['--quick'])
+  out = tmp_path / 'overhead.md'
+  text = bench.main(['--quick', '--out', str(out)])
+  assert out.read_text().strip() == text.strip()
   for name in ('optax.sgd', 'ssgd global', 'ssgd per_leaf', 'ssgd per_layer',
                'normalize_by_update_norm + sgd', 'bfloat16', 'full train step'):
     assert name in text

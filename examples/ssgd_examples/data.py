@@ -48,6 +48,7 @@ __all__ = [
   'Dataset',
   'DatasetError',
   'batches',
+  'check_files',
   'epoch_permutation',
   'load_cifar10',
   'load_dataset',
@@ -670,6 +671,35 @@ def load_cifar10(data_dir: str | os.PathLike | None = None) -> Dataset:
   return _make_dataset(np.concatenate([x for x, _ in train]) * scale,
                        np.concatenate([y for _, y in train]),
                        x_test * scale, y_test, num_classes=10, name='cifar10')
+
+
+def check_files(name: str, data_dir: str | os.PathLike | None = None) -> None:
+  """Raises :class:`DatasetError` naming the first missing file of ``name``; reads nothing.
+
+  For a script's flag checks, before any work: the embedded sets always
+  pass; the file-based ones need every file of their split in ``data_dir``
+  (or a known child folder; ``None`` reads ``$SSGD_OPTAX_DATA``).
+
+  >>> check_files('digits')
+  >>> check_files('cifar10', data_dir='.')
+  Traceback (most recent call last):
+  ...
+  ssgd_examples.data.DatasetError: cifar10: no file data_batch_1 in '.' ...
+  """
+  if name not in DATASETS:
+    raise ValueError(f'name must be one of {", ".join(map(repr, DATASETS))}; '
+                     f'got {name!r}.')
+  if name in ('mnist_subset', 'digits'):
+    return
+  if name == 'cifar10':
+    stems = [f'data_batch_{i}' for i in range(1, 6)] + ['test_batch']
+  else:
+    stems = list(_IDX_FILES.values())
+  folder = _resolve_dir(name, data_dir, stems[0])
+  for stem in stems:
+    if not any(os.path.isfile(os.path.join(folder, stem + ext)) for ext in ('', '.gz')):
+      raise DatasetError(f'{name}: no file {stem} in {folder!r} (nor {stem}.gz); obtain the '
+                         f'data set from {_SOURCES[name]}.')
 
 
 def load_dataset(name: str, *, data_dir: str | os.PathLike | None = None,

@@ -1,7 +1,7 @@
 # Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
 """Gradient-leakage attacks: what can an observer of the shared update reconstruct?
 
-The JAX counterpart of breaching. The threat model (:mod:`.threat`): the
+The JAX counterpart of breaching. The threat model (:class:`Observation`): the
 attacker knows ``apply_fn`` and the parameters, the input shape and range,
 the batch size and optionally the labels, and sees the **shared update**
 (after the client's defence). "Attack X against defence Y" is::

@@ -61,7 +61,7 @@ def mse(a: jax.Array, b: jax.Array) -> jax.Array:
 def psnr(a: jax.Array, b: jax.Array, bounds: tuple[float, float] = (0.0, 1.0)) -> jax.Array:
   """Per-example PSNR in dB, peak 1 after mapping ``bounds`` to ``[0, 1]``.
 
-  ``10 log10(1 / MSE)``, capped at :data:`PSNR_CAP` (an exact copy); NaN
+  ``10 log10(1 / MSE)``, capped at 100 dB (``PSNR_CAP``, an exact copy); NaN
   inputs give NaN.
 
   Example:

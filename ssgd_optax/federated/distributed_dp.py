@@ -262,12 +262,12 @@ class DistributedDiscreteGaussianMechanism(NamedTuple):
 
   @property
   def sensitivity(self) -> float:
-    """L2 sensitivity of the sum in integer units: ``Delta_2`` (x2 for ``replace_one``)."""
+    """The L2 sensitivity of the sum in integer units, ``Delta_2`` (x2 for ``replace_one``)."""
     return self.rounded_l2_bound * (2.0 if self.relation == 'replace_one' else 1.0)
 
   @property
   def l1_sensitivity(self) -> float:
-    """L1 sensitivity of the sum in integer units: ``Delta_1`` (x2 for ``replace_one``)."""
+    """The L1 sensitivity of the sum in integer units, ``Delta_1`` (x2 for ``replace_one``)."""
     return self.rounded_l1_bound * (2.0 if self.relation == 'replace_one' else 1.0)
 
   @property
@@ -318,7 +318,7 @@ class DistributedDiscreteGaussianMechanism(NamedTuple):
 
   @property
   def sampled(self) -> bool:
-    """Not sampled: every round releases a sum (participation is public)."""
+    """``False``, not sampled; every round releases a sum (participation is public)."""
     return False
 
   def dp_event(self, *, sampling_rate: float | None = None, accountant: str = 'rdp',

@@ -94,7 +94,7 @@ def per_example_norm(x: jax.Array, norm: Norm = 'l2') -> jax.Array:
   ``"l2"``: :math:`n_i = \|x_i\|_2`; ``"conv"``: :math:`n_i = \sqrt{\sum_c
   (\sum_p |x_{i,p,c}|)^2}` with ``p`` every axis between the first and the
   last. Computed in float32 without overflow or underflow (``"l2"``: scaled
-  sums of squares, :mod:`ssgd_optax._numerics`; ``"conv"``: on
+  sums of squares, ``ssgd_optax._numerics``; ``"conv"``: on
   ``x_i / max|x_i|``); zeros give ``0``, NaN give NaN, Inf give NaN
   (``"l2"``) or Inf (``"conv"``), and a norm beyond float range gives inf.
 

@@ -339,6 +339,62 @@ def _conv_norms(layer, xs, ds) -> tuple[jax.Array, jax.Array]:
   return jax.lax.map(one, (list(xs), list(ds)), batch_size=m)
 
 
+def _conv_grads(layer, names, xs, ds) -> tuple[dict[str, jax.Array], dict[str, jax.Array]] | None:
+  """Per-example kernel and bias gradients of a conv and their norms, when worth keeping.
+
+  Where the norm takes the explicit form (``P K C`` flops, the Gram form
+  would cost more), the per-example kernel gradient ``G_i = A_i^T D_i`` is
+  formed anyway; the weighted sum ``sum_i w_i G_i`` from it costs ``B K C``
+  instead of the ``B P K C`` of a second pass over the layer's patches (the
+  largest term of a ResNet's first stages). Kept only when ``G``
+  (``[B, K, C]``) is no larger than the layer's input, which the weighted
+  sum would otherwise hold, so memory does not grow; then the layer's
+  activations are freed after the backward pass. ``None``: not worth it
+  (the norms come from :func:`_conv_norms`).
+  """
+  if layer.feature_group_count != 1 or 'kernel' not in names:
+    return None
+  in_dil = _broadcast(layer.input_dilation, len(layer.kernel_size))
+  padding = nnx_linear.canonicalize_padding(layer.padding, len(layer.kernel_size))
+  if any(d != 1 for d in in_dil) or (
+      not isinstance(padding, str) and any(p < 0 for pair in padding for p in pair)):
+    return None  # channel-major patches: another layout than the kernel's
+  b = xs[0].shape[0]
+  positions = sum(math.prod(d.shape[1:-1]) for d in ds)
+  k = math.prod(layer.kernel_size) * layer.in_features
+  c = layer.out_features
+  given = sum(math.prod(x.shape[1:]) for x in xs)
+  if positions <= 1 or _use_gram(positions, k, c) or k * c > given:
+    return None
+  hp = jax.lax.Precision.HIGHEST
+
+  def grads_of(xs, ds):
+    pairs = [_conv_rows(layer, x, d) for x, d in zip(xs, ds)]
+    a = jnp.concatenate([p[0] for p in pairs], axis=1)
+    d = jnp.concatenate([p[1] for p in pairs], axis=1)
+    g = jnp.einsum('bpgk,bpgc->bgkc', a, d, precision=hp,
+                   preferred_element_type=_numerics.accumulation_dtype(a.dtype))
+    return g, jnp.sum(_f32(d), axis=1)
+
+  # The same chunks of examples as _conv_norms: the patches stay no larger
+  # than the layer's input.
+  m = max(1, min(b, b * given // max(positions * k, 1)))
+  if m >= b:
+    g, bias = grads_of(xs, ds)
+  else:
+    def one(example):
+      xs, ds = example
+      g, bias = grads_of([x[None] for x in xs], [d[None] for d in ds])
+      return g[0], bias[0]
+    g, bias = jax.lax.map(one, (list(xs), list(ds)), batch_size=m)
+  grads = {'kernel': g.reshape((b,) + tuple(layer.kernel.shape))}
+  norms = {'kernel': _numerics.per_example_norm(g)}
+  if 'bias' in names:
+    grads['bias'] = bias.reshape(b, -1)
+    norms['bias'] = _numerics.per_example_norm(grads['bias'])
+  return norms, grads
+
+
 def _bias_norm(d: jax.Array) -> jax.Array:
   return _numerics.row_norms(jnp.sum(_f32(d), axis=1))
 
@@ -491,8 +547,12 @@ def _module_norms(module, names, xs, ds, wrt) -> tuple[dict[str, jax.Array], Any
   norms = {}
   grads = None
   if isinstance(module, _CONV):
-    kernel, bias = _conv_norms(module, xs, ds)
-    norms.update(kernel=kernel, bias=bias)
+    kept = _conv_grads(module, names, xs, ds)
+    if kept is not None:
+      norms, grads = kept
+    else:
+      kernel, bias = _conv_norms(module, xs, ds)
+      norms.update(kernel=kernel, bias=bias)
   elif isinstance(module, _DENSE):
     pairs = [_dense_rows(module, x, d) for x, d in zip(xs, ds)]
     a = jnp.concatenate([p[0] for p in pairs], axis=1)

@@ -146,8 +146,8 @@ def add_gaussian_noise(noise_multiplier: Any = None,
            + z\,\Delta_l\,\xi_l\Big), \qquad \xi_l \sim \mathcal N(0, I)
 
   with a fresh ``xi`` per leaf and per step (the state's key is split by
-  :func:`ssgd_optax._keys.split_step` every update, then the step's key once
-  per leaf), by :func:`noisy_mean`: drawn and added in float32 (float64
+  ``ssgd_optax._keys.split_step`` every update, then the step's key once
+  per leaf), by ``noisy_mean``: drawn and added in float32 (float64
   kept) and cast back to the leaf's dtype. ``z = 0`` gives exactly
   ``sum / Bbar``; a NaN/Inf in the sum stays NaN/Inf; ``None`` leaves and
   empty trees pass through.

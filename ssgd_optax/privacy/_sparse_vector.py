@@ -199,7 +199,7 @@ class SparseVectorMechanism(NamedTuple):
 
   @property
   def sampled(self) -> bool:
-    """Not sampled: every round releases the participant's update."""
+    """``False``, not sampled; every round releases the participant's update."""
     return False
 
   def dp_event(self, *, sampling_rate: float | None = None, accountant: str = 'pld',

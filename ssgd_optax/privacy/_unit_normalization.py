@@ -422,7 +422,7 @@ def dp_unit_normalize(noise_multiplier: Any = None,
 
   **Keys.** The key lives in the state and is split on every step, so no
   two steps share noise. ``init`` stores a copy of ``key`` (the state may be
-  donated to ``jit``; see :mod:`ssgd_optax._keys`). Calling ``init`` twice
+  donated to ``jit``; see ``ssgd_optax._keys``). Calling ``init`` twice
   with the same factory gives the same noise sequence: build the transform
   with a fresh key per run.
 

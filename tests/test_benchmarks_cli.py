@@ -1,0 +1,207 @@
+# Copyright 2026 The ssgd_optax Authors. Licensed under the Apache License 2.0.
+"""The benchmarks and flower_deploy.py on the examples' command-line layer.
+
+Every bad value ends with status 2 and a message naming the flag before any
+work: each benchmark's work functions are replaced by one that fails, so a
+test also fails if work starts before the refusal. ``--quick`` never
+overrides an explicit flag, and without ``--out`` a result goes to a new
+file under ``runs/benchmarks/`` (never a tracked file).
+"""
+
+import dataclasses
+import os
+import re
+import sys
+
+import pytest
+from ssgd_examples.scripts import load
+
+from ssgd_examples import cli
+
+
+def _no_work(*args, **kwargs):
+  raise AssertionError('work started despite a bad flag')
+
+
+def _refused(main, argv, match, capsys):
+  with pytest.raises(SystemExit) as info:
+    main(argv)
+  assert info.value.code == 2
+  err = capsys.readouterr().err
+  assert 'usage:' in err and re.search(match, err), err
+  return err
+
+
+# script -> the functions (module attribute paths) that do the work.
+WORK = {
+  'benchmarks/accuracy.py': ['run_cell', 'data_lib.load_dataset'],
+  'benchmarks/attack_speed.py': ['attacks.as_functional', 'models.LeNetZhu'],
+  'benchmarks/federated.py': ['ex.load', 'timing', 'accuracy'],
+  'benchmarks/flower_runtime.py': ['task_lib.build', 'scripts.load'],
+  'benchmarks/parallel.py': ['benchmark'],
+  'benchmarks/transform_overhead.py': ['update_benchmark', 'bound_benchmark', 'cnn_benchmark'],
+  'benchmarks/secure_aggregation.py': ['measure', 'decode_cost'],
+  'examples/flower_deploy.py': ['LocalDeployment'],
+}
+
+
+@pytest.fixture(scope='module')
+def scripts():
+  path = list(sys.path)
+  try:
+    return {p: load(p, 'cli_' + p.replace('/', '_').removesuffix('.py')) for p in WORK}
+  finally:
+    sys.path[:] = path  # flower_runtime.py puts examples/flower_app first
+
+
+@pytest.fixture
+def guarded(scripts, monkeypatch):
+  def get(path):
+    module = scripts[path]
+    for attr in WORK[path]:
+      owner, _, name = attr.rpartition('.')
+      monkeypatch.setattr(getattr(module, owner) if owner else module, name, _no_work)
+    return module
+  return get
+
+
+CASES = [
+  ('benchmarks/accuracy.py', ['--epochs', '0'], '--epochs must be an int >= 1; got 0'),
+  ('benchmarks/accuracy.py', ['--seeds', '1'], '--seeds must be an int >= 2'),
+  ('benchmarks/accuracy.py', ['--hidden', '-3'], '--hidden must be an int >= 1'),
+  ('benchmarks/accuracy.py', ['--batch-sizes', '16,0'], '--batch-sizes must be an int >= 1'),
+  ('benchmarks/accuracy.py', ['--batch-sizes', '16,x'], "invalid int value: '16,x'"),
+  ('benchmarks/accuracy.py', ['--optimizers', 'SGD,Lion'], "invalid choice: 'Lion'"),
+  ('benchmarks/accuracy.py', ['--val-fraction', '1.5'], r'--val-fraction must be in \(0, 1\)'),
+  ('benchmarks/accuracy.py', ['--datasets', 'fashion_mnist'], 'needs --data-dir'),
+  ('benchmarks/accuracy.py', ['--datasets', 'fashion_mnist', '--data-dir', '{tmp}'],
+   '--data-dir: fashion_mnist: no file train-images-idx3-ubyte'),
+  ('benchmarks/accuracy.py', ['--data-dir', '{tmp}/missing'], '--data-dir must be an existing'),
+  ('benchmarks/accuracy.py', ['--out', '{tmp}/missing/a.md'], '--out must be in an existing'),
+  ('benchmarks/accuracy.py', ['--plot', '{tmp}/missing/a.png'], '--plot must be in an existing'),
+  ('benchmarks/accuracy.py', ['--plot', '{tmp}/a.txt'], '--plot must end in .png'),
+  ('benchmarks/accuracy.py', ['--json', '{tmp}'], '--json must be a file path'),
+  ('benchmarks/accuracy.py', ['--quick', '--epochs', '-1'], '--epochs must be an int >= 1'),
+  ('benchmarks/attack_speed.py', ['--steps', '0'], '--steps must be an int >= 1; got 0'),
+  ('benchmarks/attack_speed.py', ['--repeats', '0'], '--repeats must be an int >= 1'),
+  ('benchmarks/attack_speed.py', ['--threads', '0'], '--threads must be an int >= 1'),
+  ('benchmarks/attack_speed.py', ['--quick', '--steps', '-2'], '--steps must be an int >= 1'),
+  ('benchmarks/attack_speed.py', ['--out', '{tmp}/missing/a.md'], '--out must be in an exist'),
+  ('benchmarks/federated.py', ['--rounds', '-1'], '--rounds must be an int >= 1; got -1'),
+  ('benchmarks/federated.py', ['--seeds', '0'], '--seeds must be an int >= 1'),
+  ('benchmarks/federated.py', ['--out', '{tmp}/missing/f.md'], '--out must be in an existing'),
+  ('benchmarks/flower_runtime.py', ['--rounds', '-1'], '--rounds must be an int >= 1; got -1'),
+  ('benchmarks/flower_runtime.py', ['--participants', '0'], '--participants must be an int'),
+  ('benchmarks/flower_runtime.py', ['--mode', 'cloud'], 'invalid choice'),
+  ('benchmarks/parallel.py', ['--devices', '0'], '--devices must be an int >= 1; got 0'),
+  ('benchmarks/parallel.py', ['--devices', '64'], '--devices 64 exceeds the 8 devices'),
+  ('benchmarks/parallel.py', ['--batch-size', '0'], '--batch-size must be an int >= 1; got 0'),
+  ('benchmarks/parallel.py', ['--batch-size', '6'], '--batch-size 6 must be divisible'),
+  ('benchmarks/parallel.py', ['--rounds', '0'], '--rounds must be an int >= 1; got 0'),
+  ('benchmarks/parallel.py', ['--steps', '0'], '--steps must be an int >= 1'),
+  ('benchmarks/parallel.py', ['--backends', 'xmap'], "invalid choice: 'xmap'"),
+  ('benchmarks/parallel.py', ['--quick', '--devices', '0'], '--devices must be an int >= 1'),
+  ('benchmarks/transform_overhead.py', ['--rounds', '0'], '--rounds must be an int >= 1'),
+  ('benchmarks/transform_overhead.py', ['--inner', '0'], '--inner must be an int >= 1'),
+  ('benchmarks/transform_overhead.py', ['--cnn-batch', '0'], '--cnn-batch must be an int'),
+  ('benchmarks/transform_overhead.py', ['--compare-rev', 'no-such-rev'],
+   "--compare-rev 'no-such-rev': git has no"),
+  ('benchmarks/secure_aggregation.py', ['--participants', '2'], '--participants must be an '
+   'int >= 3'),
+  ('benchmarks/secure_aggregation.py', ['--entries', '0'], '--entries must be an int >= 1'),
+  ('benchmarks/secure_aggregation.py', ['--reps', '0'], '--reps must be an int >= 1'),
+  ('benchmarks/secure_aggregation.py', ['--compare-rev', 'no-such-rev'],
+   "--compare-rev 'no-such-rev': cannot read"),
+  ('examples/flower_deploy.py', ['--supernodes', '0'], '--supernodes must be an int >= 1; got 0'),
+  ('examples/flower_deploy.py', ['--timeout', '-5'], '--timeout must be a finite number > 0'),
+  ('examples/flower_deploy.py', ['--timeout', 'nan'], '--timeout must be a finite number > 0'),
+  ('examples/flower_deploy.py', ['--summary', '{tmp}/missing/s.jsonl'],
+   '--summary must be in an existing folder'),
+  ('examples/flower_deploy.py', ['--run-config', 'rounds=-1x'], '--run-config must be'),
+  ('examples/flower_deploy.py', ['--run-config', 'bogus=1'], "unknown key\\(s\\) bogus"),
+  ('examples/flower_deploy.py', ['--run-config', 'num-participants=2'],
+   'num-participants=2 must equal --supernodes 3'),
+]
+
+
+@pytest.mark.parametrize('path, argv, match', CASES,
+                         ids=[f'{p.split("/")[1][:-3]}{" ".join(a)}' for p, a, _ in CASES])
+def test_bad_values_are_refused_before_any_work(guarded, tmp_path, capsys, path, argv, match):
+  module = guarded(path)
+  argv = [a.replace('{tmp}', str(tmp_path)) for a in argv]
+  _refused(module.main, argv, match, capsys)
+
+
+def test_simulation_without_ray_is_refused(guarded, monkeypatch, capsys):
+  import importlib.util
+  find_spec = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, 'find_spec',
+                      lambda name, *a: None if name == 'ray' else find_spec(name, *a))
+  _refused(guarded('examples/flower_deploy.py').main, ['--simulation'],
+           '--simulation needs Flower.s simulation engine', capsys)
+  _refused(guarded('benchmarks/flower_runtime.py').main, ['--mode', 'simulation'],
+           '--mode simulation needs', capsys)
+
+
+@pytest.mark.parametrize('path', [p for p in WORK if p.startswith('benchmarks/')
+                                  and p != 'benchmarks/flower_runtime.py'])
+def test_quick_never_overrides_an_explicit_flag(scripts, path):
+  module = scripts[path]
+  quick = module.QUICK
+  name, value = next(iter(quick.items()))
+  default = {f.name: f.default for f in dataclasses.fields(module.Config)}
+  assert quick[name] != default[name]
+  config = cli.parse(module.Config, ['--quick'], quick=quick)
+  assert all(getattr(config, k) == v for k, v in quick.items())
+  # The explicit value of the first quick field wins (the default, given explicitly).
+  shown = default[name]
+  flag = cli.flag_name(name)
+  argv = ['--quick', flag, *(map(str, shown) if isinstance(shown, tuple) else [str(shown)])]
+  config = cli.parse(module.Config, argv, quick=quick)
+  assert getattr(config, name) == default[name]
+  assert all(getattr(config, k) == v for k, v in quick.items() if k != name)
+
+
+def test_results_go_to_a_new_untracked_file_unless_out_names_one(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  first = cli.write_output(None, 'a', name='bench')
+  second = cli.write_output(None, 'b', name='bench')
+  assert first != second and first.startswith(os.path.join('runs', 'benchmarks', 'bench-'))
+  assert open(first).read() == 'a\n' and open(second).read() == 'b\n'
+  out = tmp_path / 'mine.md'
+  assert cli.write_output(str(out), 'c', name='bench') == str(out)
+  assert out.read_text() == 'c\n'
+  # runs/ is ignored by git at the repository root: a default result is never tracked.
+  ignore = open(os.path.join(os.path.dirname(__file__), '..', '.gitignore')).read().split()
+  assert '/runs/' in ignore
+
+
+# Benchmarks still parsing their own flags (issue 28 follow-up): their
+# docstrings' commands still name --out benchmarks/results/...; remove each
+# name when the script moves onto ssgd_examples.cli.
+_NOT_ON_THE_LAYER_YET = {'audit.py', 'dp.py', 'dp_ssgd.py', 'ghost.py', 'leakage.py'}
+
+
+def test_documented_benchmark_commands_do_not_overwrite_tracked_results():
+  root = os.path.join(os.path.dirname(__file__), '..')
+  tracked = set(os.listdir(os.path.join(root, 'benchmarks', 'results')))
+  docs = ['README.md', 'benchmarks/README.md'] + [f'docs/{f}' for f in
+                                                   os.listdir(os.path.join(root, 'docs'))
+                                                   if f.endswith('.md')]
+  docs += [f'benchmarks/{f}' for f in os.listdir(os.path.join(root, 'benchmarks'))
+           if f.endswith('.py') and f not in _NOT_ON_THE_LAYER_YET]
+  offenders = []
+  for doc in docs:
+    text = open(os.path.join(root, doc), encoding='utf-8').read()
+    for m in re.finditer(r'python benchmarks/\S+\.py[^\n`]*?--(?:out|plot|json|png)[ =]'
+                         r'benchmarks/results/(\S+)', text):
+      if m.group(1).rstrip('`);,') in tracked:
+        offenders.append(f'{doc}: {m.group(0)}')
+  assert not offenders, offenders
+
+
+@pytest.mark.slow  # one secure-aggregation round per variant (n = 4, 10^4 entries)
+def test_secure_aggregation_quick_writes_its_table(scripts, tmp_path):
+  out = tmp_path / 'sa.md'
+  text = scripts['benchmarks/secure_aggregation.py'].main(['--quick', '--out', str(out)])
+  assert out.read_text() == text and '| 4 | 10,000 | verified+dp |' in text
