@@ -22,6 +22,25 @@ of the survivors' uploads, the rule of every synchronous round of
 Gaussian noise to the secure sum, and the centralized baseline is DP-SGD at
 the same epsilon.
 
+``--dp-epsilon`` releases every upload by the sparse vector instead
+(``privacy.dp_selective_sharing``, Shokri & Shmatikov's DP variant):
+``epsilon``-DP per participant per round (replace-one participant, ``--clip``
+is gamma).
+
+Runs survive kills, as ``examples/dp_ssgd.py``'s do: each run writes to a
+fresh ``runs/federated/<date-time>`` (or ``--workdir``) its ``config.json``,
+verified checkpoints of the simulation (global model, every participant's
+local model and upload state, round, release counts; never the secret DP
+noise keys) every ``--checkpoint-every`` rounds and ``results.json``;
+``--resume`` continues it. With ``--ledger DIR`` each participant's data set
+(its shard) has its own privacy ledger in ``DIR``, and every round's release
+is recorded in it before it is made; ``--total-epsilon`` refuses a run that
+would take any participant's composed total over the limit::
+
+    python examples/federated.py --dp-epsilon 0.5 --clip 0.01 --workdir runs/a \
+        --ledger ledgers/
+    python examples/federated.py --workdir runs/a --resume     # after a kill
+
 The round is the library's (``federated.make_dssgd``, secure aggregation
 included): the Flower apps run the same one, bit for bit for the same keys.
 Functions are importable (``make_experiment``, ``train``, ``run_dssgd``,
@@ -43,12 +62,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from ssgd_examples import checkpoints
 from ssgd_examples import data as data_lib
 from ssgd_optax import federated
+from ssgd_optax import privacy
 from ssgd_optax import selective_sharing
 
 flag = cli.flag
 _EMBEDDED = ('mnist_subset', 'digits')
+RUNS_DIR = os.path.join('runs', 'federated')
 
 
 class Setting(NamedTuple):
@@ -143,38 +165,158 @@ def make_experiment(setting: Setting, *, participants: int = 30, theta_u: float 
                     clip: float | None = None, max_staleness: int = 0,
                     concurrency: int | None = None,
                     secure: federated.SecureAggregation | None = None,
-                    seed: int = 0) -> Experiment:
-  """The model, the shards and the simulation of one run (``secure`` needs ``synchronous``)."""
+                    dp_mechanism: privacy.SparseVectorMechanism | None = None,
+                    noise_seed: int | None = None, seed: int = 0) -> Experiment:
+  """The model, the shards and the simulation of one run (``secure`` needs ``synchronous``).
+
+  With ``dp_mechanism`` every upload is released by ``privacy.dp_selective_sharing``;
+  its noise key comes from the operating system unless ``noise_seed`` is set
+  (which voids the guarantee).
+  """
   k_model, k_sim, k_drop = jax.random.split(jax.random.key(seed), 3)
   params = make_mlp(k_model, (setting.x_train.shape[1], hidden, setting.num_classes))
   xs, ys = federated.shard(setting.x_train, setting.y_train, participants, seed=seed)
+  if dp_mechanism is None:
+    upload = selective_sharing(theta_u, clip=clip)
+  else:
+    # The guarantee assumes noise nobody can regenerate: a secret seed. The
+    # simulation folds each participant's index into it.
+    secret = privacy.os_seed() if noise_seed is None else noise_seed
+    upload = privacy.dp_selective_sharing(mechanism=dp_mechanism, key=jax.random.key(secret))
   sim = federated.make_dssgd(
       loss_fn, params, num_participants=participants, learning_rate=learning_rate,
-      batch_size=batch_size, upload=selective_sharing(theta_u, clip=clip), theta_d=theta_d,
+      batch_size=batch_size, upload=upload, theta_d=theta_d,
       order=order, max_staleness=max_staleness, concurrency=concurrency,
       secure_aggregation=secure)
   return Experiment(sim, params, jnp.asarray(xs), jnp.asarray(ys), k_sim, k_drop)
 
 
-def train(exp: Experiment, *, rounds: int, dropout: float = 0.0,
-          quiet: bool = True) -> tuple[federated.SimulationState, dict[str, int]]:
+class Ledgers(NamedTuple):
+  """Each participant's privacy ledger (one per shard) and what they record."""
+  ledgers: list[privacy.PrivacyLedger]
+  mechanism: Any            # one participant's release in one round
+  accountant: str
+  delta: float
+  total_epsilon: float | None = None
+  label: str = ''
+
+
+def open_ledgers(folder: str, setting_name: str, xs: Any, ys: Any) -> list[privacy.PrivacyLedger]:
+  """``folder/participant-<i>.json`` for every shard (replace-one participant: its whole
+  data set is the unit); a bad ledger ends the program in one line (exit status 2)."""
+  os.makedirs(folder, exist_ok=True)
+  n = len(xs)
+  return [checkpoints.open_ledger(os.path.join(folder, f'participant-{i}.json'),
+                                  dataset=f'{setting_name} participant {i} of {n}',
+                                  arrays=(np.asarray(xs[i]), np.asarray(ys[i])),
+                                  neighboring_relation='replace_one') for i in range(n)]
+
+
+def _snapshot(state: federated.SimulationState) -> federated.SimulationState:
+  """The state to checkpoint: the simulation key as data (derived from ``--seed``, no
+  secret: it draws downloads, turns and local batches); the upload state's DP noise keys
+  stay keys (:class:`ssgd_examples.checkpoints.TreeCheckpoints` omits them unless kept)."""
+  return state._replace(key=jax.random.key_data(state.key))
+
+
+def train(exp: Experiment, *, rounds: int, dropout: float = 0.0, quiet: bool = True,
+          checkpoint_dir: str | None = None, checkpoint_every: int = 1, resume: bool = False,
+          keep_keys: bool = True, stop_after_rounds: int | None = None,
+          ledgers: Ledgers | None = None) -> tuple[federated.SimulationState, dict[str, Any]]:
   """Runs ``rounds`` rounds (each participant drops out with probability ``dropout``).
 
   With secure aggregation a round whose survivors are fewer than the
   threshold is lost (nothing applied); the counts say how many.
+
+  Args:
+    exp: the experiment.
+    rounds: rounds of the whole run.
+    dropout: per-round dropout probability.
+    quiet: no progress bar.
+    checkpoint_dir: folder of the run's checkpoints (``None``: none).
+    checkpoint_every: rounds between checkpoints.
+    resume: continue from the newest intact checkpoint in ``checkpoint_dir``.
+    keep_keys: save the upload's noise keys (only when they are no secret).
+    stop_after_rounds: stop after this round, as if preempted.
+    ledgers: each participant's privacy ledger: a round's release is recorded
+      in the ledger of every participant asked to upload, before the round.
+
+  Returns:
+    The final state and the counts: ``applied_rounds``, ``dropouts``,
+    ``rounds`` (done), ``releases`` (per participant, over the whole run).
   """
   n = exp.sim.config.num_participants
   secure = exp.sim.config.secure_aggregation is not None
   # The secure round runs the protocol on the host and jits its own parts.
   step = exp.sim.round if secure else jax.jit(exp.sim.round)
   state = exp.sim.init(exp.key)
-  applied = dropped = 0
-  for r in cli.progress(range(rounds), desc='DSSGD rounds', unit='round', quiet=quiet):
-    active = jax.random.uniform(jax.random.fold_in(exp.dropout_key, r), (n,)) >= dropout
-    dropped += n - int(jnp.sum(active))
-    state, info = step(state, exp.xs, exp.ys, active)
-    applied += int(bool(jnp.any(info.accepted)))
-  return state, {'applied_rounds': applied, 'dropouts': dropped}
+  counts = {'applied_rounds': 0, 'dropouts': 0, 'rounds': 0, 'releases': [0] * n}
+  saved = checkpoints.TreeCheckpoints(checkpoint_dir, keep_keys=keep_keys,
+                                      every=checkpoint_every)
+  if resume:
+    restored = saved.restore(_snapshot(state))
+    if restored is not None:
+      state = restored.state._replace(key=jax.random.wrap_key_data(
+          restored.state.key, impl=jax.random.key_impl(state.key)))
+      counts = {k: restored.meta[k] for k in counts}
+      if not quiet:
+        print(f'  resumed at round {counts["rounds"]}/{rounds} from {checkpoint_dir}',
+              flush=True)
+  first = counts['rounds']
+  last = min(rounds, stop_after_rounds or rounds)
+  entries = []
+  if ledgers is not None and first < last:
+    for ledger in ledgers.ledgers:  # refused here, before any round, over the total
+      entries.append(ledger.start_run(
+          ledgers.mechanism, planned_steps=rounds - first, total_epsilon=ledgers.total_epsilon,
+          delta=ledgers.delta, accountant=ledgers.accountant, label=ledgers.label,
+          steps_per_write=checkpoint_every))
+  ran = [0] * n  # this process's releases, per participant
+
+  def save(r, force=False):
+    saved.save(r, _snapshot(state), dict(counts), force=force)
+
+  try:
+    for r in cli.progress(range(first, last), desc='DSSGD rounds', unit='round', quiet=quiet):
+      active = jax.random.uniform(jax.random.fold_in(exp.dropout_key, r), (n,)) >= dropout
+      asked = [int(i) for i in np.flatnonzero(np.asarray(active))]
+      for i in asked if entries else ():
+        entries[i].reserve(ran[i] + 1)  # written ahead: a kill never under-counts
+      state, info = step(state, exp.xs, exp.ys, active)
+      checkpoints.fault_point('step')
+      for i in asked:
+        ran[i] += 1
+        counts['releases'][i] += 1
+      counts['dropouts'] += n - len(asked)
+      counts['applied_rounds'] += int(bool(jnp.any(info.accepted)))
+      counts['rounds'] = r + 1
+      save(r + 1, force=r + 1 == last)
+  except privacy.TotalBudgetExceededError:
+    if counts['rounds'] > first:
+      save(counts['rounds'], force=True)  # keep what was done
+    raise
+  finally:
+    saved.close()
+  for i, entry in enumerate(entries):
+    entry.finish(ran[i])
+  return state, counts
+
+
+def dp_mechanism(theta_u: float, dp_epsilon: float | None,
+                 clip: float | None) -> privacy.SparseVectorMechanism | None:
+  """The sparse-vector mechanism of ``--dp-epsilon`` uploads (``None`` without it)."""
+  if dp_epsilon is None:
+    return None
+  return privacy.sparse_vector_mechanism(theta_u, epsilon=dp_epsilon, clip=clip)
+
+
+def release_mechanism(svt: Any, secure: federated.SecureAggregation | None) -> tuple[Any, str]:
+  """One participant's DP release in one round (``None``: none) and its accountant."""
+  if svt is not None:
+    return svt, 'pld'
+  if secure is not None and secure.dp is not None:
+    return secure.dp, 'rdp'  # zCDP: the RDP accountant
+  return None, 'pld'
 
 
 def run_dssgd(setting: Setting, *, participants: int = 30, rounds: int = 10,
@@ -183,8 +325,12 @@ def run_dssgd(setting: Setting, *, participants: int = 30, rounds: int = 10,
               clip: float | None = None, max_staleness: int = 0,
               concurrency: int | None = None, dropout: float = 0.0,
               secure_aggregation: bool = False, distributed_dp_epsilon: float | None = None,
-              dp_l2_clip: float = 1.0, dp_delta: float = 1e-5, seed: int = 0,
-              quiet: bool = True) -> dict[str, Any]:
+              dp_l2_clip: float = 1.0, dp_delta: float = 1e-5, dp_epsilon: float | None = None,
+              noise_seed: int | None = None, seed: int = 0, quiet: bool = True,
+              checkpoint_dir: str | None = None, checkpoint_every: int = 1,
+              resume: bool = False, stop_after_rounds: int | None = None,
+              ledgers: list[privacy.PrivacyLedger] | None = None,
+              total_epsilon: float | None = None, label: str = '') -> dict[str, Any]:
   """Trains with DSSGD and returns the server model's test accuracy.
 
   With ``secure_aggregation`` the rounds are synchronous whatever ``order``
@@ -193,6 +339,15 @@ def run_dssgd(setting: Setting, *, participants: int = 30, rounds: int = 10,
   plain synchronous order does (``ssgd_optax.federated``: adding the sum of
   30 updates computed from one model diverges). The result says how many
   rounds were lost because too few participants survived to unmask.
+
+  With ``dp_epsilon`` every upload is a sparse-vector release
+  (``privacy.dp_selective_sharing``, gamma = ``clip``), ``dp_epsilon``-DP per
+  participant per round; ``noise_seed`` (``None``: the OS) keys its noise.
+  With ``ledgers`` (:func:`open_ledgers`, one per participant) each
+  participant's releases (the sparse vector's or the distributed DP's) are
+  recorded in its own ledger before each round, and
+  ``total_epsilon`` limits every participant's composed total. The run
+  arguments (``checkpoint_dir``...) are :func:`train`'s.
   """
   secure = None
   if secure_aggregation:
@@ -202,19 +357,46 @@ def run_dssgd(setting: Setting, *, participants: int = 30, rounds: int = 10,
     secure = secure_settings(participants, num_params, rounds=rounds,
                              distributed_dp_epsilon=distributed_dp_epsilon,
                              dp_l2_clip=dp_l2_clip, dp_delta=dp_delta)
+  svt = dp_mechanism(theta_u, dp_epsilon, clip)
   exp = make_experiment(setting, participants=participants, theta_u=theta_u, theta_d=theta_d,
                         order=order, learning_rate=learning_rate, batch_size=batch_size,
                         hidden=hidden, clip=clip, max_staleness=max_staleness,
-                        concurrency=concurrency, secure=secure, seed=seed)
-  state, counts = train(exp, rounds=rounds, dropout=dropout, quiet=quiet)
+                        concurrency=concurrency, secure=secure, dp_mechanism=svt,
+                        noise_seed=noise_seed, seed=seed)
+  mechanism, accountant = release_mechanism(svt, secure)
+  book = None
+  if ledgers is not None:
+    if mechanism is None:
+      raise ValueError('a privacy ledger records DP releases; this run makes none (pass '
+                       '--dp-epsilon or --distributed-dp-epsilon).')
+    book = Ledgers(ledgers, mechanism, accountant, dp_delta, total_epsilon, label)
+  state, counts = train(exp, rounds=rounds, dropout=dropout, quiet=quiet,
+                        checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every,
+                        resume=resume, keep_keys=svt is None or noise_seed is not None,
+                        stop_after_rounds=stop_after_rounds, ledgers=book)
   acc = float(accuracy(exp.sim.unravel(state.server.params), setting.x_test, setting.y_test))
-  out = {'accuracy': acc, 'num_params': exp.sim.num_params,
+  done = counts['rounds']
+  out = {'accuracy': acc, 'num_params': exp.sim.num_params, 'rounds': done,
+         'completed': done == rounds,
          'secure_rounds': counts['applied_rounds'] if secure_aggregation else 0,
-         'lost_rounds': rounds - counts['applied_rounds'] if secure_aggregation else 0,
-         'dropouts': counts['dropouts'], 'params': np.asarray(state.server.params)}
-  if secure is not None and secure.dp is not None:
-    out['epsilon'] = secure.dp.epsilon(rounds=rounds, delta=dp_delta)
-    out['noise_multiplier'] = secure.dp.noise_multiplier
+         'lost_rounds': done - counts['applied_rounds'] if secure_aggregation else 0,
+         'dropouts': counts['dropouts'], 'releases': counts['releases'],
+         'params': np.asarray(state.server.params)}
+  if mechanism is not None:
+    # Each participant's cost over the rounds it uploaded in (the one accountant).
+    def epsilon(k):
+      if svt is None and k:  # with the share of delta that the noise's truncation takes
+        return float(mechanism.epsilon(rounds=k, delta=dp_delta))
+      return float(privacy.compute_epsilon(mechanism, steps=k, delta=dp_delta,
+                                           accountant=accountant))
+    eps = [epsilon(k) for k in counts['releases']]
+    out['epsilon'] = max(eps)
+    out['epsilon_per_participant'] = eps
+    if secure is not None and secure.dp is not None:
+      out['noise_multiplier'] = secure.dp.noise_multiplier
+  if ledgers is not None:
+    out['ledger_epsilon'] = max(ledger.spent(dp_delta, accountant=accountant)
+                                for ledger in ledgers)
   return out
 
 
@@ -291,8 +473,22 @@ def run_standalone(setting: Setting, *, participants: int = 30, epochs: int = 10
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
+class Config(checkpoints.RunFlags):
   """The example's settings; each field is a flag (``theta_u`` -> ``--theta-u``)."""
+  LEDGER_IS_FOLDER = True
+  checkpoint_every: int | None = flag(None, 'rounds between checkpoints (default: 1)', type=int,
+                                      check=cli.at_least(1), resume_may_differ=True)
+  stop_after_steps: int | None = flag(
+      None, 'stop after this many rounds, as if preempted; then --resume', type=int,
+      check=cli.at_least(1), resume_may_differ=True)
+  ledger: str | None = flag(
+      None, "a folder of privacy ledgers, one per participant's data set (its shard): each "
+      'round is recorded before it is released (created if missing; see docs/privacy.md); '
+      'needs --dp-epsilon or --distributed-dp-epsilon')
+  total_epsilon: float | None = flag(
+      None, "refuse a run that would take any participant's composed epsilon (at --dp-delta) "
+      'over this total; needs --ledger', type=float, check=cli.finite(positive=True),
+      resume_may_differ=True)
   dataset: str = flag('mnist_subset', 'data set (mnist, fashion_mnist, cifar10 need --data-dir)',
                       choices=data_lib.DATASETS)
   data_dir: str | None = flag(None, 'folder with the files of mnist/fashion_mnist/cifar10 '
@@ -331,9 +527,16 @@ class Config:
                            check=cli.finite(positive=True))
   dp_delta: float = flag(1e-5, 'distributed DP and DP-SGD: delta',
                          check=cli.in_range(0, 1, lo_open=True, hi_open=True))
+  dp_epsilon: float | None = flag(
+      None, "DP selective sharing: every upload is a sparse-vector release (NumericSparse), "
+      'epsilon-DP per participant per round (replace-one participant); needs --clip (gamma)',
+      type=float, check=cli.finite(positive=True))
+  reproducible_noise: bool = flag(
+      False, 'derive the --dp-epsilon noise keys from --seed so that runs repeat exactly. VOIDS '
+      'THE PRIVACY GUARANTEE: whoever knows the seed can regenerate the noise')
   no_baselines: bool = flag(False, 'skip centralized and standalone training')
   seed: int = flag(0, 'seed of the split, the model and the dropouts', check=cli.at_least(0))
-  quiet: bool = flag(False, 'no progress bar')
+  quiet: bool = flag(False, 'no progress bar', resume_may_differ=True)
   verbose: bool = cli.verbose_flag()
 
   def validate(self) -> None:
@@ -341,6 +544,16 @@ class Config:
       raise ValueError(f'--secure-aggregation runs synchronous rounds (all participants train '
                        f'from the same model and the server sees only the sum); --order '
                        f'{self.order} cannot be kept. Leave --order out.')
+    if self.dp_epsilon is not None and self.clip is None:
+      raise ValueError('--dp-epsilon needs --clip (gamma, the bound on every uploaded value '
+                       'that the sparse vector\'s sensitivity rests on).')
+    if self.dp_epsilon is not None and self.distributed_dp_epsilon is not None:
+      raise ValueError('--dp-epsilon and --distributed-dp-epsilon exclude each other (one DP '
+                       'release per round).')
+    if self.ledger is not None and self.dp_epsilon is None and (
+        self.distributed_dp_epsilon is None):
+      raise ValueError('--ledger records DP releases; this run makes none: pass --dp-epsilon '
+                       'or --distributed-dp-epsilon.')
     if self.distributed_dp_epsilon is not None and not self.secure_aggregation:
       raise ValueError('--distributed-dp-epsilon adds noise inside secure aggregation: pass '
                        '--secure-aggregation too.')
@@ -371,38 +584,105 @@ class Config:
     if self.max_train is not None and self.max_train < self.participants:
       raise ValueError(f'--max-train {self.max_train} leaves some of the {self.participants} '
                        '--participants without data.')
+    self.validate_run()
+
+
+def _resume(config: Config, explicit: set[str]) -> Config:
+  if config.resume and config.workdir != '':
+    return checkpoints.merge_resume(config, explicit, runs_dir=RUNS_DIR)
+  return config
+
+
+def parse_args(argv: list[str] | None) -> Config:
+  """The validated :class:`Config`; exits with status 2 on a bad flag.
+
+  With ``--resume`` the configuration is read from the run's ``config.json``
+  and only the flags given explicitly are compared with it, before any data
+  is read.
+  """
+  return cli.parse(Config, argv, description=__doc__, prepare=_resume)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-  a = cli.parse(Config, argv, description=__doc__)
+  a = parse_args(argv)
   order = 'synchronous' if a.secure_aggregation else (a.order or 'round_robin')
   setting = load(a.dataset, seed=a.seed, max_train=a.max_train, data_dir=a.data_dir)
   if len(setting.x_train) < a.participants:
     raise SystemExit(f'--participants {a.participants} exceeds the {len(setting.x_train)} '
                      'training examples.')
+  workdir = a.workdir if a.workdir is not None else ''
+  done = checkpoints.read_results(workdir) if a.resume else {}
+  ledgers = None
+  if a.ledger is not None and 'dssgd' not in done:
+    xs, ys = federated.shard(setting.x_train, setting.y_train, a.participants, seed=a.seed)
+    ledgers = open_ledgers(a.ledger, a.dataset, xs, ys)  # a bad one: exit 2, before any work
+    if a.total_epsilon is not None:
+      first = (checkpoints.latest_step(os.path.join(workdir, 'checkpoints', 'dssgd'))
+               if a.resume and workdir else None) or 0
+      mechanism, accountant = _planned_release(a, setting)
+      try:  # every participant, before any round runs
+        for ledger in ledgers:
+          ledger.check_total(a.total_epsilon, a.dp_delta, accountant=accountant,
+                             planned=[(mechanism, None, max(0, a.rounds - first))])
+      except privacy.TotalBudgetExceededError as e:
+        checkpoints.exit_with_error(str(e))
+  workdir = checkpoints.prepare_workdir(a, RUNS_DIR)
   dp = a.distributed_dp_epsilon
   print(f'{a.dataset}: {a.participants} participants, {a.rounds} rounds, order={order}, '
         f'theta_u={a.theta_u}, theta_d={a.theta_d}'
         + (", secure aggregation (server applies the survivors' mean)"
            if a.secure_aggregation else '')
         + (f', distributed DP (epsilon={dp:g}, delta={a.dp_delta:g} per participant, L2 clip '
-           f'{a.dp_l2_clip:g})' if dp is not None else ''), flush=True)
+           f'{a.dp_l2_clip:g})' if dp is not None else '')
+        + (f', DP selective sharing (epsilon={a.dp_epsilon:g} per participant per round, '
+           f'gamma={a.clip:g})' if a.dp_epsilon is not None else ''), flush=True)
+  if a.dp_epsilon is not None:
+    print(f'DP noise keys: derived from --seed {a.seed} (--reproducible-noise): NO privacy '
+          'guarantee, anyone who knows the seed can remove the noise' if a.reproducible_noise
+          else 'DP noise keys: drawn from the operating system (secrets), secret', flush=True)
   common = dict(learning_rate=a.lr, batch_size=a.batch_size, hidden=a.hidden, seed=a.seed)
-  t0 = time.perf_counter()
-  result = {'dssgd': run_dssgd(setting, participants=a.participants, rounds=a.rounds,
-                               theta_u=a.theta_u, theta_d=a.theta_d,
-                               order=a.order or 'round_robin', clip=a.clip,
-                               max_staleness=a.max_staleness, concurrency=a.concurrency,
-                               dropout=a.dropout, secure_aggregation=a.secure_aggregation,
-                               distributed_dp_epsilon=dp, dp_l2_clip=a.dp_l2_clip,
-                               dp_delta=a.dp_delta, quiet=a.quiet, **common)}
-  result['dssgd']['seconds'] = time.perf_counter() - t0
-  result['dssgd']['order'] = order
-  print(f'  {"dssgd":12s} test accuracy {result["dssgd"]["accuracy"]:.4f}'
-        + (f' (epsilon {result["dssgd"]["epsilon"]:.3g}, noise multiplier '
-           f'{result["dssgd"]["noise_multiplier"]:.3g})' if dp is not None else ''), flush=True)
+  result = {}
+  if 'dssgd' in done:
+    result['dssgd'] = done['dssgd']
+  else:
+    t0 = time.perf_counter()
+    try:
+      d = run_dssgd(setting, participants=a.participants, rounds=a.rounds,
+                    theta_u=a.theta_u, theta_d=a.theta_d, order=a.order or 'round_robin',
+                    clip=a.clip, max_staleness=a.max_staleness, concurrency=a.concurrency,
+                    dropout=a.dropout, secure_aggregation=a.secure_aggregation,
+                    distributed_dp_epsilon=dp, dp_l2_clip=a.dp_l2_clip, dp_delta=a.dp_delta,
+                    dp_epsilon=a.dp_epsilon,
+                    noise_seed=a.seed if a.reproducible_noise else None, quiet=a.quiet,
+                    checkpoint_dir=(os.path.join(workdir, 'checkpoints', 'dssgd') if workdir
+                                    else None),
+                    checkpoint_every=a.checkpoint_every or 1, resume=a.resume,
+                    stop_after_rounds=a.stop_after_steps, ledgers=ledgers,
+                    total_epsilon=a.total_epsilon,
+                    label=f'federated {os.path.abspath(workdir) if workdir else ""}'.strip(),
+                    **common)
+    except (privacy.TotalBudgetExceededError, privacy.LedgerError,
+            checkpoints.IncompatibleCheckpoint) as e:
+      checkpoints.exit_with_error(str(e))
+    d['seconds'] = time.perf_counter() - t0
+    d['order'] = order
+    if not d['completed']:
+      print(f'  stopped after round {d["rounds"]} (--stop-after-steps); continue with --resume '
+            f'--workdir {workdir}', flush=True)
+      return {'dssgd': d}
+    result['dssgd'] = d
+    done['dssgd'] = {k: v for k, v in d.items() if k != 'params'}
+    checkpoints.write_results(workdir, done)
+  d = result['dssgd']
+  eps = d.get('epsilon')
+  print(f'  {"dssgd":12s} test accuracy {d["accuracy"]:.4f}'
+        + (f' (epsilon {eps:.3g} per participant at delta {a.dp_delta:g}'
+           + (f', noise multiplier {d["noise_multiplier"]:.3g}' if dp is not None else '')
+           + ')' if eps is not None else ''), flush=True)
+  if 'ledger_epsilon' in d:
+    print(f'  privacy ledgers in {a.ledger}: the most spent participant has composed epsilon '
+          f'{d["ledger_epsilon"]:.3f} at delta={a.dp_delta:g} over all its runs', flush=True)
   if a.secure_aggregation or a.dropout:
-    d = result['dssgd']
     print(f'  {d["dropouts"]} dropouts over {a.rounds} rounds'
           + (f'; {d["lost_rounds"]} round(s) lost (too few survivors to unmask)'
              if a.secure_aggregation else ''), flush=True)
@@ -423,7 +703,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                           epochs=a.rounds, **common)
     print(f'  {"standalone":12s} test accuracy {result["standalone"]["accuracy"]:.4f}',
           flush=True)
+  if workdir:
+    print(f'results and checkpoints in {workdir}', flush=True)
   return result
+
+
+def _planned_release(a: Config, setting: Setting) -> tuple[Any, str]:
+  """The mechanism and accountant of one participant's release per round (for the total)."""
+  secure = None
+  if a.distributed_dp_epsilon is not None:
+    d, c = setting.x_train.shape[1], setting.num_classes
+    secure = secure_settings(a.participants, d * a.hidden + a.hidden + a.hidden * c + c,
+                             rounds=a.rounds, distributed_dp_epsilon=a.distributed_dp_epsilon,
+                             dp_l2_clip=a.dp_l2_clip, dp_delta=a.dp_delta)
+  return release_mechanism(dp_mechanism(a.theta_u, a.dp_epsilon, a.clip), secure)
 
 
 if __name__ == '__main__':

@@ -13,7 +13,7 @@ pytest.importorskip('sklearn')  # the digits data set
 example = _load('examples/federated.py', 'federated_example')
 
 TINY = ['--dataset', 'digits', '--participants', '4', '--rounds', '2', '--hidden', '8',
-        '--batch-size', '16']
+        '--batch-size', '16', '--workdir', '']
 
 
 def test_example_runs_and_learns():
@@ -44,7 +44,7 @@ def test_secure_aggregation_learns_like_the_plain_synchronous_mean():
   # (benchmarks/federated_rounds.py --study rule).
   pytest.importorskip('cryptography')
   flags = ['--dataset', 'digits', '--participants', '10', '--rounds', '3', '--hidden', '16',
-           '--batch-size', '16', '--lr', '0.2', '--no-baselines', '--quiet']
+           '--batch-size', '16', '--lr', '0.2', '--no-baselines', '--quiet', '--workdir', '']
   secure = example.main(flags + ['--secure-aggregation'])['dssgd']['accuracy']
   assert secure > 0.5, secure  # chance is 0.1
 

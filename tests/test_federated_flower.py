@@ -1107,3 +1107,122 @@ def test_identity_command_writes_keys_and_a_checked_registry(tmp_path, capsys):
     identity.main(['registry', '--out', str(tmp_path / 'r.json'), 'zero'])
   with pytest.raises(SystemExit, match='share one identity key'):
     identity.main(['registry', '--out', str(tmp_path / 'r.json'), f'0={public}', f'1={public}'])
+
+
+# ---------------------------------------------------------------------------
+# A restarted server resumes from its checkpoint (issue 24).
+
+
+class _Crash(Exception):
+  """Stands for a server process killed after a round's checkpoint was written."""
+
+
+def _server_run(sim, params, grid, *, rounds, key, seen, **kw):
+  app = flower.make_server_app(sim, params, rounds=rounds, key=key,
+                               on_round=lambda r, s: seen.append((r, s)), **kw)
+  app(grid, flower.Context(run_id=1, node_id=0, node_config={}, state=flower.RecordDict(),
+                           run_config={}))
+
+
+def _crash_after(round_):
+  def on_round(r, s):
+    if r == round_:
+      raise _Crash()
+  return on_round
+
+
+def test_a_restarted_server_resumes_from_its_checkpoint_as_if_never_stopped(tmp_path, caplog):
+  upload = selective_sharing(0.3, strategy='threshold_random', key=jax.random.key(5))
+  params, x, y, sim = _setup(upload)
+  key = jax.random.key(7)
+  client_app = flower.make_client_app(sim, lambda i: (x[i], y[i]), params, testing_key=key)
+  full = []
+  _server_run(sim, params, flower.LoopbackGrid(client_app, N), rounds=3, key=key, seen=full)
+  grid = flower.LoopbackGrid(client_app, N)  # the nodes live on; only the server restarts
+  folder = tmp_path / 'server'
+  with pytest.raises(_Crash):
+    flower.make_server_app(sim, params, rounds=3, key=key, checkpoint_dir=folder,
+                           on_round=_crash_after(1))(grid, flower.Context(
+                               run_id=1, node_id=0, node_config={}, state=flower.RecordDict(),
+                               run_config={}))
+  with pytest.raises(ValueError, match='already holds a server checkpoint: pass resume=True'):
+    flower.make_server_app(sim, params, rounds=3, key=key, checkpoint_dir=folder)
+  with pytest.raises(ValueError, match='checkpoint_dir'):
+    flower.make_server_app(sim, params, rounds=3, key=key, resume=True)
+  summaries, resumed = [], []
+  _server_run(sim, params, grid, rounds=3, key=key, seen=resumed, checkpoint_dir=folder,
+              resume=True, on_end=summaries.append)
+  assert [r for r, _ in resumed] == [2]  # rounds 0 and 1 were not run again
+  np.testing.assert_array_equal(resumed[-1][1].params, full[-1][1].params)
+  np.testing.assert_array_equal(resumed[-1][1].stats, full[-1][1].stats)
+  (summary,) = summaries
+  assert [r.round for r in summary.rounds] == [0, 1, 2]
+  # A damaged newest checkpoint: named in one warning, the previous one (round 1) used.
+  path = folder / 'server-state.json'
+  raw = bytearray(path.read_bytes())
+  raw[len(raw) // 2] ^= 0x20
+  path.write_bytes(bytes(raw))
+  again = []
+  with caplog.at_level(logging.WARNING):
+    _server_run(sim, params, flower.LoopbackGrid(client_app, N), rounds=3, key=key, seen=again,
+                checkpoint_dir=folder, resume=True)
+  assert [r for r, _ in again] == [2]
+  assert any('server-state.json is damaged' in m and 'using the one of round 2' in m
+             for m in caplog.messages), caplog.messages
+  # A checkpoint of another run (other number of rounds) is refused, not used.
+  with pytest.raises(flower.FederatedRunError, match='is of another run'):
+    _server_run(sim, params, grid, rounds=4, key=key, seen=[], checkpoint_dir=folder,
+                resume=True)
+
+
+def test_a_restarted_secure_server_opens_a_fresh_session_and_cannot_repeat_a_round(tmp_path):
+  """Issue 25's repeated-round rule across a restart: the resumed server continues with a
+  new session (no ``(session, round)`` repeats) and bit-identical sums; a server killed
+  after the masked inputs of a round cannot redo that round on the same model: the
+  participants refuse (RepeatedContributionError) and the run stops loudly."""
+  params, x, y, sim = _secure_sim(selective_sharing(0.5))
+  key = jax.random.key(3)
+  ids = _identities(tmp_path / 'full')
+  client = lambda ident: flower.make_client_app(sim, lambda i: (x[i], y[i]), params,
+                                                testing_key=key, **ident)
+  full = []
+  _server_run(sim, params, flower.LoopbackGrid(client(ids), N), rounds=2, key=key, seen=full)
+  ids = _identities(tmp_path / 'restart')
+  grid = _RecordingGrid(client(ids), N)
+  folder = tmp_path / 'server'
+  with pytest.raises(_Crash):
+    flower.make_server_app(sim, params, rounds=2, key=key, checkpoint_dir=folder,
+                           on_round=_crash_after(0))(grid, flower.Context(
+                               run_id=1, node_id=0, node_config={}, state=flower.RecordDict(),
+                               run_config={}))
+  resumed = []
+  _server_run(sim, params, grid, rounds=2, key=key, seen=resumed, checkpoint_dir=folder,
+              resume=True)
+  assert [r for r, _ in resumed] == [1]
+  np.testing.assert_array_equal(resumed[-1][1].params, full[-1][1].params)
+  sessions = {bytes(m.content['config']['sa_session']) for m in grid.sent
+              if m.content['config'].get('step') == 'setup'}
+  assert len(sessions) == 2  # one per server process
+  # The protocol messages' (session, round): each pair belongs to one server process.
+  pairs = {(bytes(m.content['config']['sa_session']), int(m.content['config']['sa_round']))
+           for m in grid.sent if m.content['config'].get('step') == 'share'}
+  assert len(pairs) == 2 and len({s for s, _ in pairs}) == 2, pairs
+
+  # Killed after the masked inputs of round 1 (its checkpoint is round 0's): the restarted
+  # server would sum a second time on the same global model; every participant refuses.
+  class _KillAtConsistency(_RecordingGrid):
+    def push_messages(self, messages):
+      messages = list(messages)
+      cfg = messages[0].content['config']
+      if cfg.get('step') == 'consistency' and int(cfg['round']) == 1:
+        raise _Crash()
+      return super().push_messages(messages)
+
+  ids = _identities(tmp_path / 'masked')
+  grid = _KillAtConsistency(client(ids), N)
+  folder = tmp_path / 'server2'
+  with pytest.raises(_Crash):
+    _server_run(sim, params, grid, rounds=2, key=key, seen=[], checkpoint_dir=folder)
+  with pytest.raises(flower.FederatedRunError, match='RepeatedContributionError'):
+    _server_run(sim, params, grid, rounds=2, key=key, seen=[], checkpoint_dir=folder,
+                resume=True)

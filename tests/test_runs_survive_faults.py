@@ -642,3 +642,216 @@ def test_resume_refuses_conflicts_and_a_damaged_config_before_any_work(dp_ssgd, 
            match='config.json\' is unreadable or damaged')
   _refused(dp_ssgd.main, ['--workdir', str(tmp_path / 'none'), '--resume'], capsys,
            match='does not exist')
+
+
+# ------------------------------------------------ federated.py: per participant
+
+# 3 participants on the digits data set, 6 rounds of DP selective sharing (the
+# sparse vector, epsilon 0.5 per participant per round), a checkpoint every 2
+# rounds; each participant's ledger written in blocks of 2 rounds.
+FED = ['--dataset', 'digits', '--participants', '3', '--rounds', '6', '--max-train', '300',
+       '--hidden', '8', '--dp-epsilon', '0.5', '--clip', '0.01', '--no-baselines', '--quiet',
+       '--checkpoint-every', '2']
+FED_ROUNDS, FED_N = 6, 3
+
+
+@pytest.fixture(scope='module')
+def federated():
+  pytest.importorskip('sklearn')  # the digits data set
+  module = load('examples/federated.py', 'faults_federated')
+  yield module
+  sys.modules.pop('faults_federated', None)
+
+
+@pytest.fixture(scope='module')
+def fed_uninterrupted(federated, tmp_path_factory):
+  """federated.py run to the end with reproducible noise, and its own ledgers."""
+  folder = tmp_path_factory.mktemp('fed_full')
+  federated.main(FED + ['--reproducible-noise', '--workdir', str(folder / 'run'),
+                        '--ledger', str(folder / 'ledgers')])
+  return folder
+
+
+def _fed_ledgers(folder):
+  return [folder / 'ledgers' / f'participant-{i}.json' for i in range(FED_N)]
+
+
+def _fed_spent(folder, fingerprints):
+  return [privacy.PrivacyLedger(path, dataset=f'digits participant {i} of {FED_N}',
+                                fingerprint=fingerprints[i],
+                                neighboring_relation='replace_one').spent(1e-5)
+          for i, path in enumerate(_fed_ledgers(folder))]
+
+
+def check_fed_resumed(full, tmp_path, ran):
+  """Bit for bit the uninterrupted run; every participant's ledger counts every round
+  each process released, and composes to at least the uninterrupted run's epsilon."""
+  _assert_bit_identical(full / 'run' / 'checkpoints' / 'dssgd',
+                        tmp_path / 'run' / 'checkpoints' / 'dssgd')
+  a = json.loads((full / 'run' / 'results.json').read_text())['dssgd']
+  b = json.loads((tmp_path / 'run' / 'results.json').read_text())['dssgd']
+  assert a['rounds'] == b['rounds'] == FED_ROUNDS
+  assert (a['accuracy'], a['epsilon'], a['releases']) == (b['accuracy'], b['epsilon'],
+                                                          b['releases'])
+  for path in _fed_ledgers(tmp_path):  # every participant uploads in every round (no dropout)
+    runs = json.loads(path.read_text())['runs']
+    check_ledger_covers(path, ran[-len(runs):])  # a kill in the first record: one run
+    assert sum(r['steps'] for r in runs) >= FED_ROUNDS
+  prints = [json.loads(p.read_text())['dataset']['fingerprint'] for p in _fed_ledgers(full)]
+  alone = _fed_spent(full, prints)
+  assert alone == pytest.approx([FED_ROUNDS * 0.5] * FED_N, rel=1e-3)
+  assert all(t >= s for t, s in zip(_fed_spent(tmp_path, prints), alone))
+
+
+@pytest.mark.slow  # ~10 s; the dp_ssgd.py representative covers the shared machinery by default
+def test_a_killed_federated_run_resumes_bit_identically_and_each_participants_ledger_counts(
+    federated, fed_uninterrupted, tmp_path, jax_cache, monkeypatch, capsys):
+  """SIGKILL after round 5 of a subprocess; resumed here (the slow matrix: in subprocesses)."""
+  flags = ['--workdir', 'run', '--ledger', 'ledgers']
+  logs = [tmp_path / 'killed.log', tmp_path / 'resumed.log']
+  killed = _run('examples/federated.py', FED + ['--reproducible-noise'] + flags, cwd=tmp_path,
+                jax_cache=jax_cache, log=logs[0], kill_at='step:5')
+  assert killed.returncode == -9, (killed.returncode, killed.stderr[-3000:])
+  monkeypatch.chdir(tmp_path)
+  monkeypatch.setenv('SSGD_EXAMPLES_FAULT_LOG', str(logs[1]))
+  federated.main(['--workdir', 'run', '--resume'])
+  out, err = capsys.readouterr()
+  _no_traceback(err)
+  ran = [_steps_logged(log) for log in logs]
+  # Checkpoint 4 was being written (in the background) while round 5 ran: the
+  # resumed run continues from 4, or from an earlier one orbax had committed.
+  assert ran[0] == 5 and FED_ROUNDS - ran[1] in (0, 2, 4), ran
+  check_fed_resumed(fed_uninterrupted, tmp_path, ran)
+  for path in _fed_ledgers(tmp_path):
+    records = json.loads(path.read_text())['runs']
+    # Killed: its block of rounds 5-6 was written before round 5 ran; resumed: exact.
+    assert [(r['steps'], r['status']) for r in records] == [(6, 'running'), (ran[1], 'ended')]
+  assert 'composed epsilon' in out
+
+
+FED_MATRIX = [('step', 0), ('checkpoint', 1), ('ledger', 2), ('ledger', 3), ('step', 4)]
+_KILL_TESTS_RUNS['federated killed + resumed'] = 2 * len(FED_MATRIX)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('kind, seed', FED_MATRIX)
+def test_federated_killed_anywhere_resumes_to_the_uninterrupted_result(
+    fed_uninterrupted, tmp_path, jax_cache, kind, seed):
+  rng = np.random.default_rng(seed)
+  kill_at, env = None, {}
+  if kind == 'step':
+    kill_at = f'step:{rng.integers(1, FED_ROUNDS)}'
+  elif kind == 'checkpoint':
+    kill_at = f'checkpoint:{rng.integers(1, FED_ROUNDS // 2)}'
+  else:  # each participant's record, then one write per participant per block of 2 rounds
+    env = {'SSGD_KILL_LEDGER_WRITE': str(rng.integers(1, FED_N * (1 + FED_ROUNDS // 2)))}
+  _, _, ran = _kill_and_resume('examples/federated.py', FED + ['--reproducible-noise'],
+                               ['--workdir', 'run', '--ledger', 'ledgers'], tmp_path=tmp_path,
+                               jax_cache=jax_cache, kill_at=kill_at, env=env)
+  check_fed_resumed(fed_uninterrupted, tmp_path, ran)
+
+
+@pytest.mark.slow
+def test_the_federated_kill_test_catches_a_ledger_written_after_the_round(
+    fed_uninterrupted, tmp_path, jax_cache):
+  _, _, ran = _kill_and_resume('examples/federated.py', FED + ['--reproducible-noise'],
+                               ['--workdir', 'run', '--ledger', 'ledgers'], tmp_path=tmp_path,
+                               jax_cache=jax_cache, kill_at='step:3',
+                               env={'SSGD_LEDGER_AFTER': '1'})
+  with pytest.raises(AssertionError, match='counts 2 steps of a run that released 3'):
+    check_fed_resumed(fed_uninterrupted, tmp_path, ran)
+
+
+def test_federated_never_saves_the_os_noise_key_and_a_resumed_run_counts_every_round(
+    federated, fed_uninterrupted, tmp_path, monkeypatch, capsys):
+  """Secret noise, stopped after 2 rounds and resumed: the upload's keys are saved as
+  zeros, the resumed run draws fresh ones (other parameters) and reports the rounds and
+  epsilon of an uninterrupted run; a second run's total is refused before any work."""
+  monkeypatch.chdir(tmp_path)
+  federated.main(FED + ['--workdir', 'run', '--ledger', 'ledgers', '--stop-after-steps', '2'])
+  _, state = _final_state(tmp_path / 'run' / 'checkpoints' / 'dssgd')
+  keys = [v for k, v in state.items() if 'upload_state' in k and k.endswith("['key']")]
+  assert len(keys) == 1 and keys[0].shape[0] == FED_N and not keys[0].any()
+  assert state["['key']"].any()  # the simulation's key (from --seed, no secret) is kept
+  federated.main(['--workdir', 'run', '--resume'])
+  b = json.loads((tmp_path / 'run' / 'results.json').read_text())['dssgd']
+  a = json.loads((fed_uninterrupted / 'run' / 'results.json').read_text())['dssgd']
+  assert (a['rounds'], a['epsilon'], a['releases']) == (b['rounds'], b['epsilon'], b['releases'])
+  _, mine = _final_state(tmp_path / 'run' / 'checkpoints' / 'dssgd')
+  _, theirs = _final_state(fed_uninterrupted / 'run' / 'checkpoints' / 'dssgd')
+  assert not np.array_equal(mine["['server']['params']"], theirs["['server']['params']"])
+  for path in _fed_ledgers(tmp_path):
+    assert [r['steps'] for r in json.loads(path.read_text())['runs']] == [2, 4]
+  capsys.readouterr()
+  # Spent 3 epsilon per participant; 6 more rounds would take it to 6 > 5.
+  before = {p: p.read_bytes() for p in _fed_ledgers(tmp_path)}
+  err = _refused(federated.main, FED + ['--workdir', 'run2', '--ledger', 'ledgers',
+                                        '--total-epsilon', '5'], capsys,
+                 match='would exceed the total: refused before it ran')
+  assert 'spent epsilon 3' in err and 'total epsilon 5' in err
+  assert not (tmp_path / 'run2').exists()
+  assert {p: p.read_bytes() for p in _fed_ledgers(tmp_path)} == before
+
+
+def test_federated_bad_ledgers_workdirs_and_totals_are_refused_before_any_work(
+    federated, tmp_path, capsys, monkeypatch):
+  monkeypatch.setattr(federated, 'run_dssgd', _no_work)
+  # A ledger folder of another split (--seed 1: other shards) or another relation.
+  x, y, *_ = federated.load('digits', seed=1, max_train=300)
+  xs, ys = federated.federated.shard(x, y, FED_N, seed=1)
+  other = tmp_path / 'other'
+  other.mkdir()
+  ledger = privacy.PrivacyLedger(other / 'participant-0.json', dataset=f'digits participant 0 '
+                                 f'of {FED_N}', fingerprint=privacy.PrivacyLedger.fingerprint(
+                                     xs[0], ys[0]), neighboring_relation='replace_one')
+  ledger.start_run(privacy.sparse_vector_mechanism(0.1, epsilon=1.0, clip=0.01),
+                   planned_steps=1).reserve(1)
+  content = ledger.path and open(ledger.path, 'rb').read()
+  _refused(federated.main, FED + ['--ledger', str(other), '--workdir', str(tmp_path / 'r')],
+           capsys, match='records data set')
+  x, y, *_ = federated.load('digits', seed=0, max_train=300)
+  xs, ys = federated.federated.shard(x, y, FED_N, seed=0)
+  relation = tmp_path / 'relation'
+  relation.mkdir()
+  privacy.PrivacyLedger(relation / 'participant-0.json', dataset=f'digits participant 0 of '
+                        f'{FED_N}', fingerprint=privacy.PrivacyLedger.fingerprint(xs[0], ys[0])
+                        ).start_run(privacy.GaussianMechanism(1.0), sampling_rate=0.1,
+                                    planned_steps=1)
+  _refused(federated.main, FED + ['--ledger', str(relation), '--workdir', str(tmp_path / 'r')],
+           capsys, match="'add_remove_one' relation")
+  assert open(ledger.path, 'rb').read() == content and not (tmp_path / 'r').exists()
+  for value in ('0', '-1', 'nan'):
+    _refused(federated.main, FED + ['--total-epsilon', value, '--ledger', str(tmp_path / 'l')],
+             capsys, match='--total-epsilon must be a finite number > 0')
+  _refused(federated.main, FED + ['--total-epsilon', '1'], capsys,
+           match='--total-epsilon needs --ledger')
+  a_file = tmp_path / 'file'
+  a_file.write_text('keep me')
+  _refused(federated.main, FED + ['--ledger', str(a_file)], capsys, match='is a file; name a '
+           'folder')
+  _refused(federated.main, FED + ['--workdir', str(a_file)], capsys, match='is a file')
+  assert a_file.read_text() == 'keep me'
+  _refused(federated.main, ['--ledger', str(tmp_path / 'l')], capsys,
+           match='--ledger records DP releases; this run makes none')
+  _refused(federated.main, ['--dp-epsilon', '1'], capsys, match='--dp-epsilon needs --clip')
+  folder = tmp_path / 'ro'
+  folder.mkdir()
+  os.chmod(folder, 0o555)
+  immutable = False
+  try:
+    if os.access(folder, os.W_OK):
+      immutable = subprocess.run(['chattr', '+i', str(folder)], capture_output=True,
+                                 check=False).returncode == 0
+      if not immutable:
+        pytest.skip('cannot make a read-only folder here (root without chattr)')
+    _refused(federated.main, FED + ['--workdir', str(folder)], capsys, match='is not writable')
+  finally:
+    if immutable:
+      subprocess.run(['chattr', '-i', str(folder)], check=False)
+    os.chmod(folder, 0o755)
+  # Resume: a conflicting flag is refused before any work.
+  run = tmp_path / 'run'
+  run.mkdir()
+  (run / 'config.json').write_text(json.dumps({'rounds': 6, 'hidden': 8}))
+  _refused(federated.main, ['--workdir', str(run), '--resume', '--hidden', '16'], capsys,
+           match='--hidden 16 (the checkpoint has 8)')

@@ -25,9 +25,11 @@ share so that a run survives a kill:
   (with ``--reproducible-noise`` they derive from ``--seed``, are no secret, and
   are saved so that a resumed run is bit-identical).
 * **the DP scripts' runs** (:class:`RunFlags`, :class:`DPCheckpoints`,
-  :func:`prepare_workdir`, :func:`read_results`, :func:`open_ledger`): the
-  run, resume and ledger flags, checkpoints of model, optimizer and budget
-  tracker, the finished trainings of a command, the data set's privacy ledger.
+  :class:`TreeCheckpoints`, :func:`prepare_workdir`, :func:`read_results`,
+  :func:`open_ledger`): the run, resume and ledger flags, checkpoints of model,
+  optimizer and budget tracker (or of any pytree of state, e.g.
+  ``examples/federated.py``'s simulation), the finished trainings of a
+  command, the data set's privacy ledger.
 * **fault injection** (:func:`fault_point`) for the kill tests.
 
 Example:
@@ -67,7 +69,7 @@ __all__ = ['check_workdir', 'Checkpointer', 'DPCheckpoints', 'exit_with_error', 
            'fresh_run_dir', 'holds_dp_run', 'IncompatibleCheckpoint', 'keys_in', 'keys_out',
            'latest_step', 'merge_resume', 'newest_run', 'open_ledger', 'prepare_workdir',
            'read_config', 'read_results', 'Restored', 'RunFlags', 'tree_digests',
-           'write_results']
+           'TreeCheckpoints', 'write_results']
 
 _FORMAT = 'ssgd_examples checkpoint'
 _VERSION = 1
@@ -628,12 +630,66 @@ class DPCheckpoints:
       self._ckpt.close()
 
 
+class TreeCheckpoints:
+  """The checkpoints of a loop whose state is one pytree (arrays and PRNG keys) plus JSON.
+
+  What :class:`DPCheckpoints` does for an NNX model and optimizer, for any
+  pytree (``examples/federated.py``: the simulation's server, participants
+  and keys): the PRNG keys in it are saved as zeros unless ``keep_keys``, and a
+  restore puts back the keys of the tree it is given (the fresh ones of the
+  resumed run) or, with ``keep_keys``, the saved ones.
+
+  Args:
+    folder: the checkpoints' folder, or ``None`` (no checkpoints).
+    keep_keys: save the PRNG keys (only when they are not secret).
+    every: steps (rounds) between checkpoints.
+  """
+
+  def __init__(self, folder: str | None, *, keep_keys: bool, every: int):
+    self.folder = folder
+    self.keep_keys = keep_keys
+    self.every = every
+    self._ckpt = Checkpointer(folder) if folder else None
+
+  def restore(self, like: Any) -> Restored | None:
+    """The newest intact checkpoint as ``like``'s tree (its keys where none were saved)."""
+    if self._ckpt is None:
+      return None
+    had = bool(self._ckpt.steps())
+    restored = self._ckpt.restore(keys_out(like, keep=True))
+    if restored is None:
+      if had:
+        print(f'no intact checkpoint in {self.folder}: starting from the beginning',
+              file=sys.stderr, flush=True)
+      return None
+    keep = self.keep_keys and restored.meta.get('noise_keys') == 'saved'
+    return restored._replace(state=keys_in(restored.state, like, keep=keep))
+
+  def save(self, step: int, state: Any, meta: dict[str, Any], *, force: bool = False) -> None:
+    """Saves checkpoint ``step`` if it is due (every ``every`` steps) or ``force``."""
+    if self._ckpt is None or not (force or step % self.every == 0):
+      return
+    if step in self._ckpt.steps():
+      return
+    self._ckpt.save(step, keys_out(state, keep=self.keep_keys), {
+        **meta, 'noise_keys': 'saved' if self.keep_keys else 'omitted (secret)'})
+
+  def close(self) -> None:
+    if self._ckpt is not None:
+      self._ckpt.close()
+
+
 # ------------------------------------------------------ the DP scripts' runs
 
 
 @dataclasses.dataclass(frozen=True)
 class RunFlags:
-  """The run-folder, resume and privacy-ledger flags of the DP scripts (a base class)."""
+  """The run-folder, resume and privacy-ledger flags of the DP scripts (a base class).
+
+  A subclass may redefine a field (its help text) and set ``LEDGER_IS_FOLDER``
+  (``--ledger`` then names a folder of ledgers, e.g. one per participant).
+  """
+  LEDGER_IS_FOLDER = False
   workdir: str | None = cli.flag(
       None, "config.json, results.json and checkpoints/ (default: a fresh "
       "runs/<script>/<date-time> per run; '' = write nothing)", resume_may_differ=True)
@@ -678,7 +734,11 @@ class RunFlags:
       raise ValueError('--total-epsilon needs --ledger (the file that records every run on the '
                        'data set, whose composed total it limits).')
     if self.ledger is not None:
-      if os.path.isdir(self.ledger):
+      if self.LEDGER_IS_FOLDER:
+        if os.path.exists(self.ledger) and not os.path.isdir(self.ledger):
+          raise ValueError(f'--ledger {self.ledger!r} is a file; name a folder (one ledger '
+                           'file per participant in it; created if missing).')
+      elif os.path.isdir(self.ledger):
         raise ValueError(f'--ledger {self.ledger!r} is a folder; name a file.')
       folder = os.path.dirname(os.path.abspath(self.ledger))
       if not os.path.isdir(folder):
@@ -741,7 +801,8 @@ def write_results(workdir: str, results: dict[str, Any]) -> None:
     _write_json(os.path.join(workdir, 'results.json'), results)
 
 
-def open_ledger(path: str | None, *, dataset: str, arrays: tuple[Any, ...]) -> Any:
+def open_ledger(path: str | None, *, dataset: str, arrays: tuple[Any, ...],
+                neighboring_relation: str = 'add_remove_one') -> Any:
   """The data set's :class:`~ssgd_optax.privacy.PrivacyLedger` (``None`` without ``path``);
   a bad ledger ends the program with one line and exit status 2, before any work."""
   if path is None:
@@ -749,6 +810,7 @@ def open_ledger(path: str | None, *, dataset: str, arrays: tuple[Any, ...]) -> A
   from ssgd_optax import privacy  # pylint: disable=import-outside-toplevel
   try:
     return privacy.PrivacyLedger(path, dataset=dataset,
-                                 fingerprint=privacy.PrivacyLedger.fingerprint(*arrays))
+                                 fingerprint=privacy.PrivacyLedger.fingerprint(*arrays),
+                                 neighboring_relation=neighboring_relation)
   except privacy.LedgerError as e:
     exit_with_error(str(e))

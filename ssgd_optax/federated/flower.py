@@ -102,6 +102,9 @@ Needs the ``flower`` extra (``pip install "ssgd_optax[flower]"``, ``flwr`` >=
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
 import logging
 import os
 import pickle
@@ -138,6 +141,11 @@ from ssgd_optax.federated._simulation import DSSGD
 
 __all__ = ['FederatedRunError', 'ParticipantPrivacy', 'RunSummary', 'make_client_app',
            'make_server_app', 'LoopbackGrid', 'run_loopback', 'MIN_FLWR_VERSION']
+
+_STATE_FORMAT = 'ssgd_optax flower server state'
+_STATE_VERSION = 1
+_STATE_FILE = 'server-state.json'
+_STATE_PREV = 'server-state.prev.json'
 
 MIN_FLWR_VERSION = (1, 42)
 _CLIENT_ERRORS = ('raise', 'dropout')
@@ -630,6 +638,114 @@ class _ServerSpec(NamedTuple):
   accountant: str
   on_round: Callable[[int, server_lib.ServerState], None] | None
   on_end: Callable[[RunSummary], None] | None
+  checkpoint_dir: str | None = None
+  resume: bool = False
+
+
+# ------------------------------------------------------- the server's checkpoint
+#
+# After every round the server writes what it needs to continue (rounds done,
+# its state, the key of the next round, the rounds' reports) to one JSON file
+# with the SHA-256 of every array and of the whole record, atomically (a
+# temporary file, fsync, rename), keeping the previous one: a kill leaves an
+# intact file, and a damaged newest file is named in one warning and the
+# previous one used.
+
+
+def _digest_of(record: dict) -> str:
+  body = {k: v for k, v in record.items() if k != 'sha256'}
+  return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(',', ':')).encode()
+                        ).hexdigest()
+
+
+def _array_json(a: Any) -> dict:
+  a = np.ascontiguousarray(np.asarray(a))
+  raw = a.tobytes()
+  return {'dtype': a.dtype.str, 'shape': list(a.shape), 'data': base64.b64encode(raw).decode(),
+          'sha256': hashlib.sha256(raw).hexdigest()}
+
+
+def _array_from_json(d: Any) -> np.ndarray:
+  raw = base64.b64decode(d['data'], validate=True)
+  if hashlib.sha256(raw).hexdigest() != d['sha256']:
+    raise ValueError('an array does not match its SHA-256')
+  return np.frombuffer(raw, np.dtype(d['dtype'])).reshape(d['shape']).copy()
+
+
+def _identity(spec: _ServerSpec) -> dict:
+  cfg = spec.sim.config
+  return {'num_params': int(spec.sim.num_params), 'num_participants': cfg.num_participants,
+          'order': cfg.order, 'secure_aggregation': cfg.secure_aggregation is not None,
+          'rounds': spec.rounds}
+
+
+def _rounds_done(srv: server_lib.ServerState) -> int:
+  return int(np.asarray(srv.round).item())  # a scalar, or (1,) after some jitted rules
+
+
+def _save_state(spec: _ServerSpec, srv: server_lib.ServerState, key: jax.Array,
+                reports: list[rounds.RoundReport]) -> None:
+  record = {'format': _STATE_FORMAT, 'version': _STATE_VERSION, **_identity(spec),
+            'rounds_done': _rounds_done(srv), 'key': _array_json(jax.random.key_data(key)),
+            'server': {name: _array_json(v) for name, v in srv._asdict().items()},
+            'reports': [{**r._asdict(), 'shared': {str(k): v for k, v in r.shared.items()}}
+                        for r in reports]}
+  record['sha256'] = _digest_of(record)
+  folder = spec.checkpoint_dir
+  path, tmp = os.path.join(folder, _STATE_FILE), os.path.join(folder, _STATE_FILE + '.tmp')
+  with open(tmp, 'w', encoding='utf-8') as f:
+    json.dump(record, f)
+    f.flush()
+    os.fsync(f.fileno())
+  if os.path.exists(path):
+    os.replace(path, os.path.join(folder, _STATE_PREV))
+  os.replace(tmp, path)
+
+
+def _read_state(spec: _ServerSpec, path: str):
+  with open(path, encoding='utf-8') as f:
+    record = json.load(f)
+  if not isinstance(record, dict) or record.get('format') != _STATE_FORMAT:
+    raise ValueError('not a server checkpoint')
+  if record.get('version') != _STATE_VERSION or record.get('sha256') != _digest_of(record):
+    raise ValueError('its record does not match its SHA-256 (or is of another version)')
+  want = _identity(spec)
+  have = {k: record.get(k) for k in want}
+  if have != want:
+    raise FederatedRunError(
+        f'the server checkpoint {path} is of another run ({have}); this server runs {want}. '
+        'Name another checkpoint_dir or restore it with the settings that wrote it.')
+  srv = server_lib.ServerState(**{k: jnp.asarray(_array_from_json(v))
+                                  for k, v in record['server'].items()})
+  key = jax.random.wrap_key_data(jnp.asarray(_array_from_json(record['key'])),
+                                 impl=jax.random.key_impl(spec.key))
+  reports = [rounds.RoundReport(**{**r, **{k: tuple(r[k]) for k in (
+      'asked', 'accepted', 'dropped', 'rejected')}, 'shared': {
+          int(k): v for k, v in r['shared'].items()}}) for r in record['reports']]
+  if _rounds_done(srv) != record['rounds_done'] or len(reports) != record['rounds_done']:
+    raise ValueError('its round count does not match its state')
+  return srv, key, reports
+
+
+def _restore_state(spec: _ServerSpec):
+  """``(server state, next key, reports)`` of the newest intact checkpoint, or ``None``."""
+  found, damaged = None, []
+  for name in (_STATE_FILE, _STATE_PREV):
+    path = os.path.join(spec.checkpoint_dir, name)
+    if not os.path.exists(path):
+      continue
+    try:
+      found = _read_state(spec, path)
+      break
+    except FederatedRunError:
+      raise
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      damaged.append((path, ' '.join(str(e).split())[:100] or type(e).__name__))
+  for path, why in damaged:
+    _log.warning('server checkpoint %s is damaged (%s)%s', path, why,
+                 f'; using the one of round {_rounds_done(found[0])}' if found else
+                 '; no intact server checkpoint is left: starting from round 0')
+  return found
 
 
 _download = jax.jit(rounds.participant_download, static_argnames=('fraction', 'criterion'))
@@ -865,6 +981,15 @@ class _ServerRun:
     return out
 
   def run(self) -> RunSummary:
+    srv = server_lib.server_init(self.spec.flat0)
+    key, reports = self.spec.key, []
+    restored = _restore_state(self.spec) if self.spec.resume else None  # before any message
+    if restored is not None:
+      srv, key, reports = restored
+      _log.info('DSSGD server: resuming after round %d of %d from %s.', _rounds_done(srv) - 1,
+                self.spec.rounds, self.spec.checkpoint_dir)
+    # A fresh secure-aggregation session per run, restarted or not: a resumed
+    # server never reuses a (session, round) its participants contributed to.
     nodes = _wait_for_nodes(self.grid, self.spec.num_nodes, self.spec.node_timeout)
     if self.cfg.secure_aggregation is None:
       self.nodes = dict(enumerate(nodes))
@@ -874,9 +999,7 @@ class _ServerRun:
     body = (self.secure_round if self.cfg.secure_aggregation is not None else
             self.synchronous_round if self.cfg.order == 'synchronous' else
             self.sequential_round)
-    srv = server_lib.server_init(self.spec.flat0)
-    key, reports = self.spec.key, []
-    for r in range(self.spec.rounds):
+    for r in range(_rounds_done(srv), self.spec.rounds):
       keys = rounds.round_keys(key)
       key = keys.next
       log = _RoundLog(r)
@@ -886,6 +1009,8 @@ class _ServerRun:
       _log.info('round %d: %d accepted, %d dropped %s, %d rejected, %d unexpected replies.',
                 r, len(report.accepted), len(report.dropped), list(report.dropped),
                 len(report.rejected), report.unexpected)
+      if self.spec.checkpoint_dir is not None:
+        _save_state(self.spec, srv, key, reports)
       if self.spec.on_round is not None:
         self.spec.on_round(r, srv)
       self.check_round(report)
@@ -896,8 +1021,27 @@ class _ServerRun:
 def _check_server_args(sim: DSSGD, initial_params: Any, *, rounds_: int, key: Any,
                        num_nodes: Any, min_participants: Any, client_errors: Any,
                        node_timeout: Any, reply_timeout: Any, mechanism: Any, delta: Any,
-                       accountant: Any, on_round: Any, on_end: Any) -> _ServerSpec:
+                       accountant: Any, on_round: Any, on_end: Any,
+                       checkpoint_dir: Any = None, resume: Any = False) -> _ServerSpec:
   _check_sim(sim)
+  if not isinstance(resume, bool):
+    raise TypeError(f'resume must be a bool; got {resume!r}.')
+  if checkpoint_dir is not None:
+    if not isinstance(checkpoint_dir, (str, os.PathLike)) or not os.fspath(checkpoint_dir):
+      raise TypeError(f'checkpoint_dir must be None or a folder path; got {checkpoint_dir!r}.')
+    checkpoint_dir = os.path.abspath(os.fspath(checkpoint_dir))
+    if os.path.exists(checkpoint_dir) and not os.path.isdir(checkpoint_dir):
+      raise ValueError(f'checkpoint_dir {checkpoint_dir!r} is a file; name a folder.')
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    if not os.access(checkpoint_dir, os.W_OK):
+      raise ValueError(f'checkpoint_dir {checkpoint_dir!r} is not writable.')
+    held = any(os.path.exists(os.path.join(checkpoint_dir, n)) for n in (_STATE_FILE,
+                                                                        _STATE_PREV))
+    if held and not resume:
+      raise ValueError(f'checkpoint_dir {checkpoint_dir!r} already holds a server checkpoint: '
+                       'pass resume=True to continue that run, or name another folder.')
+  elif resume:
+    raise ValueError('resume=True needs checkpoint_dir (where the server checkpoint is).')
   cfg = sim.config
   n = cfg.num_participants
   if cfg.order not in _FLOWER_ORDERS:
@@ -934,7 +1078,7 @@ def _check_server_args(sim: DSSGD, initial_params: Any, *, rounds_: int, key: An
                      f'{sim.num_params}.')
   return _ServerSpec(sim, flat0, rounds_, key, num_nodes, min_participants, client_errors,
                      float(node_timeout), float(reply_timeout), mechanism, delta, accountant,
-                     on_round, on_end)
+                     on_round, on_end, checkpoint_dir, resume)
 
 
 def make_server_app(sim: DSSGD, initial_params: Any, *, rounds: int, key: jax.Array,
@@ -943,7 +1087,9 @@ def make_server_app(sim: DSSGD, initial_params: Any, *, rounds: int, key: jax.Ar
                     reply_timeout: float = 600.0, mechanism: Any = None,
                     delta: float | None = None, accountant: str = 'pld',
                     on_round: Callable[[int, server_lib.ServerState], None] | None = None,
-                    on_end: Callable[[RunSummary], None] | None = None) -> ServerApp:
+                    on_end: Callable[[RunSummary], None] | None = None,
+                    checkpoint_dir: str | os.PathLike | None = None,
+                    resume: bool = False) -> ServerApp:
   """A Flower ``ServerApp`` running the DSSGD parameter server for ``sim``'s rounds.
 
   The order, the download (``theta_d``, criterion), the statistics and secure
@@ -984,6 +1130,20 @@ def make_server_app(sim: DSSGD, initial_params: Any, *, rounds: int, key: jax.Ar
     accountant: ``"pld"`` or ``"rdp"``, as for ``privacy.compute_epsilon``.
     on_round: called as ``on_round(round, server_state)`` after every round.
     on_end: called once with the :class:`RunSummary`.
+    checkpoint_dir: a folder (created) where the server writes, after every
+      round, what it needs to continue: the rounds done, its state
+      (parameters, statistics), the key of the next round and the rounds'
+      reports (for the privacy report), checksummed and written atomically
+      (the previous one kept). ``None``: nothing is written.
+    resume: continue from the newest intact checkpoint in ``checkpoint_dir``
+      (a restarted server; a damaged newest file is named in a warning and
+      the previous one used; none intact: from round 0). Without it, a folder
+      that already holds a checkpoint is refused. The resumed server opens a
+      fresh secure-aggregation session (new session id, fresh keys), so no
+      ``(session, round)`` repeats; a participant that already contributed on
+      the restored global model (a kill after its masked input) still refuses
+      a second contribution (``RepeatedContributionError``): by design, since
+      two sums on one model would reveal the difference.
 
   Returns:
     A ``flwr.serverapp.ServerApp``; it raises :class:`FederatedRunError`
@@ -995,7 +1155,8 @@ def make_server_app(sim: DSSGD, initial_params: Any, *, rounds: int, key: jax.Ar
                             min_participants=min_participants, client_errors=client_errors,
                             node_timeout=node_timeout, reply_timeout=reply_timeout,
                             mechanism=mechanism, delta=delta, accountant=accountant,
-                            on_round=on_round, on_end=on_end)
+                            on_round=on_round, on_end=on_end, checkpoint_dir=checkpoint_dir,
+                            resume=resume)
   app = ServerApp()
 
   @app.main()

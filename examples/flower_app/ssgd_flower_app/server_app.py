@@ -88,7 +88,8 @@ def main(grid: Grid, context: Context) -> None:
       min_participants=int(c['min-participants']), node_timeout=float(c['node-timeout']),
       reply_timeout=float(c['reply-timeout']), mechanism=t.mechanism,
       delta=None if t.mechanism is None else float(c['dp-delta']), on_round=on_round,
-      on_end=on_end)
+      on_end=on_end, checkpoint_dir=str(c.get('workdir', '')) or None,
+      resume=task_lib.as_bool(c.get('resume', False)))
   if str(c.get('transcript-path', '')):
     grid = Transcript(grid, str(c['transcript-path']))
   try:
