@@ -36,6 +36,8 @@ def _refused(main, argv, match, capsys):
 WORK = {
   'benchmarks/accuracy.py': ['run_cell', 'data_lib.load_dataset'],
   'benchmarks/attack_speed.py': ['attacks.as_functional', 'models.LeNetZhu'],
+  'benchmarks/dp.py': ['time_steps', 'accuracy_vs_epsilon', 'data_lib.load_dataset',
+                       'dp_train.train_and_evaluate'],
   'benchmarks/federated.py': ['ex.load', 'timing', 'accuracy'],
   'benchmarks/flower_runtime.py': ['task_lib.build', 'scripts.load'],
   'benchmarks/parallel.py': ['benchmark'],
@@ -87,6 +89,16 @@ CASES = [
   ('benchmarks/attack_speed.py', ['--threads', '0'], '--threads must be an int >= 1'),
   ('benchmarks/attack_speed.py', ['--quick', '--steps', '-2'], '--steps must be an int >= 1'),
   ('benchmarks/attack_speed.py', ['--out', '{tmp}/missing/a.md'], '--out must be in an exist'),
+  ('benchmarks/dp.py', ['--steps', '-1'], '--steps must be an int >= 1; got -1'),
+  ('benchmarks/dp.py', ['--rounds', '0'], '--rounds must be an int >= 1; got 0'),
+  ('benchmarks/dp.py', ['--lr', '-1'], '--lr must be a finite number > 0; got -1'),
+  ('benchmarks/dp.py', ['--epochs', 'nan'], '--epochs must be a finite number > 0'),
+  ('benchmarks/dp.py', ['--epsilons', '1', '0'], '--epsilons must be a finite number > 0; got 0'),
+  ('benchmarks/dp.py', ['--quick', '--epsilons', '-1'], '--epsilons must be a finite number'),
+  ('benchmarks/dp.py', ['--seeds', '-1'], '--seeds must be an int >= 0'),
+  ('benchmarks/dp.py', ['--torch-threads', '-1'], '--torch-threads must be an int >= 0'),
+  ('benchmarks/dp.py', ['--skip-timing', '--skip-accuracy'], 'leave nothing to run'),
+  ('benchmarks/dp.py', ['--out', '{tmp}/missing/d.md'], '--out must be in an existing folder'),
   ('benchmarks/federated.py', ['--rounds', '-1'], '--rounds must be an int >= 1; got -1'),
   ('benchmarks/federated.py', ['--seeds', '0'], '--seeds must be an int >= 1'),
   ('benchmarks/federated.py', ['--out', '{tmp}/missing/f.md'], '--out must be in an existing'),
@@ -179,7 +191,7 @@ def test_results_go_to_a_new_untracked_file_unless_out_names_one(tmp_path, monke
 # Benchmarks still parsing their own flags (issue 28 follow-up): their
 # docstrings' commands still name --out benchmarks/results/...; remove each
 # name when the script moves onto ssgd_examples.cli.
-_NOT_ON_THE_LAYER_YET = {'audit.py', 'dp.py', 'dp_ssgd.py', 'ghost.py', 'leakage.py'}
+_NOT_ON_THE_LAYER_YET = {'audit.py', 'dp_ssgd.py', 'ghost.py', 'leakage.py'}
 
 
 def test_documented_benchmark_commands_do_not_overwrite_tracked_results():
