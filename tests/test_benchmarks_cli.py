@@ -36,6 +36,8 @@ def _refused(main, argv, match, capsys):
 WORK = {
   'benchmarks/accuracy.py': ['run_cell', 'data_lib.load_dataset'],
   'benchmarks/attack_speed.py': ['attacks.as_functional', 'models.LeNetZhu'],
+  'benchmarks/audit.py': ['prepare_data', 'build_method', 'run_row', 'power_tables',
+                          'data_lib.load_mnist_subset'],
   'benchmarks/dp.py': ['time_steps', 'accuracy_vs_epsilon', 'data_lib.load_dataset',
                        'dp_train.train_and_evaluate'],
   'benchmarks/federated.py': ['ex.load', 'timing', 'accuracy'],
@@ -90,6 +92,29 @@ CASES = [
   ('benchmarks/attack_speed.py', ['--threads', '0'], '--threads must be an int >= 1'),
   ('benchmarks/attack_speed.py', ['--quick', '--steps', '-2'], '--steps must be an int >= 1'),
   ('benchmarks/attack_speed.py', ['--out', '{tmp}/missing/a.md'], '--out must be in an exist'),
+  ('benchmarks/audit.py', ['--gradient-canaries', '0'], '--gradient-canaries must be an int '
+   '>= 2; got 0'),
+  ('benchmarks/audit.py', ['--input-canaries', '1'], '--input-canaries must be an int >= 2'),
+  ('benchmarks/audit.py', ['--input-canaries', '4001'], '--input-canaries must be <= the 4000'),
+  ('benchmarks/audit.py', ['--quick', '--input-canaries', '500'], 'must be <= the 400 training '
+   'images of --quick'),
+  ('benchmarks/audit.py', ['--epochs', '0'], '--epochs must be a finite number > 0; got 0'),
+  ('benchmarks/audit.py', ['--quick', '--epochs', '-1'], '--epochs must be a finite number > 0'),
+  ('benchmarks/audit.py', ['--epsilons', '8', 'inf'], '--epsilons must be a finite number > 0'),
+  ('benchmarks/audit.py', ['--seed', '-1'], '--seed must be an int >= 0'),
+  ('benchmarks/audit.py', ['--defences', 'none', 'dp'], "invalid choice: 'dp'"),
+  ('benchmarks/audit.py', ['--lr', 'dpssgd=-1'], "--lr takes METHOD=RATE .*got 'dpssgd=-1'"),
+  ('benchmarks/audit.py', ['--lr', 'adam=0.1'], "--lr takes METHOD=RATE .*got 'adam=0.1'"),
+  ('benchmarks/audit.py', ['--lr', 'bp'], "--lr takes METHOD=RATE .*got 'bp'"),
+  ('benchmarks/audit.py', ['--out', '{tmp}/missing/a.md'], '--out must be in an existing'),
+  ('benchmarks/audit.py', ['--power', '--power-runs', '1000', '1'], '--power-runs must be an '
+   'int >= 2; got 1'),
+  ('benchmarks/audit.py', ['--power', '--power-seeds', '0'], '--power-seeds must be an int'),
+  ('benchmarks/audit.py', ['--power', '--power-factors', '1', 'nan'], '--power-factors must be '
+   'a finite number > 0'),
+  ('benchmarks/audit.py', ['--power', '--power-parts', 'both'], "invalid choice: 'both'"),
+  ('benchmarks/audit.py', ['--power', '--power-epochs', '0'], '--power-epochs must be a finite'),
+  ('benchmarks/audit.py', ['--power', '--out', '{tmp}'], '--out must be a file path'),
   ('benchmarks/dp.py', ['--steps', '-1'], '--steps must be an int >= 1; got -1'),
   ('benchmarks/dp.py', ['--rounds', '0'], '--rounds must be an int >= 1; got 0'),
   ('benchmarks/dp.py', ['--lr', '-1'], '--lr must be a finite number > 0; got -1'),
@@ -162,6 +187,15 @@ def test_simulation_without_ray_is_refused(guarded, monkeypatch, capsys):
            '--mode simulation needs', capsys)
 
 
+def test_audit_without_its_extra_is_refused(guarded, monkeypatch, capsys):
+  import importlib.util
+  find_spec = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, 'find_spec',
+                      lambda name, *a: None if name == 'jax_privacy' else find_spec(name, *a))
+  _refused(guarded('benchmarks/audit.py').main, ['--quick'],
+           "needs the 'audit' extra .*pip install -e '.\\[bench\\]'", capsys)
+
+
 @pytest.mark.parametrize('path', [p for p in WORK if p.startswith('benchmarks/')
                                   and p != 'benchmarks/flower_runtime.py'])
 def test_quick_never_overrides_an_explicit_flag(scripts, path):
@@ -198,7 +232,7 @@ def test_results_go_to_a_new_untracked_file_unless_out_names_one(tmp_path, monke
 # Benchmarks still parsing their own flags (issue 28 follow-up): their
 # docstrings' commands still name --out benchmarks/results/...; remove each
 # name when the script moves onto ssgd_examples.cli.
-_NOT_ON_THE_LAYER_YET = {'audit.py', 'dp_ssgd.py', 'leakage.py'}
+_NOT_ON_THE_LAYER_YET = {'dp_ssgd.py', 'leakage.py'}
 
 
 def test_documented_benchmark_commands_do_not_overwrite_tracked_results():
@@ -213,9 +247,13 @@ def test_documented_benchmark_commands_do_not_overwrite_tracked_results():
   for doc in docs:
     text = open(os.path.join(root, doc), encoding='utf-8').read()
     for m in re.finditer(r'python benchmarks/\S+\.py[^\n`]*?--(?:out|plot|json|png)[ =]'
-                         r'benchmarks/results/(\S+)', text):
-      if m.group(1).rstrip('`);,') in tracked:
+                         r'benchmarks/results/([\w.-]+)', text):
+      if m.group(1).rstrip('.') in tracked:
         offenders.append(f'{doc}: {m.group(0)}')
+    # A folder flag (leakage.py's --png-dir) writes its tracked figures there.
+    for m in re.finditer(r'python benchmarks/\S+\.py[^\n`]*?--png-dir[ =]benchmarks/results/?'
+                         r'(?![\w.-])', text):
+      offenders.append(f'{doc}: {m.group(0)}')
   assert not offenders, offenders
 
 
