@@ -43,6 +43,8 @@ WORK = {
   'benchmarks/federated.py': ['ex.load', 'timing', 'accuracy'],
   'benchmarks/ghost.py': ['time_model', 'budget', '_model'],
   'benchmarks/flower_runtime.py': ['task_lib.build', 'scripts.load'],
+  'benchmarks/leakage.py': ['load_images', 'register_dp_ssgd_defences', 'scaling_table',
+                            'imprint_calibration', 'merge_scaling', 'make_model'],
   'benchmarks/parallel.py': ['benchmark'],
   'benchmarks/transform_overhead.py': ['update_benchmark', 'bound_benchmark', 'cnn_benchmark'],
   'benchmarks/secure_aggregation.py': ['measure', 'decode_cost'],
@@ -137,6 +139,43 @@ CASES = [
   ('benchmarks/ghost.py', ['--budget-gib', 'inf'], '--budget-gib must be a finite number > 0'),
   ('benchmarks/ghost.py', ['--quick', '--rounds', '-3'], '--rounds must be an int >= 1'),
   ('benchmarks/ghost.py', ['--out', '{tmp}/missing/g.md'], '--out must be in an existing folder'),
+  ('benchmarks/leakage.py', ['--batch-sizes', '0'], '--batch-sizes must be a comma list of ints '
+   ">= 1 .*got '0'"),
+  ('benchmarks/leakage.py', ['--batch-sizes', '1,x'], '--batch-sizes must be a comma list'),
+  ('benchmarks/leakage.py', ['--batch-sizes', '1,64'], '--batch-sizes 64 exceed --images 32'),
+  ('benchmarks/leakage.py', ['--attacks', 'nonsense'], "--attacks must be a comma list of DLG, "
+   "adaptive DLG, IG global, IG per-layer, IG per-leaf or 'all' \\('nonsense' unknown\\)"),
+  ('benchmarks/leakage.py', ['--dp-attacks', 'IG globl'], "--dp-attacks .*'IG globl' unknown"),
+  ('benchmarks/leakage.py', ['--models', 'lenet:half'], "--models must be a comma list of "
+   "MODEL:STATE .*'lenet:half' is not"),
+  ('benchmarks/leakage.py', ['--defences', 'none,bogus'], "--defences must be a comma list .*"
+   "'bogus' unknown"),
+  ('benchmarks/leakage.py', ['--defences', 'dp_ssgd_eps2'], "'dp_ssgd_eps2' unknown.* needs e "
+   'in --dp-epsilons'),
+  ('benchmarks/leakage.py', ['--layer-defences', 'ssgd_globl'], '--layer-defences: unknown '
+   'defence.s. ssgd_globl'),
+  ('benchmarks/leakage.py', ['--scaling', '--dp-epsilons', ''], "--scaling-defences .*"
+   "'dp_ssgd_eps8' unknown"),
+  ('benchmarks/leakage.py', ['--dp-epsilons', '1,0'], '--dp-epsilons must be a comma list of '
+   'finite numbers > 0'),
+  ('benchmarks/leakage.py', ['--dp-sigmas', '8=x'], '--dp-sigmas must be a comma list of '
+   'EPSILON=SIGMA'),
+  ('benchmarks/leakage.py', ['--dp-epsilons', '8', '--dp-sigmas', '3=0.5'], '--dp-sigmas names '
+   'epsilons not in --dp-epsilons'),
+  ('benchmarks/leakage.py', ['--dp-sampling-rate', '0'], r'--dp-sampling-rate must be in \(0, 1\]'),
+  ('benchmarks/leakage.py', ['--steps-ig', '0'], '--steps-ig must be an int >= 1; got 0'),
+  ('benchmarks/leakage.py', ['--tv', '-1'], '--tv must be a finite number >= 0'),
+  ('benchmarks/leakage.py', ['--size', '4'], '--size must be an int >= 8'),
+  ('benchmarks/leakage.py', ['--quick', '--images', '0'], '--images must be an int >= 1'),
+  ('benchmarks/leakage.py', ['--scaling', '--full'], '--scaling and --full are different runs'),
+  ('benchmarks/leakage.py', ['--scaling-merge', '{tmp}/none.md'], '--scaling-merge must be a '
+   'comma list of existing files'),
+  ('benchmarks/leakage.py', ['--imprint-calibration', '--calibration-pool', '32'],
+   '<= --calibration-pool 32'),
+  ('benchmarks/leakage.py', ['--cifar10', '{tmp}/missing'], '--cifar10 must be an existing'),
+  ('benchmarks/leakage.py', ['--cifar10', '{tmp}'], '--cifar10: cifar10'),
+  ('benchmarks/leakage.py', ['--png-dir', '{tmp}/missing'], '--png-dir must be an existing'),
+  ('benchmarks/leakage.py', ['--out', '{tmp}/missing/l.md'], '--out must be in an existing'),
   ('benchmarks/parallel.py', ['--devices', '0'], '--devices must be an int >= 1; got 0'),
   ('benchmarks/parallel.py', ['--devices', '64'], '--devices 64 exceeds the 8 devices'),
   ('benchmarks/parallel.py', ['--batch-size', '0'], '--batch-size must be an int >= 1; got 0'),
@@ -215,6 +254,21 @@ def test_quick_never_overrides_an_explicit_flag(scripts, path):
   assert all(getattr(config, k) == v for k, v in quick.items() if k != name)
 
 
+def test_leakage_full_sets_only_the_flags_not_given(scripts):
+  module = scripts['benchmarks/leakage.py']
+
+  def parse(argv):
+    return cli.parse(module.Config, argv, prepare=module._full, quick=module.QUICK)
+
+  config = parse(['--full', '--size', '16', '--defences', 'none'])
+  assert (config.size, config.defences, config.steps_ig, config.images) == (16, 'none', 4800, 16)
+  assert config.dp_epsilons == ''  # no DP defence: no DP rows
+  config = parse(['--full', '--full-steps', '10'])
+  assert config.steps_ig == 10 and 'dp_ssgd_eps8' in config.defences
+  assert config.dp_epsilons == '8'
+  assert parse([]).size == 32 and parse([]).defences == 'all'
+
+
 def test_results_go_to_a_new_untracked_file_unless_out_names_one(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   first = cli.write_output(None, 'a', name='bench')
@@ -232,7 +286,7 @@ def test_results_go_to_a_new_untracked_file_unless_out_names_one(tmp_path, monke
 # Benchmarks still parsing their own flags (issue 28 follow-up): their
 # docstrings' commands still name --out benchmarks/results/...; remove each
 # name when the script moves onto ssgd_examples.cli.
-_NOT_ON_THE_LAYER_YET = {'dp_ssgd.py', 'leakage.py'}
+_NOT_ON_THE_LAYER_YET = {'dp_ssgd.py'}
 
 
 def test_documented_benchmark_commands_do_not_overwrite_tracked_results():
