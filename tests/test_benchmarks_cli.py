@@ -9,6 +9,8 @@ file under ``runs/benchmarks/`` (never a tracked file).
 """
 
 import dataclasses
+import functools
+import json
 import os
 import re
 import sys
@@ -38,6 +40,8 @@ WORK = {
   'benchmarks/attack_speed.py': ['attacks.as_functional', 'models.LeNetZhu'],
   'benchmarks/audit.py': ['prepare_data', 'build_method', 'run_row', 'power_tables',
                           'data_lib.load_mnist_subset'],
+  'benchmarks/dp_ssgd.py': ['_data', 'load_dataset', 'run_checks', 'run_table', 'run_cross',
+                            'run_timing', 'merge'],
   'benchmarks/dp.py': ['time_steps', 'accuracy_vs_epsilon', 'data_lib.load_dataset',
                        'dp_train.train_and_evaluate'],
   'benchmarks/federated.py': ['ex.load', 'timing', 'accuracy'],
@@ -127,6 +131,33 @@ CASES = [
   ('benchmarks/dp.py', ['--torch-threads', '-1'], '--torch-threads must be an int >= 0'),
   ('benchmarks/dp.py', ['--skip-timing', '--skip-accuracy'], 'leave nothing to run'),
   ('benchmarks/dp.py', ['--out', '{tmp}/missing/d.md'], '--out must be in an existing folder'),
+  ('benchmarks/dp_ssgd.py', ['--seeds', '0'], '--seeds must be an int >= 1; got 0'),
+  ('benchmarks/dp_ssgd.py', ['--search-seeds', '0'], '--search-seeds must be an int >= 1'),
+  ('benchmarks/dp_ssgd.py', ['--epochs', '0'], '--epochs must be a finite number > 0; got 0'),
+  ('benchmarks/dp_ssgd.py', ['--batch-size', '0'], '--batch-size must be an int >= 1; got 0'),
+  ('benchmarks/dp_ssgd.py', ['--max-extensions', '-1'], '--max-extensions must be an int >= 0'),
+  ('benchmarks/dp_ssgd.py', ['--timing-rounds', '0'], '--timing-rounds must be an int >= 1'),
+  ('benchmarks/dp_ssgd.py', ['--epsilons', '3', 'nan'], '--epsilons must be a finite number'),
+  ('benchmarks/dp_ssgd.py', ['--quick', '--epsilons', '-1'], '--epsilons must be a finite'),
+  ('benchmarks/dp_ssgd.py', ['--width', '4', '8'], '--width: three ints .* got 2'),
+  ('benchmarks/dp_ssgd.py', ['--width', '4', '0', '32'], '--width must be an int >= 1; got 0'),
+  ('benchmarks/dp_ssgd.py', ['--methods', 'dp_sgd'], "invalid choice: 'dp_sgd'"),
+  ('benchmarks/dp_ssgd.py', ['--cross', 'sgd@nothing'], "--cross: 'sgd@nothing' is not"),
+  ('benchmarks/dp_ssgd.py', ['--chosen', 'not json'], '--chosen is not JSON'),
+  ('benchmarks/dp_ssgd.py', ['--chosen', '{"dp_sgd_clip": {"lr_unit": 1}}'],
+   "--chosen: \\['dp_sgd_clip'\\] need exactly the keys"),
+  ('benchmarks/dp_ssgd.py', ['--chosen', '{"dp_ssgd": {"lr": -1}}'],
+   '--chosen: every value must be a finite number > 0'),
+  ('benchmarks/dp_ssgd.py', ['--no-table'], '--no-table leaves nothing to run'),
+  ('benchmarks/dp_ssgd.py', ['--timing', '--methods', 'dp_ssgd'], '--timing needs the sgd'),
+  ('benchmarks/dp_ssgd.py', ['--torch-threads', '-1'], '--torch-threads must be an int >= 0'),
+  ('benchmarks/dp_ssgd.py', ['--json', '{tmp}'], '--json must be a file path'),
+  ('benchmarks/dp_ssgd.py', ['--json', '{tmp}/missing/r.json'], '--json must be in an existing'),
+  ('benchmarks/dp_ssgd.py', ['--combine', '{tmp}/none.json'], '--combine must be a readable '
+   'results file'),
+  ('benchmarks/dp_ssgd.py', ['--no-table', '--timing', '--points-from', '{tmp}/none.json'],
+   '--points-from must be a readable results file'),
+  ('benchmarks/dp_ssgd.py', ['--out', '{tmp}/missing/r.md'], '--out must be in an existing'),
   ('benchmarks/federated.py', ['--rounds', '-1'], '--rounds must be an int >= 1; got -1'),
   ('benchmarks/federated.py', ['--seeds', '0'], '--seeds must be an int >= 1'),
   ('benchmarks/federated.py', ['--out', '{tmp}/missing/f.md'], '--out must be in an existing'),
@@ -254,6 +285,57 @@ def test_quick_never_overrides_an_explicit_flag(scripts, path):
   assert all(getattr(config, k) == v for k, v in quick.items() if k != name)
 
 
+@pytest.mark.parametrize('text, match', [
+  ('not json', 'must be a JSON results file'),
+  ('{"runs": {}}', 'must be a results file of this benchmark'),
+])
+def test_dp_ssgd_refuses_a_results_file_it_cannot_read(guarded, tmp_path, capsys, text, match):
+  bad = tmp_path / 'r.json'
+  bad.write_text(text)
+  main = guarded('benchmarks/dp_ssgd.py').main
+  for flag in ('--json', '--combine'):
+    _refused(main, ['--quick', flag, str(bad)], f'{flag} {match}', capsys)
+
+
+# The configuration that benchmarks/dp_ssgd.py stored (main at 4fce27a, before the move onto
+# the command-line layer) in the --json file of `--quick --json X`: the files of an ongoing run
+# must still be accepted by a rerun with the same flags.
+_DP_SSGD_QUICK_CONFIG = dict(
+  arch='cnn', width=[4, 8, 32], epochs=1.0, batch_size=32, accountant='rdp', search_seeds=1,
+  epsilons=[3.0], n_train=128, steps=4, quick=True, max_extensions=2, search={
+    'sgd': {'lr_unit': [1.0], 'clip': [0.31622776601683794]},
+    'dp_sgd_clip': {'lr_unit': [1.0], 'clip': [0.31622776601683794]},
+    'jax_privacy': {'lr_unit': [1.0], 'clip': [0.31622776601683794]},
+    'opacus_hooks': {'lr_unit': [1.0], 'clip': [0.31622776601683794]},
+    'opacus_ghost': {'lr_unit': [1.0], 'clip': [0.31622776601683794]},
+    'dp_ssgd': {'lr': [1.0]},
+    'dp_ssgd_per_layer': {'lr': [1.0]},
+    'dp_ssgd_auto_s': {'lr': [1.0], 'stability': [0.1]},
+    'dp_ssgd_auto_s_per_layer': {'lr': [1.0], 'stability': [0.1]},
+    'backprop_clip': {'lr_unit': [1.0], 'c_in': [10.0], 'c_out': [0.1]}})
+
+
+def test_dp_ssgd_resumes_a_file_of_the_previous_version_and_refuses_another_configuration(
+    scripts, tmp_path, monkeypatch, capsys):
+  module = scripts['benchmarks/dp_ssgd.py']
+  for name in ('run_checks', 'run_table', 'run_cross', 'run_timing'):
+    monkeypatch.setattr(module, name, lambda *a, **k: None)
+  monkeypatch.setattr(module, 'report', lambda results, commands: 'report')
+  monkeypatch.setattr(module, 'load_dataset', functools.lru_cache(module.load_dataset))
+  path = tmp_path / 'r.json'
+  path.write_text(json.dumps(dict(config=_DP_SSGD_QUICK_CONFIG, versions={}, runs={},
+                                  commands=['python benchmarks/dp_ssgd.py --quick --json r.json'])))
+  argv = ['--quick', '--json', str(path), '--out', str(tmp_path / 'r.md')]
+  module.main(argv)
+  # The same configuration with flags given explicitly at the values --quick gives them.
+  module.main(argv + ['--epochs', '1', '--batch-size', '32', '--epsilons', '3'])
+  stored = json.loads(path.read_text())
+  assert stored['config'] == _DP_SSGD_QUICK_CONFIG and len(stored['commands']) == 3
+  capsys.readouterr()
+  _refused(module.main, argv + ['--epochs', '2'], 'holds results of another configuration',
+           capsys)
+
+
 def test_leakage_full_sets_only_the_flags_not_given(scripts):
   module = scripts['benchmarks/leakage.py']
 
@@ -286,7 +368,7 @@ def test_results_go_to_a_new_untracked_file_unless_out_names_one(tmp_path, monke
 # Benchmarks still parsing their own flags (issue 28 follow-up): their
 # docstrings' commands still name --out benchmarks/results/...; remove each
 # name when the script moves onto ssgd_examples.cli.
-_NOT_ON_THE_LAYER_YET = {'dp_ssgd.py'}
+_NOT_ON_THE_LAYER_YET: set[str] = set()
 
 
 def test_documented_benchmark_commands_do_not_overwrite_tracked_results():
