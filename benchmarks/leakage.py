@@ -737,6 +737,16 @@ def _existing_files(text: str) -> str | None:
   return None
 
 
+def _figure_dir(path: str) -> str | None:
+  """A check: an existing folder, or a new one in an existing writable folder (made later)."""
+  if os.path.isdir(path):
+    return None if os.access(path, os.W_OK) else 'must be a writable folder'
+  parent = os.path.dirname(os.path.abspath(path))
+  if os.path.exists(path) or not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+    return 'must be a folder, existing or new in an existing writable folder'
+  return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
   """The benchmark's flags (each checked before any work). Lists are comma-separated."""
@@ -828,8 +838,9 @@ class Config:
   seed: int = flag(0, 'seed of the images, models and attacks', check=cli.at_least(0))
   out: str | None = cli.output_flag('the Markdown table (default: a new file under '
                                     'runs/benchmarks/)')
-  png_dir: str | None = flag(None, 'folder of the figures (leakage_grid.png, leakage_batch.png); '
-                             'none without it', type=str, check=cli.existing_dir, metavar='DIR')
+  png_dir: str | None = flag(None, 'folder of the figures (leakage_grid.png, leakage_batch.png; '
+                             'made if new); none without it', type=str, check=_figure_dir,
+                             metavar='DIR')
   verbose: bool = cli.verbose_flag()
 
   def validate(self) -> None:
@@ -914,6 +925,8 @@ def _with_command(text: str, argv: list[str] | None) -> str:
 
 def main(argv: list[str] | None = None) -> str:
   a = cli.parse(Config, argv, description=__doc__, prepare=_full, quick=QUICK)
+  if a.png_dir:
+    os.makedirs(a.png_dir, exist_ok=True)
   if a.scaling_merge:
     text = merge_scaling(a.scaling_merge.split(','), None, a.png_dir)
     cli.write_output(a.out, text, name='leakage_batch')
