@@ -44,16 +44,23 @@ baseline, with the data-known baseline, and with the data-known baseline and
 the subsampled-Gaussian likelihood ratio at the claimed noise.
 
     python benchmarks/audit.py --quick          # smoke test (RDP accountant, fast compile)
-    python benchmarks/audit.py --out benchmarks/results/audit.md
-    python benchmarks/audit.py --power --out benchmarks/results/audit_power.md
+    python benchmarks/audit.py                  # the table (about 20 min on 2 CPU cores)
+    python benchmarks/audit.py --power          # the power tables
+
+It needs the ``audit`` extra (in ``bench``). The tables go to a new file under
+``runs/benchmarks/`` unless ``--out`` names one (the committed tables are
+``benchmarks/results/audit.md``, ``audit_power_alone.md`` and
+``audit_power_training.md``).
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import datetime
+import importlib.util
 import functools
 import logging
+import math
 import os
 import platform
 import shlex
@@ -63,14 +70,19 @@ import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+# The examples' harness (ssgd_examples: cli, data, models, scripts) lives in
+# examples/; its command-line layer first, so that Ctrl-C during the imports
+# below also ends in one line (exit 130).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'examples'))
+from ssgd_examples import cli
+from ssgd_examples.cli import flag
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
-# The examples' harness (ssgd_examples: cli, data, models, scripts) lives in examples/.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'examples'))
 import ssgd_optax
 from ssgd_optax import audit
 from ssgd_examples import data as data_lib
@@ -100,7 +112,7 @@ LABELS = {'none': 'none', 'ssgd_global': 'SSGD global', 'ssgd_per_layer': 'SSGD 
           'dpssgd': 'DP-SSGD'}
 
 
-class Config(NamedTuple):
+class AuditConfig(NamedTuple):
   epochs: float = 10.0
   batch_size: int = 256
   gradient_canaries: int = 1000
@@ -135,7 +147,7 @@ class SmallMLP(nnx.Module):
     return self.fc2(jax.nn.relu(self.fc1(x.reshape(x.shape[0], -1))))
 
 
-def _model(method: str, cfg: Config) -> nnx.Module:
+def _model(method: str, cfg: AuditConfig) -> nnx.Module:
   if cfg.model == 'mlp':
     model = SmallMLP(nnx.Rngs(cfg.seed))
   else:
@@ -153,7 +165,7 @@ def _median_grad_norm(graphdef, params, x, y) -> float:
   return float(jnp.median(jax.jit(jax.vmap(one))(jnp.asarray(x), jnp.asarray(y))))
 
 
-def prepare_data(cfg: Config):
+def prepare_data(cfg: AuditConfig):
   """The training set with mislabeled canaries, the test set, and the canaries."""
   ds = data_lib.load_mnist_subset(seed=cfg.seed)
   x_train = ds.normalize(ds.x_train).astype(np.float32)
@@ -195,7 +207,7 @@ class Row(NamedTuple):
   compile_s: float
 
 
-def build_method(method: str, cfg: Config, prepared) -> Row:
+def build_method(method: str, cfg: AuditConfig, prepared) -> Row:
   """Builds and compiles one method's whole training run (a ``lax.scan``).
 
   The noise multiplier and the learning rate are arguments of the compiled
@@ -336,7 +348,7 @@ def noise_for(eps: float, q: float, steps: int, releases: int, delta: float,
                                     delta=delta, num_releases=releases, accountant=accountant)
 
 
-def run_row(method: str, target_eps: float | None, cfg: Config, prepared,
+def run_row(method: str, target_eps: float | None, cfg: AuditConfig, prepared,
             built: Row | None = None, lr: float | None = None) -> dict:
   """Trains one row's run with both canary kinds; returns its measurements."""
   _, _, x_test, y_test, in_canaries, in_included = prepared
@@ -389,7 +401,7 @@ def _fmt_eps(v):
   return '—' if v is None else f'{v:.2f}'
 
 
-def format_table(rows: list[dict], cfg: Config) -> str:
+def format_table(rows: list[dict], cfg: AuditConfig) -> str:
   conf = int(round(cfg.confidence * 100))
   fpr = f'{cfg.fpr * 100:g} %'
   head = (f'| defence | target ε | accounted ε | σ | white-box ε_lb (one-run) | '
@@ -687,42 +699,90 @@ def power_tables(pc: PowerConfig, argv: Sequence[str]) -> str:
   return '\n'.join(out)
 
 
-def _parser() -> argparse.ArgumentParser:
-  d = Config()
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--quick', action='store_true',
-                 help='smoke test: 400 images, 1 epoch, few canaries, eps 8 only, an MLP')
-  p.add_argument('--epochs', type=float, default=d.epochs)
-  p.add_argument('--gradient-canaries', type=int, default=d.gradient_canaries)
-  p.add_argument('--input-canaries', type=int, default=d.input_canaries)
-  p.add_argument('--epsilons', type=float, nargs='+', default=list(d.epsilons))
-  p.add_argument('--defences', nargs='+', default=list(HEURISTIC + DP),
-                 choices=list(HEURISTIC + DP))
-  p.add_argument('--seed', type=int, default=0)
-  p.add_argument('--lr', nargs='+', metavar='METHOD=RATE',
-                 help='override a learning rate, e.g. --lr dpssgd=1.0')
-  p.add_argument('--out', default=None, help='write the markdown table here')
-  p.add_argument('--power', action='store_true',
-                 help='the power tables instead: a defence alone and the training-loop recipe')
-  p.add_argument('--power-parts', nargs='+', default=['alone', 'training'],
-                 choices=['alone', 'training'])
-  p.add_argument('--power-seeds', type=int, default=PowerConfig().seeds)
-  p.add_argument('--power-one-run-seeds', type=int, default=PowerConfig().one_run_seeds)
-  p.add_argument('--power-train-seeds', type=int, default=PowerConfig().train_seeds)
-  p.add_argument('--power-factors', type=float, nargs='+', default=list(PowerConfig().factors))
-  p.add_argument('--power-runs', type=int, nargs='+', default=list(PowerConfig().runs))
-  p.add_argument('--power-one-run-canaries', type=int, nargs='+',
-                 default=list(PowerConfig().one_run_canaries))
-  p.add_argument('--power-train-canaries', type=int, nargs='+',
-                 default=list(PowerConfig().train_canaries))
-  p.add_argument('--power-epochs', type=float, default=PowerConfig().epochs)
-  return p
+# Training images of the embedded MNIST subset (data_lib.load_mnist_subset), and
+# the first ones ``--quick`` keeps: the input canaries are drawn from them.
+TRAIN_IMAGES, QUICK_TRAIN_IMAGES = 4000, 400
+
+
+def _parse_lrs(items: Sequence[str]) -> dict[str, float]:
+  """``('dpssgd=1.0', ...)`` -> the learning rates, ``LEARNING_RATES`` otherwise."""
+  lrs = dict(LEARNING_RATES)
+  for item in items:
+    name, _, value = item.partition('=')
+    try:
+      rate = float(value)
+    except ValueError:
+      rate = math.nan
+    if name not in lrs or not (math.isfinite(rate) and rate > 0):
+      raise ValueError(f'--lr takes METHOD=RATE with METHOD in {", ".join(sorted(lrs))} and '
+                       f'RATE a finite number > 0; got {item!r}.')
+    lrs[name] = rate
+  return lrs
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The benchmark's flags (each checked before any work)."""
+  quick: bool = flag(False, 'smoke test: 400 images, 1 epoch, few canaries, eps 8 only, an MLP, '
+                     'RDP accountant; flags given explicitly win')
+  epochs: float = flag(AuditConfig().epochs, 'expected passes over the data per row',
+                       check=cli.finite(positive=True))
+  gradient_canaries: int = flag(AuditConfig().gradient_canaries,
+                                'random-direction gradient canaries (white box)',
+                                check=cli.at_least(2))
+  input_canaries: int = flag(AuditConfig().input_canaries,
+                             'mislabeled input canaries (black box)', check=cli.at_least(2))
+  epsilons: tuple[float, ...] = flag(AuditConfig().epsilons, 'target epsilons of the DP rows',
+                                     check=cli.finite(positive=True))
+  defences: tuple[str, ...] = flag(HEURISTIC + DP, 'the rows', choices=HEURISTIC + DP)
+  seed: int = flag(0, 'seed of the data, model and canaries', check=cli.at_least(0))
+  lr: tuple[str, ...] = flag((), 'override a learning rate, e.g. --lr dpssgd=1.0',
+                             metavar='METHOD=RATE')
+  out: str | None = cli.output_flag('the Markdown table (default: a new file under '
+                                    'runs/benchmarks/)')
+  power: bool = flag(False, 'the power tables instead: a defence alone and the training-loop '
+                     'recipe')
+  power_parts: tuple[str, ...] = flag(PowerConfig().parts, 'the power tables to compute',
+                                      choices=('alone', 'training'))
+  power_seeds: int = flag(PowerConfig().seeds, 'seeds of each multi-run cell',
+                          check=cli.at_least(1))
+  power_one_run_seeds: int = flag(PowerConfig().one_run_seeds, 'seeds of each one-run cell',
+                                  check=cli.at_least(1))
+  power_train_seeds: int = flag(PowerConfig().train_seeds, 'training runs per row of table (b)',
+                                check=cli.at_least(1))
+  power_factors: tuple[float, ...] = flag(PowerConfig().factors, 'how much the broken '
+                                          'defences cut the noise (1: the correct one)',
+                                          check=cli.finite(positive=True))
+  power_runs: tuple[int, ...] = flag(PowerConfig().runs, 'runs of the multi-run audits',
+                                     check=cli.at_least(2))
+  power_one_run_canaries: tuple[int, ...] = flag(PowerConfig().one_run_canaries,
+                                                 'canaries of the one-run audits',
+                                                 check=cli.at_least(2))
+  power_train_canaries: tuple[int, ...] = flag(PowerConfig().train_canaries,
+                                               'canaries of table (b)', check=cli.at_least(2))
+  power_epochs: float = flag(PowerConfig().epochs, 'epochs of table (b)',
+                             check=cli.finite(positive=True))
+  verbose: bool = cli.verbose_flag()
+
+  def validate(self) -> None:
+    _parse_lrs(self.lr)
+    images = QUICK_TRAIN_IMAGES if self.quick else TRAIN_IMAGES
+    if not self.power and self.input_canaries > images:
+      raise ValueError(f'--input-canaries must be <= the {images} training images'
+                       f'{" of --quick" if self.quick else ""}; got {self.input_canaries}.')
+    if importlib.util.find_spec('jax_privacy') is None:
+      raise ValueError("benchmarks/audit.py needs the 'audit' extra (jax-privacy), also in "
+                       "'bench': pip install -e '.[bench]'")
+
+
+QUICK = dict(epochs=1.0, gradient_canaries=64, input_canaries=40, epsilons=(8.0,))
 
 
 def main(argv: Sequence[str] | None = None) -> str:
-  args = _parser().parse_args(argv)
-  # dp_accounting's RDP bracket search logs non-convergence per order; the PLD result stands.
-  logging.getLogger('absl').setLevel(logging.ERROR)
+  args = cli.parse(Config, argv, description=__doc__.split('\n')[0], quick=QUICK)
+  if not args.verbose:
+    # dp_accounting's RDP bracket search logs non-convergence per order; the PLD result stands.
+    logging.getLogger('absl').setLevel(logging.ERROR)
   if args.power:
     pc = PowerConfig(seeds=args.power_seeds, one_run_seeds=args.power_one_run_seeds,
                      train_seeds=args.power_train_seeds, factors=tuple(args.power_factors),
@@ -732,25 +792,18 @@ def main(argv: Sequence[str] | None = None) -> str:
                      epochs=args.power_epochs, seed=args.seed, parts=tuple(args.power_parts))
     text = power_tables(pc, argv if argv is not None else sys.argv[1:]) + '\n'
     print(text)
-    if args.out:
-      with open(args.out, 'w', encoding='utf-8') as f:
-        f.write(text)
+    cli.write_output(args.out, text, name='audit_power')
     return text
-  cfg = Config(epochs=args.epochs, gradient_canaries=args.gradient_canaries,
-               input_canaries=args.input_canaries, epsilons=tuple(args.epsilons),
-               seed=args.seed)
-  lrs = dict(LEARNING_RATES)
-  for item in args.lr or ():
-    name, _, value = item.partition('=')
-    if name not in lrs or not value:
-      raise SystemExit(f'--lr takes METHOD=RATE with METHOD in {sorted(lrs)}; got {item!r}.')
-    lrs[name] = float(value)
+  cfg = AuditConfig(epochs=args.epochs, gradient_canaries=args.gradient_canaries,
+                    input_canaries=args.input_canaries, epsilons=tuple(args.epsilons),
+                    seed=args.seed)
+  lrs = _parse_lrs(args.lr)
   cfg = cfg._replace(lrs=lrs)
   if args.quick:
     # RDP accounting: the PLD calibration alone takes longer than the whole smoke run.
-    cfg = cfg._replace(epochs=1.0, batch_size=64, gradient_canaries=64, input_canaries=40,
-                       epsilons=(8.0,), train_size=400, model='mlp', accountant='rdp',
-                       fast_compile=True)
+    # (epochs, canaries and epsilons: QUICK, where not given explicitly.)
+    cfg = cfg._replace(batch_size=64, train_size=QUICK_TRAIN_IMAGES, model='mlp',
+                       accountant='rdp', fast_compile=True)
   start, cpu0 = time.perf_counter(), time.process_time()
   load0 = os.getloadavg()[0]
   prepared = prepare_data(cfg)
@@ -788,11 +841,9 @@ def main(argv: Sequence[str] | None = None) -> str:
           f'{cfg.lrs[m]:g}' for m in args.defences) + '.', '']
   text = '\n'.join(header) + format_table(rows, cfg) + '\n'
   print(text)
-  if args.out:
-    with open(args.out, 'w', encoding='utf-8') as f:
-      f.write(text)
+  cli.write_output(args.out, text, name='audit')
   return text
 
 
 if __name__ == '__main__':
-  main()
+  cli.run(main, sys.argv[1:])

@@ -15,12 +15,15 @@ a non-private reference.
 
     python benchmarks/dp.py                 # full run (minutes)
     python benchmarks/dp.py --quick         # seconds, smoke test
-    python benchmarks/dp.py --out benchmarks/results/dp.md
+    python benchmarks/dp.py --skip-accuracy --rounds 15 --steps 10
+
+The tables go to a new file under ``runs/benchmarks/`` unless ``--out`` names
+one (the committed table is ``benchmarks/results/dp.md``).
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import datetime
 import pathlib
 import os
@@ -31,14 +34,19 @@ import sys
 import time
 from collections.abc import Sequence
 
+# The examples' harness (ssgd_examples: cli, data, models, scripts) lives in
+# examples/; its command-line layer first, so that Ctrl-C during the imports
+# below also ends in one line (exit 130).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'examples'))
+from ssgd_examples import cli
+from ssgd_examples.cli import flag
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
-# The examples' harness (ssgd_examples: cli, data, models, scripts) lives in examples/.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'examples'))
 from ssgd_examples import data as data_lib
 from ssgd_examples import scripts
 from ssgd_optax import privacy
@@ -228,25 +236,39 @@ def accuracy_vs_epsilon(*, epsilons: Sequence[float], seeds: Sequence[int], epoc
   return out
 
 
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The benchmark's flags (each checked before any work)."""
+  quick: bool = flag(False, 'tiny settings, seconds (batch 8, 1 round, bp only at epsilon 3, '
+                     'RDP); flags given explicitly win')
+  rounds: int = flag(15, 'interleaved timing rounds', check=cli.at_least(1))
+  steps: int = flag(10, 'steps per variant and round', check=cli.at_least(1))
+  epsilons: tuple[float, ...] = flag((1.0, 3.0, 8.0), 'target epsilons of the accuracy part',
+                                     check=cli.finite(positive=True))
+  seeds: tuple[int, ...] = flag((0, 1, 2), 'seeds of the accuracy part', check=cli.at_least(0))
+  epochs: float = flag(5.0, 'expected passes over the data per run',
+                       check=cli.finite(positive=True))
+  lr: float = flag(1e-2, "Adam's learning rate", check=cli.finite(positive=True))
+  torch_threads: int = flag(2, 'PyTorch intra-op threads for the PyTorch/Opacus rows (0: skip '
+                            'them)', check=cli.at_least(0))
+  skip_timing: bool = flag(False, 'leave out the step-time part')
+  skip_accuracy: bool = flag(False, 'leave out the accuracy part')
+  out: str | None = cli.output_flag('the Markdown tables (default: a new file under '
+                                    'runs/benchmarks/)')
+  verbose: bool = flag(False, 'one accuracy line per run on stderr; also the third-party log '
+                       'lines hidden by default (absl convergence warnings, ...)')
+
+  def validate(self) -> None:
+    if self.skip_timing and self.skip_accuracy:
+      raise ValueError('--skip-timing and --skip-accuracy together leave nothing to run.')
+
+
+QUICK = dict(rounds=1, steps=1, epsilons=(3.0,), seeds=(0,), epochs=0.5, torch_threads=0)
+
+
 def main(argv: Sequence[str] | None = None) -> str:
-  """Runs the benchmark; prints (and optionally writes) the Markdown tables."""
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--quick', action='store_true', help='tiny settings, seconds')
-  p.add_argument('--rounds', type=int, default=15)
-  p.add_argument('--steps', type=int, default=10)
-  p.add_argument('--epsilons', nargs='+', type=float, default=[1.0, 3.0, 8.0])
-  p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
-  p.add_argument('--epochs', type=float, default=5.0)
-  p.add_argument('--lr', type=float, default=1e-2)
-  p.add_argument('--torch-threads', type=int, default=2,
-                 help='PyTorch intra-op threads for the PyTorch/Opacus rows (0: skip them)')
-  p.add_argument('--skip-timing', action='store_true')
-  p.add_argument('--skip-accuracy', action='store_true')
-  p.add_argument('--out', default=None)
-  p.add_argument('--verbose', action='store_true')
-  args = p.parse_args(argv)
-  if args.quick:
-    args.rounds, args.steps, args.epsilons, args.seeds, args.epochs = 1, 1, [3.0], [0], 0.5
+  """Runs the benchmark; prints and writes the Markdown tables."""
+  args = cli.parse(Config, argv, description=__doc__.split('\n')[0], quick=QUICK)
   lines = ['# Differential privacy: backprop clipping vs per-example DP-SGD',
            '',
            f'Command: `python benchmarks/dp.py {" ".join(argv or [])}`',
@@ -257,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> str:
   if not args.skip_timing:
     batch = 8 if args.quick else 256
     rows, note = time_steps(batch=batch, rounds=args.rounds, steps=args.steps,
-                            torch_threads=0 if args.quick else args.torch_threads)
+                            torch_threads=args.torch_threads)
     lines += [f'## Step time, StevensCNN (18.8k params), batch {batch}, interleaved '
               f'({args.rounds} rounds x {args.steps} steps)', '',
               '| variant | median ms/step | x non-private (median of per-round ratios) | '
@@ -266,10 +288,13 @@ def main(argv: Sequence[str] | None = None) -> str:
     for r in rows:
       lines.append(f"| {r['variant']} | {r['ms']:.2f} | {r['ratio']:.2f}x | "
                    f"{r['ratio_of_medians']:.2f}x | {r['dpsgd_over']:.2f}x |")
-    lines += ['', 'Rows `torch ...` and `opacus ...`: the same CNN in PyTorch (eager, '
-              f'{args.torch_threads} threads), Adam, noise multiplier 1, clip norm 1, measured '
-              'in the same interleaved rounds; their ratios are to our non-private JAX step.'
-              + (f' {note}' if note else ''), '']
+    if args.torch_threads:
+      lines += ['', 'Rows `torch ...` and `opacus ...`: the same CNN in PyTorch (eager, '
+                f'{args.torch_threads} threads), Adam, noise multiplier 1, clip norm 1, measured '
+                'in the same interleaved rounds; their ratios are to our non-private JAX step.'
+                + (f' {note}' if note else ''), '']
+    else:
+      lines += ['', 'No PyTorch/Opacus rows (`--torch-threads 0`).', '']
   if not args.skip_accuracy:
     rows = accuracy_vs_epsilon(epsilons=args.epsilons, seeds=args.seeds, epochs=args.epochs,
                                max_train=1024 if args.quick else None, lr=args.lr,
@@ -291,10 +316,9 @@ def main(argv: Sequence[str] | None = None) -> str:
                    f"{r['steps']} | {r['mean']:.4f} +- {r['std']:.4f} (n={r['n']}) |")
   text = '\n'.join(lines) + '\n'
   print(text)
-  if args.out:
-    pathlib.Path(args.out).write_text(text)
+  cli.write_output(args.out, text, name='dp')
   return text
 
 
 if __name__ == '__main__':
-  main(sys.argv[1:])
+  cli.run(main, sys.argv[1:])

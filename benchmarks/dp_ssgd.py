@@ -55,13 +55,16 @@ Raw results go to ``--json`` after every (method, epsilon) and are reused by a
 rerun with the same file, so a long run can be split into processes and
 resumed; ``--combine`` writes the report from one or more such files.
 
-  python benchmarks/dp_ssgd.py --json /tmp/dp.json --out benchmarks/results/dp_ssgd.md
-  python benchmarks/dp_ssgd.py --quick            # seconds; smoke test
+  python benchmarks/dp_ssgd.py --json runs/dp_ssgd.json     # hours on 2 CPU cores
+  python benchmarks/dp_ssgd.py --quick            # about a minute; smoke test
+
+The report goes to a new file under ``runs/benchmarks/`` unless ``--out``
+names one (the committed report is ``benchmarks/results/dp_ssgd.md``).
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import datetime
 import functools
 import itertools
@@ -77,14 +80,19 @@ import warnings
 from collections.abc import Sequence
 from typing import NamedTuple
 
+# The examples' harness (ssgd_examples: cli, data, models, scripts) lives in
+# examples/; its command-line layer first, so that Ctrl-C during the imports
+# below also ends in one line (exit 130).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'examples'))
+from ssgd_examples import cli
+from ssgd_examples.cli import flag
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
-# The examples' harness (ssgd_examples: cli, data, models, scripts) lives in examples/.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'examples'))
 from ssgd_examples import models
 from ssgd_optax import per_example
 from ssgd_optax import privacy
@@ -1066,89 +1074,133 @@ def merge(paths: Sequence[str]) -> dict:
   return merged
 
 
+def _json_file(path: str) -> str | None:
+  """A check: an existing JSON file of results (with its ``config``)."""
+  try:
+    with open(path, encoding='utf-8') as f:
+      stored = json.load(f)
+  except OSError as e:
+    return f'must be a readable results file ({e.strerror})'
+  except ValueError:
+    return 'must be a JSON results file (this one is not JSON)'
+  if not isinstance(stored, dict) or not isinstance(stored.get('config'), dict):
+    return 'must be a results file of this benchmark (no "config" in it)'
+  return None
+
+
+def _resume_file(path: str) -> str | None:
+  """A check: a writable path; if the file exists, a results file to resume."""
+  return cli.writable_file(path) or (_json_file(path) if os.path.exists(path) else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The benchmark's flags (each checked before any work)."""
+  quick: bool = flag(False, 'tiny smoke run (128 images, 1 epoch, batch 32, one point per axis, '
+                     'epsilon 3, RDP; about a minute); flags given explicitly win')
+  epsilons: tuple[float, ...] = flag((1.0, 3.0, 8.0), 'target epsilons (delta = 1e-5)',
+                                     check=cli.finite(positive=True))
+  seeds: int = flag(10, 'test seeds per (method, epsilon)', check=cli.at_least(1))
+  search_seeds: int = flag(2, 'seeds whose mean validation accuracy scores a grid point',
+                           check=cli.at_least(1))
+  epochs: float = flag(4.0, 'expected passes over the data', check=cli.finite(positive=True))
+  batch_size: int = flag(500, 'expected batch size', check=cli.at_least(1))
+  arch: str = flag('cnn', 'the model', choices=('cnn', 'mlp'))
+  width: tuple[int, ...] = flag((), 'cnn: C1 C2 DENSE (default 4 8 32); mlp: hidden sizes '
+                                '(default 32)', type=int, check=cli.at_least(1))
+  methods: tuple[str, ...] = flag(TABLE_METHODS, 'the methods', choices=TABLE_METHODS)
+  max_extensions: int = flag(2, 'grid extensions allowed per hyper-parameter and direction',
+                             check=cli.at_least(0))
+  chosen: str | None = flag(None, 'skip the search for these methods (at every epsilon), e.g. '
+                            '\'{"dp_sgd_clip": {"lr_unit": 3.1623, "clip": 3.1623}}\'',
+                            type=str, metavar='JSON')
+  no_table: bool = flag(False, 'no search and test runs (with --checks / --timing)')
+  checks: bool = flag(False, "the anchors' correctness checks (also run by a table run)")
+  timing: bool = flag(False, 'time a training step of every method, interleaved')
+  timing_rounds: int = flag(5, 'interleaved rounds of --timing', check=cli.at_least(1))
+  cross: tuple[str, ...] = flag((), "train method A at method B's chosen points (every "
+                                'epsilon, --seeds seeds): the same setting in other code',
+                                metavar='A@B')
+  points_from: tuple[str, ...] = flag((), 'result files whose chosen points --cross and '
+                                      '--timing use (default: --json)', metavar='JSON',
+                                      check=_json_file)
+  torch_threads: int = flag(0, 'PyTorch intra-op threads (0: its default); for JAX set '
+                            'XLA_FLAGS', check=cli.at_least(0))
+  json: str | None = flag(None, 'raw results: updated as runs finish, reused by a rerun with '
+                          'the same configuration', type=str, check=_resume_file,
+                          metavar='FILE.JSON')
+  combine: tuple[str, ...] = flag((), 'only write the report of these result files',
+                                  metavar='JSON', check=_json_file)
+  out: str | None = cli.output_flag('the Markdown report (default: a new file under '
+                                    'runs/benchmarks/)')
+  verbose: bool = cli.verbose_flag()
+
+  def validate(self) -> None:
+    self.chosen_points()
+    width = self.width or ((4, 8, 32) if self.arch == 'cnn' else (32,))
+    if self.arch == 'cnn' and len(width) != 3:
+      raise ValueError(f'--width: three ints (C1 C2 DENSE) for the cnn; got {len(width)}.')
+    for pair in self.cross:
+      if pair.count('@') != 1 or not set(pair.split('@')) <= set(TABLE_METHODS):
+        raise ValueError(f'--cross: {pair!r} is not METHOD@METHOD with methods from '
+                         f'{", ".join(TABLE_METHODS)}.')
+    if self.no_table and not (self.checks or self.timing or self.cross):
+      raise ValueError('--no-table leaves nothing to run without --checks, --timing or --cross.')
+    if self.timing and 'sgd' not in self.methods:
+      raise ValueError('--timing needs the sgd method (the reference step) in --methods.')
+
+  def chosen_points(self) -> dict:
+    """``--chosen`` as a dict; ``ValueError`` naming the flag if it is not valid."""
+    if not self.chosen:
+      return {}
+    try:
+      given = json.loads(self.chosen)
+    except json.JSONDecodeError as e:
+      raise ValueError(f'--chosen is not JSON: {e}') from None
+    if not isinstance(given, dict) or not all(isinstance(v, dict) for v in given.values()):
+      raise ValueError('--chosen must be a JSON object {"METHOD": {"AXIS": VALUE, ...}}.')
+    bad = [m for m in given if m not in SEARCH or set(given[m]) != set(SEARCH[m])]
+    if bad:
+      raise ValueError(f'--chosen: {bad} need exactly the keys of their search axes: '
+                       + '; '.join(f'{m}: {sorted(SEARCH[m])}' for m in bad if m in SEARCH))
+    values = [v for point in given.values() for v in point.values()]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+               and v > 0 for v in values):
+      raise ValueError('--chosen: every value must be a finite number > 0.')
+    return given
+
+
+QUICK = dict(epsilons=(3.0,), seeds=1, search_seeds=1, epochs=1.0, batch_size=32,
+             timing_rounds=1)
+
+
 def main(argv: Sequence[str] | None = None) -> str:
   argv = list(sys.argv[1:] if argv is None else argv)
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--quick', action='store_true', help='tiny smoke run (seconds)')
-  parser.add_argument('--epsilons', type=float, nargs='+', default=[1.0, 3.0, 8.0])
-  parser.add_argument('--seeds', type=int, default=10, help='test seeds per (method, epsilon)')
-  parser.add_argument('--search-seeds', type=int, default=2,
-                      help='seeds whose mean validation accuracy scores a grid point')
-  parser.add_argument('--epochs', type=float, default=4.0)
-  parser.add_argument('--batch-size', type=int, default=500, help='expected batch size')
-  parser.add_argument('--arch', choices=('cnn', 'mlp'), default='cnn')
-  parser.add_argument('--width', type=int, nargs='+', default=None,
-                      help='cnn: C1 C2 DENSE (default 4 8 32); mlp: hidden sizes (default 32)')
-  parser.add_argument('--methods', nargs='+', choices=TABLE_METHODS, default=list(TABLE_METHODS))
-  parser.add_argument('--max-extensions', type=int, default=2,
-                      help='grid extensions allowed per hyper-parameter and direction')
-  parser.add_argument('--chosen', default=None, metavar='JSON',
-                      help='skip the search for these methods (at every epsilon), e.g. '
-                           '\'{"dp_sgd_clip": {"lr_unit": 3.1623, "clip": 3.1623}}\'')
-  parser.add_argument('--no-table', action='store_true',
-                      help='no search and test runs (with --checks / --timing)')
-  parser.add_argument('--checks', action='store_true',
-                      help='the anchors\' correctness checks (also run by a table run)')
-  parser.add_argument('--timing', action='store_true',
-                      help='time a training step of every method, interleaved')
-  parser.add_argument('--timing-rounds', type=int, default=5)
-  parser.add_argument('--cross', nargs='+', default=[], metavar='A@B',
-                      help='train method A at method B\'s chosen points (every epsilon, --seeds '
-                           'seeds): the same setting in other code')
-  parser.add_argument('--points-from', nargs='+', default=None, metavar='JSON',
-                      help='result files whose chosen points --cross and --timing use '
-                           '(default: --json)')
-  parser.add_argument('--torch-threads', type=int, default=0,
-                      help='PyTorch intra-op threads (0: its default); for JAX set XLA_FLAGS')
-  parser.add_argument('--json', default=None,
-                      help='raw results: updated as runs finish, reused by a rerun')
-  parser.add_argument('--combine', nargs='+', default=None, metavar='JSON',
-                      help='only write the report of these result files')
-  parser.add_argument('--out', default=None, help='the Markdown report')
-  args = parser.parse_args(argv)
+  parser = cli.build_parser(Config, __doc__.split('\n')[0])
+  args = cli.parse(Config, argv, parser=parser, quick=QUICK)
   # Opacus's hooks on a module whose input needs no gradient (the first layer) fire all the same.
   warnings.filterwarnings('ignore', message='Full backward hook is firing')
   if args.combine:
     merged = merge(args.combine)
     text = report(merged, merged.get('commands', []))
     print(text)
-    if args.out:
-      with open(args.out, 'w', encoding='utf-8') as f:
-        f.write(text)
+    cli.write_output(args.out, text, name='dp_ssgd')
     return text
-  given = {}
-  if args.chosen:
-    try:
-      given = json.loads(args.chosen)
-    except json.JSONDecodeError as e:
-      parser.error(f'--chosen is not JSON: {e}')
-    bad = [m for m in given if m not in SEARCH or set(given[m]) != set(SEARCH[m])]
-    if bad:
-      parser.error(f'--chosen: {bad} need exactly the keys of their search axes: '
-                   + '; '.join(f'{m}: {sorted(SEARCH[m])}' for m in bad if m in SEARCH))
-  if (args.seeds < 1 or args.search_seeds < 1 or args.epochs <= 0 or args.batch_size < 1
-      or args.max_extensions < 0 or args.timing_rounds < 1):
-    parser.error('--seeds, --search-seeds, --epochs, --batch-size and --timing-rounds must be '
-                 'positive, --max-extensions >= 0')
+  given = args.chosen_points()
   width = tuple(args.width or ((4, 8, 32) if args.arch == 'cnn' else (32,)))
-  if args.arch == 'cnn' and len(width) != 3 or min(width) < 1:
-    parser.error('--width: three positive ints (C1 C2 DENSE) for the cnn, positive for the mlp')
   if args.arch != 'cnn':
-    args.methods = [m for m in args.methods if m not in OPACUS_METHODS]
-  for pair in args.cross:
-    if pair.count('@') != 1 or not set(pair.split('@')) <= set(TABLE_METHODS):
-      parser.error(f'--cross: {pair!r} is not METHOD@METHOD with methods from {TABLE_METHODS}')
+    args = dataclasses.replace(args, methods=tuple(m for m in args.methods
+                                                   if m not in OPACUS_METHODS))
   train_size, accountant, search = None, 'pld', SEARCH
   if args.quick:  # smoke test: tiny data, one point per axis (no tuning), fast RDP accounting
-    args.epsilons, args.seeds, args.search_seeds, args.epochs = [3.0], 1, 1, 1.0
-    args.batch_size, args.timing_rounds = 32, 1
+    # (epsilons, seeds, search seeds, epochs, batch size, timing rounds: QUICK, where not given.)
     train_size, accountant = 128, 'rdp'
     search = {m: {k: v[1:2] or v[:1] for k, v in axes.items()} for m, axes in SEARCH.items()}
   setup = TableSetup(args.arch, width, args.epochs, args.batch_size, accountant)
   n_train = len(_data(False, train_size)[0])
   config = dict(arch=args.arch, width=list(width), epochs=args.epochs,
                 batch_size=args.batch_size, accountant=accountant,
-                search_seeds=args.search_seeds, epsilons=args.epsilons, n_train=n_train,
+                search_seeds=args.search_seeds, epsilons=list(args.epsilons), n_train=n_train,
                 steps=_schedule(setup, n_train)[1], quick=args.quick,
                 max_extensions=args.max_extensions, search={m: search[m] for m in search})
   if args.torch_threads > 0:
@@ -1181,11 +1233,9 @@ def main(argv: Sequence[str] | None = None) -> str:
     run_timing(args, setup, results, search, points, train_size)
   text = report(results, results['commands'])
   print(text)
-  if args.out:
-    with open(args.out, 'w', encoding='utf-8') as f:
-      f.write(text)
+  cli.write_output(args.out, text, name='dp_ssgd')
   return text
 
 
 if __name__ == '__main__':
-  main()
+  cli.run(main, sys.argv[1:])

@@ -23,28 +23,38 @@ memory at that batch.
 
     python benchmarks/ghost.py            # default run (minutes)
     python benchmarks/ghost.py --quick    # smoke test
+
+The tables go to a new file under ``runs/benchmarks/`` unless ``--out`` names
+one; the compile times go to stderr.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import datetime
 import pathlib
 import platform
 import random
+import shlex
 import statistics
 import sys
 import time
+
+# The examples' harness (ssgd_examples: cli, data, models, scripts) lives in
+# examples/; its command-line layer first, so that Ctrl-C during the imports
+# below also ends in one line (exit 130).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'examples'))
+from ssgd_examples import cli
+from ssgd_examples.cli import flag
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
 
-# The examples' harness (ssgd_examples: cli, data, models, scripts) lives in examples/.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'examples'))
 from ssgd_examples import models
 from ssgd_optax import privacy
+
 VARIANTS = ('nonprivate', 'ghost_dpsgd', 'ghost_dpssgd', 'vmap_dpsgd')
 
 
@@ -94,11 +104,12 @@ def time_model(name: str, batch: int, rounds: int, steps: int, small: bool):
     compiled[v] = jax.jit(_fn(v, graphdef)).lower(state, x, y).compile()
     mem[v] = _memory(compiled[v])
     jax.block_until_ready(compiled[v](state, x, y))
-    print(f'  {name} b={batch} {v}: compiled in {time.perf_counter() - t0:.1f}s', flush=True)
+    print(f'  {name} b={batch} {v}: compiled in {time.perf_counter() - t0:.1f}s',
+          file=sys.stderr, flush=True)
   times = {v: [] for v in VARIANTS}
   order = list(VARIANTS)
   rng = random.Random(0)
-  for _ in range(rounds):
+  for _ in cli.progress(range(rounds), desc=f'{name} b={batch}', unit='round'):
     rng.shuffle(order)
     for v in order:
       t0 = time.perf_counter()
@@ -126,7 +137,7 @@ def budget(name: str, budget_gib: float, start: int, limit: int, small: bool):
       lowered = jax.jit(_fn(v, graphdef)).lower(state, x, y)
       mems[v] = _memory(lowered.compile())
     print(f'  budget {name} b={batch}: ' +
-          ', '.join(f'{k} {m:.0f} MiB' for k, m in mems.items()), flush=True)
+          ', '.join(f'{k} {m:.0f} MiB' for k, m in mems.items()), file=sys.stderr, flush=True)
     if mems['vmap_dpsgd'] > budget_gib * 1024:
       return (f'| {name} | {batch} | {mems["nonprivate"]:.0f} | {mems["ghost_dpsgd"]:.0f} | '
               f'{mems["vmap_dpsgd"]:.0f} | '
@@ -135,34 +146,50 @@ def budget(name: str, budget_gib: float, start: int, limit: int, small: bool):
   return f'| {name} | > {limit} | - | - | - | vmap fits up to {limit} |'
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument('--quick', action='store_true', help='tiny run (smoke test)')
-  p.add_argument('--rounds', type=int, default=5)
-  p.add_argument('--steps', type=int, default=1)
-  p.add_argument('--budget-gib', type=float, default=2.0)
-  args = p.parse_args(argv)
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The benchmark's flags (each checked before any work)."""
+  quick: bool = flag(False, 'tiny run (smoke test: small ResNet, batches 32 and 16, a 0.05 GiB '
+                     'budget); flags given explicitly win')
+  rounds: int = flag(5, 'interleaved timing rounds', check=cli.at_least(1))
+  steps: int = flag(1, 'calls per variant and round', check=cli.at_least(1))
+  budget_gib: float = flag(2.0, 'memory budget (GiB) of the budget part',
+                           check=cli.finite(positive=True))
+  out: str | None = cli.output_flag('the Markdown tables (default: a new file under '
+                                    'runs/benchmarks/)')
+  verbose: bool = cli.verbose_flag()
+
+
+QUICK = dict(rounds=2, budget_gib=0.05)
+
+
+def main(argv: list[str] | None = None) -> str:
+  args = cli.parse(Config, argv, description=__doc__.splitlines()[0], quick=QUICK)
   if args.quick:
-    cases = [('cnn', 32), ('resnet', 16)]
-    rounds, steps, small, budget_cases = 2, 1, True, [('cnn', 0.05, 32, 256)]
+    cases, small, start, limit = [('cnn', 32), ('resnet', 16)], True, 32, 256
   else:
-    cases = [('cnn', 256), ('resnet', 256)]
-    rounds, steps, small = args.rounds, args.steps, False
-    budget_cases = [('cnn', args.budget_gib, 1024, 16384)]
-  print(f'# benchmarks/ghost.py {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, '
-        f'jax {jax.__version__}, {jax.devices()[0].platform}, {platform.machine()}')
+    cases, small, start, limit = [('cnn', 256), ('resnet', 256)], False, 1024, 16384
+  budget_cases = [('cnn', args.budget_gib, start, limit)]
+  header = (f'# benchmarks/ghost.py {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} '
+            f'UTC, jax {jax.__version__}, {jax.devices()[0].platform}, {platform.machine()}')
+  print(header)
   table = ['| model | batch | variant | step ms (median) | vs non-private | memory MiB | '
            'vs non-private |', '|---|---|---|---|---|---|---|']
   for name, batch in cases:
-    table += time_model(name, batch, rounds, steps, small)
+    table += time_model(name, batch, args.rounds, args.steps, small)
   print('\n'.join(table))
   btable = ['| model | first batch where vmap > budget | non-private MiB | ghost MiB | '
             'vmap MiB | ghost fits |', '|---|---|---|---|---|---|']
   for name, gib, start, limit in budget_cases:
     btable.append(budget(name, gib, start, limit, small))
-  print(f'\nBudget {budget_cases[0][1]} GiB (compiled memory_analysis):')
+  btitle = f'Budget {budget_cases[0][1]} GiB (compiled memory_analysis):'
+  print(f'\n{btitle}')
   print('\n'.join(btable))
+  command = 'python benchmarks/ghost.py ' + shlex.join(argv if argv is not None else sys.argv[1:])
+  text = '\n'.join([header, '', f'`{command.strip()}`', '', *table, '', btitle, '', *btable])
+  cli.write_output(args.out, text, name='ghost')
+  return text
 
 
 if __name__ == '__main__':
-  main()
+  cli.run(main, sys.argv[1:])

@@ -33,17 +33,22 @@ fraction of inputs recovered above 20 dB and the mean PSNR, and a plot.
 Paper scale (``--full``): 32x32, 4800 IG steps, 16 images, batch 1.
 
     python benchmarks/leakage.py --quick                  # seconds, smoke test
-    python benchmarks/leakage.py --out benchmarks/results/leakage.md --png-dir benchmarks/results
-    python benchmarks/leakage.py --scaling --size 16 --out benchmarks/results/leakage_batch.md --png-dir benchmarks/results
-    python benchmarks/leakage.py --full --out benchmarks/results/leakage_full.md   # hours on 2 CPU cores, minutes on a GPU
+    python benchmarks/leakage.py --png-dir runs
+    python benchmarks/leakage.py --scaling --size 16 --png-dir runs
+    python benchmarks/leakage.py --full     # hours on 2 CPU cores, minutes on a GPU
+
+The tables go to a new file under ``runs/benchmarks/`` unless ``--out`` names
+one, the figures to ``--png-dir`` (the committed ones are under
+``benchmarks/results/``: ``leakage.md``, ``leakage_batch.md``, ...).
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import datetime
 import functools
 import logging
+import math
 import os
 import re
 import shlex
@@ -52,14 +57,20 @@ import sys
 import time
 from typing import Callable
 
+# The examples' harness (ssgd_examples: cli, data, models, scripts) lives in
+# examples/; its command-line layer first, so that Ctrl-C during the imports
+# below also ends in one line (exit 130).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'examples'))
+from ssgd_examples import cli
+from ssgd_examples.cli import flag
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
-# The examples' harness (ssgd_examples: cli, data, models, scripts) lives in examples/.
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / 'examples'))
+from ssgd_examples import data as data_lib
 from ssgd_optax import attacks
 from ssgd_examples import models as attack_models
 
@@ -649,108 +660,280 @@ def save_grid(path: str, originals: np.ndarray, rows: dict[str, np.ndarray], n: 
   plt.close(fig)
 
 
+# ------------------------------------------------------------------ flags
+
+ATTACKS = ('DLG', 'adaptive DLG', 'IG global', 'IG per-layer', 'IG per-leaf')
+MODELS, MODEL_STATES = ('lenet', 'relu_cnn'), ('untrained', 'trained')
+CALIBRATION_DATA = ('digits', 'crops')
+_DP_NAME = re.compile(r'(?:dp_ssgd|bpclip)_eps.+')
+
+
+def _items(text: str) -> list[str]:
+  return [t for t in text.split(',') if t]
+
+
+def _int_list(text: str) -> str | None:
+  """A check: a comma list of ints >= 1 (``'1,4'``)."""
+  try:
+    values = [int(t) for t in text.split(',')]
+  except ValueError:
+    values = []
+  if not values or min(values) < 1:
+    return 'must be a comma list of ints >= 1 (e.g. 1,4)'
+  return None
+
+
+def _float_list(text: str) -> str | None:
+  """A check: a comma list of finite numbers > 0, possibly empty (``'1,3,8'`` or ``''``)."""
+  try:
+    values = [float(t) for t in _items(text)]
+  except ValueError:
+    values = [math.nan]
+  if not all(math.isfinite(v) and v > 0 for v in values):
+    return "must be a comma list of finite numbers > 0 (e.g. 1,3,8; '' for none)"
+  return None
+
+
+def _sigmas(text: str) -> str | None:
+  """A check: ``EPS=SIGMA`` pairs of finite numbers > 0 (``'8=0.908'``), possibly none."""
+  for item in _items(text):
+    e, _, z = item.partition('=')
+    if _float_list(e) or _float_list(z) or not e or not z:
+      return "must be a comma list of EPSILON=SIGMA, each a finite number > 0 (e.g. 8=0.908)"
+  return None
+
+
+def _one_of(known: tuple[str, ...], *, allow_all: bool = False, allow_empty: bool = False):
+  """A check: a comma list of names in ``known`` (or ``'all'``)."""
+  shown = ', '.join(known) + (" or 'all'" if allow_all else '')
+
+  def check(text: str) -> str | None:
+    if allow_all and text == 'all':
+      return None
+    names = _items(text)
+    unknown = [n for n in names if n not in known]
+    if unknown or not (names or allow_empty):
+      return (f'must be a comma list of {shown}'
+              + (f' ({", ".join(map(repr, unknown))} unknown)' if unknown else ''))
+    return None
+  return check
+
+
+def _models(text: str) -> str | None:
+  """A check: ``MODEL:STATE`` pairs (``'lenet:untrained,relu_cnn:trained'``)."""
+  for item in text.split(','):
+    name, _, state = item.partition(':')
+    if name not in MODELS or state not in MODEL_STATES:
+      return (f'must be a comma list of MODEL:STATE with MODEL in {", ".join(MODELS)} and STATE '
+              f'in {", ".join(MODEL_STATES)} ({item!r} is not)')
+  return None
+
+
+def _existing_files(text: str) -> str | None:
+  """A check: a comma list of existing files."""
+  missing = [p for p in text.split(',') if not os.path.isfile(p)]
+  if missing:
+    return f'must be a comma list of existing files ({", ".join(map(repr, missing))} not found)'
+  return None
+
+
+def _figure_dir(path: str) -> str | None:
+  """A check: an existing folder, or a new one in an existing writable folder (made later)."""
+  if os.path.isdir(path):
+    return None if os.access(path, os.W_OK) else 'must be a writable folder'
+  parent = os.path.dirname(os.path.abspath(path))
+  if os.path.exists(path) or not os.path.isdir(parent) or not os.access(parent, os.W_OK):
+    return 'must be a folder, existing or new in an existing writable folder'
+  return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """The benchmark's flags (each checked before any work). Lists are comma-separated."""
+  quick: bool = flag(False, 'tiny smoke-test setting (seconds); flags given explicitly win')
+  images: int = flag(32, 'images attacked per setting', check=cli.at_least(1))
+  size: int = flag(32, 'image side (pixels; 8 is the smallest tried)', check=cli.at_least(8))
+  batch_sizes: str = flag('1,4', 'batch sizes of the first model', check=_int_list)
+  models: str = flag('lenet:untrained,lenet:trained,relu_cnn:untrained,relu_cnn:trained',
+                     'model:state pairs; the first gets the full defence x attack matrix',
+                     check=_models)
+  defences: str = flag('all', "comma list or 'all' (the registry)")
+  secondary_batch_sizes: str = flag('1', 'batch sizes of the models after the first',
+                                    check=_int_list)
+  secondary_defences: str = flag('none,ssgd_per_layer', 'defences for the models after the first')
+  secondary_attacks: str = flag('IG global', 'attacks on the models after the first',
+                                check=_one_of(ATTACKS, allow_empty=True))
+  layer_defences: str = flag('none,ssgd_global,ssgd_per_leaf,ssgd_per_layer',
+                             "defences IG per-layer runs against ('all' for every one)")
+  leaf_defences: str = flag('ssgd_per_leaf', "defences IG per-leaf runs against ('all' for every "
+                            'one)')
+  no_closed_form: bool = flag(False, 'skip analytic and R-GAP')
+  dlg_defences: str = flag('none,ssgd_global,ssgd_per_layer',
+                           "defences DLG and adaptive DLG run against ('all' for every one)")
+  attacks: str = flag('all', "optimisation attacks for the first model ('all' or a comma list)",
+                      check=_one_of(ATTACKS, allow_all=True, allow_empty=True))
+  rgap_defences: str = flag('none,ssgd_global,ssgd_per_leaf,noise_1e-2',
+                            'defences R-GAP runs against')
+  steps_ig: int = flag(200, 'Inverting Gradients steps', check=cli.at_least(1))
+  steps_dlg: int = flag(100, 'DLG L-BFGS steps', check=cli.at_least(1))
+  tv: float = flag(1e-2, "Inverting Gradients' total-variation weight",
+                   check=cli.finite(nonnegative=True))
+  train_steps: int = flag(100, "Adam steps of the 'trained' models", check=cli.at_least(1))
+  rgap_images: int = flag(4, 'images R-GAP attacks', check=cli.at_least(1))
+  cifar10: str | None = flag(None, 'CIFAR-10 folder (python version) instead of the embedded '
+                             'digits and crops', type=str, check=cli.existing_dir, metavar='DIR')
+  dp_epsilons: str = flag('1,3,8', "epsilons of the dp_ssgd_eps* and bpclip_eps* rows ('' for "
+                          'none)', check=_float_list)
+  dp_sampling_rate: float = flag(250 / 4000, 'Poisson rate of the calibrated DP run',
+                                 check=cli.in_range(0, 1, lo_open=True))
+  dp_steps: int = flag(240, 'steps of the calibrated DP run', check=cli.at_least(1))
+  dp_accountant: str = flag('pld', 'accountant of the calibration', choices=('pld', 'rdp'))
+  dp_sigmas: str = flag('', "e.g. '8=0.908': noise multipliers of dp_ssgd_eps{e} calibrated "
+                        'before (skips the calibration)', check=_sigmas)
+  dp_attacks: str = flag('IG global,IG per-layer,adaptive DLG',
+                         'optimisation attacks run against the DP defences',
+                         check=_one_of(ATTACKS, allow_empty=True))
+  bp_input_bound: float = flag(10.0, "backprop clipping's input bound",
+                               check=cli.finite(positive=True))
+  bp_grad_bound: float = flag(0.1, "backprop clipping's gradient bound",
+                              check=cli.finite(positive=True))
+  scaling: bool = flag(False, 'only the batch-size scaling table (honest and malicious server) '
+                       'and its plot')
+  scaling_batch_sizes: str = flag('1,4,16,64,256', 'batch sizes of --scaling', check=_int_list)
+  scaling_defences: str = flag(
+      'none,ssgd_global,ssgd_per_leaf,ssgd_per_layer,dssgd_10,dp_ssgd_eps8',
+      'defences of --scaling')
+  scaling_attacks: str = flag('IG global,IG per-layer,adaptive DLG',
+                              "honest-server attacks of --scaling ('' for none)",
+                              check=_one_of(ATTACKS, allow_empty=True))
+  scaling_images: int = flag(8, 'honest-server attacks: images per batch size (at least one '
+                             'batch)', check=cli.at_least(1))
+  imprint_images: int = flag(64, 'imprint attack: images per batch size (at least one batch)',
+                             check=cli.at_least(1))
+  scaling_no_imprint: bool = flag(False, 'honest-server rows only (to run the imprint rows in '
+                                  'another process)')
+  imprint_bins: int = flag(1024, "the imprint module's bins", check=cli.at_least(1))
+  imprint_gain: float = flag(1.0, "the imprint module's gain", check=cli.finite(positive=True))
+  imprint_reference: int = flag(512, 'public images the server sets its thresholds with',
+                                check=cli.at_least(1))
+  imprint_participants: int = flag(4, 'participants summed by secure aggregation',
+                                   check=cli.at_least(1))
+  imprint_calibration: bool = flag(False, 'only the imprint calibration table (measured vs '
+                                   'expected_recovered, and the per-leaf statistic rescale) on '
+                                   'digits and photo crops')
+  calibration_data: str = flag('digits,crops', 'data of --imprint-calibration',
+                               check=_one_of(CALIBRATION_DATA))
+  calibration_batch_sizes: str = flag('16,64,256', 'batch sizes of --imprint-calibration',
+                                      check=_int_list)
+  calibration_batches: int = flag(20, 'random victim batches per row', check=cli.at_least(1))
+  calibration_pool: int = flag(1000, 'victims, public reference and held-out images per kind of '
+                               'data', check=cli.at_least(1))
+  scaling_merge: str | None = flag(None, 'comma list of scaling tables (--scaling --out) to join '
+                                   'into --out and a plot', type=str, check=_existing_files,
+                                   metavar='FILES')
+  full: bool = flag(False, 'paper scale: 32x32, --full-steps IG steps, --full-images images, '
+                    'batch 1 (flags given explicitly win)')
+  full_steps: int = flag(4800, 'IG steps of --full', check=cli.at_least(1))
+  full_images: int = flag(16, 'images of --full', check=cli.at_least(1))
+  seed: int = flag(0, 'seed of the images, models and attacks', check=cli.at_least(0))
+  out: str | None = cli.output_flag('the Markdown table (default: a new file under '
+                                    'runs/benchmarks/)')
+  png_dir: str | None = flag(None, 'folder of the figures (leakage_grid.png, leakage_batch.png; '
+                             'made if new); none without it', type=str, check=_figure_dir,
+                             metavar='DIR')
+  verbose: bool = cli.verbose_flag()
+
+  def validate(self) -> None:
+    modes = [f for f in ('scaling_merge', 'imprint_calibration', 'scaling', 'full')
+             if getattr(self, f)]
+    if len(modes) > 1:
+      raise ValueError(f'{" and ".join(map(cli.flag_name, modes))} are different runs; give '
+                       'one.')
+    if self.cifar10 is not None:
+      try:
+        data_lib.check_files('cifar10', self.cifar10)
+      except data_lib.DatasetError as e:
+        raise ValueError(f'--cifar10: {e}') from None
+    epsilons = {float(e) for e in _items(self.dp_epsilons)}
+    given = {float(e) for e in (kv.split('=')[0] for kv in _items(self.dp_sigmas))}
+    if given - epsilons:
+      raise ValueError(f'--dp-sigmas names epsilons not in --dp-epsilons {self.dp_epsilons!r}: '
+                       f'{", ".join(f"{e:g}" for e in sorted(given - epsilons))}.')
+    # The registry, and the DP rows this run registers (dp_ssgd_eps{e}).
+    known = tuple(attacks.available_defences()) + tuple(f'dp_ssgd_eps{e:g}'
+                                                        for e in sorted(epsilons))
+    runs = (('scaling_defences',) if self.scaling else
+            () if self.scaling_merge or self.imprint_calibration else ('defences',))
+    for name in runs:
+      problem = _one_of(known, allow_all=name == 'defences')(getattr(self, name))
+      if problem:
+        raise ValueError(f'{cli.flag_name(name)} {problem} (a dp_ssgd_eps<e> row needs e in '
+                         '--dp-epsilons).')
+    # Filters: names of this run's rows, or of DP rows at other epsilons (never run).
+    for name in ('secondary_defences', 'layer_defences', 'leaf_defences', 'dlg_defences',
+                 'rgap_defences'):
+      text = getattr(self, name)
+      unknown = [d for d in _items(text) if d not in known and not _DP_NAME.fullmatch(d)]
+      if text != 'all' and unknown:
+        raise ValueError(f'{cli.flag_name(name)}: unknown defence(s) {", ".join(unknown)} '
+                         f'(known: {", ".join(known)}, or \'all\').')
+    if not (self.scaling or self.scaling_merge or self.imprint_calibration):
+      too_big = [b for b in map(int, self.batch_sizes.split(',')) if b > self.images]
+      if too_big:
+        raise ValueError(f'--batch-sizes {",".join(map(str, too_big))} exceed --images '
+                         f'{self.images}: a batch size needs at least one batch of images.')
+    if self.imprint_calibration:
+      too_big = [b for b in map(int, self.calibration_batch_sizes.split(','))
+                 if b > self.calibration_pool]
+      if too_big or self.imprint_reference > self.calibration_pool:
+        raise ValueError(f'--calibration-batch-sizes and --imprint-reference must be <= '
+                         f'--calibration-pool {self.calibration_pool}.')
+
+
+QUICK = dict(images=2, size=8, steps_ig=3, steps_dlg=2, train_steps=2, rgap_images=1,
+             models='lenet:untrained,relu_cnn:trained', batch_sizes='1', attacks='IG global',
+             defences='none', rgap_defences='none', secondary_defences='none',
+             secondary_attacks='IG global', secondary_batch_sizes='1', dp_epsilons='8',
+             dp_attacks='IG global', dp_accountant='rdp', scaling_batch_sizes='1,2',
+             scaling_images=2, imprint_images=4, imprint_bins=16, imprint_reference=16,
+             imprint_participants=2, scaling_defences='ssgd_per_leaf,dp_ssgd_eps8',
+             scaling_attacks='IG global')
+
+
+def _full(config: Config, explicit: set[str]) -> Config:
+  """``--full``'s settings for the flags not given explicitly."""
+  if not config.full:
+    return config
+  # Inverting Gradients' Table 1 setting (untrained LeNet, batch 1, 4800
+  # signed-Adam steps, TV 1e-2) with every scope-matched cosine.
+  full = dict(size=32, steps_ig=config.full_steps, images=config.full_images, batch_sizes='1',
+              models='lenet:untrained', attacks='IG global,IG per-layer,IG per-leaf',
+              no_closed_form=True,
+              defences='none,ssgd_global,ssgd_per_layer,ssgd_per_leaf,dp_ssgd_eps8',
+              layer_defences='none,ssgd_global,ssgd_per_layer,dp_ssgd_eps8',
+              leaf_defences='ssgd_per_leaf', dp_attacks='IG global,IG per-layer')
+  config = cli.apply_quick(config, full, explicit)
+  # The DP rows (DP-SSGD and backprop clipping at epsilon 8) only with a DP defence.
+  return cli.apply_quick(config, dict(dp_epsilons='8' if 'dp_' in config.defences else ''),
+                         explicit)
+
+
+def _with_command(text: str, argv: list[str] | None) -> str:
+  return ('```\npython benchmarks/leakage.py '
+          + shlex.join(argv if argv is not None else sys.argv[1:]) + '\n```\n\n' + text)
+
+
 def main(argv: list[str] | None = None) -> str:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--quick', action='store_true', help='tiny smoke-test setting (seconds)')
-  p.add_argument('--images', type=int, default=32)
-  p.add_argument('--size', type=int, default=32)
-  p.add_argument('--batch-sizes', default='1,4')
-  p.add_argument('--models', default='lenet:untrained,lenet:trained,relu_cnn:untrained,relu_cnn:trained',
-                 help='model:state pairs; the first gets the full defence x attack matrix')
-  p.add_argument('--defences', default='all', help="comma list or 'all' (the registry)")
-  p.add_argument('--secondary-batch-sizes', default='1')
-  p.add_argument('--secondary-defences', default='none,ssgd_per_layer',
-                 help='defences for the models after the first')
-  p.add_argument('--secondary-attacks', default='IG global')
-  p.add_argument('--layer-defences', default='none,ssgd_global,ssgd_per_leaf,ssgd_per_layer',
-                 help="defences IG per-layer runs against ('all' for every one)")
-  p.add_argument('--leaf-defences', default='ssgd_per_leaf',
-                 help="defences IG per-leaf runs against ('all' for every one)")
-  p.add_argument('--no-closed-form', action='store_true', help='skip analytic and R-GAP')
-  p.add_argument('--dlg-defences', default='none,ssgd_global,ssgd_per_layer',
-                 help="defences DLG and adaptive DLG run against ('all' for every one)")
-  p.add_argument('--attacks', default='all', help='optimisation attacks for the first model')
-  p.add_argument('--rgap-defences', default='none,ssgd_global,ssgd_per_leaf,noise_1e-2')
-  p.add_argument('--steps-ig', type=int, default=200)
-  p.add_argument('--steps-dlg', type=int, default=100)
-  p.add_argument('--tv', type=float, default=1e-2)
-  p.add_argument('--train-steps', type=int, default=100)
-  p.add_argument('--rgap-images', type=int, default=4)
-  p.add_argument('--cifar10', default=None)
-  p.add_argument('--dp-epsilons', default='1,3,8',
-                 help="epsilons of the dp_ssgd_eps* and bpclip_eps* rows ('' for none)")
-  p.add_argument('--dp-sampling-rate', type=float, default=250 / 4000)
-  p.add_argument('--dp-steps', type=int, default=240)
-  p.add_argument('--dp-accountant', choices=('pld', 'rdp'), default='pld')
-  p.add_argument('--dp-sigmas', default='',
-                 help="e.g. '8=0.908': noise multipliers of dp_ssgd_eps{e} calibrated before "
-                      '(skips the calibration)')
-  p.add_argument('--dp-attacks', default='IG global,IG per-layer,adaptive DLG',
-                 help='optimisation attacks run against the DP defences')
-  p.add_argument('--bp-input-bound', type=float, default=10.0)
-  p.add_argument('--bp-grad-bound', type=float, default=0.1)
-  p.add_argument('--scaling', action='store_true',
-                 help='only the batch-size scaling table (honest and malicious server) and its plot')
-  p.add_argument('--scaling-batch-sizes', default='1,4,16,64,256')
-  p.add_argument('--scaling-defences',
-                 default='none,ssgd_global,ssgd_per_leaf,ssgd_per_layer,dssgd_10,dp_ssgd_eps8')
-  p.add_argument('--scaling-attacks', default='IG global,IG per-layer,adaptive DLG')
-  p.add_argument('--scaling-images', type=int, default=8,
-                 help='honest-server attacks: images per batch size (at least one batch)')
-  p.add_argument('--imprint-images', type=int, default=64,
-                 help='imprint attack: images per batch size (at least one batch)')
-  p.add_argument('--scaling-no-imprint', action='store_true',
-                 help='honest-server rows only (to run the imprint rows in another process)')
-  p.add_argument('--imprint-bins', type=int, default=1024)
-  p.add_argument('--imprint-gain', type=float, default=1.0)
-  p.add_argument('--imprint-reference', type=int, default=512,
-                 help='public images the server sets its thresholds with')
-  p.add_argument('--imprint-participants', type=int, default=4,
-                 help='participants summed by secure aggregation')
-  p.add_argument('--imprint-calibration', action='store_true',
-                 help='only the imprint calibration table (measured vs expected_recovered, '
-                      'and the per-leaf statistic rescale) on digits and photo crops')
-  p.add_argument('--calibration-data', default='digits,crops')
-  p.add_argument('--calibration-batch-sizes', default='16,64,256')
-  p.add_argument('--calibration-batches', type=int, default=20)
-  p.add_argument('--calibration-pool', type=int, default=1000,
-                 help='victims, public reference and held-out images per kind of data')
-  p.add_argument('--scaling-merge', default=None,
-                 help='comma list of scaling tables (--scaling --out) to join into --out and a plot')
-  p.add_argument('--full', action='store_true',
-                 help='paper scale: 32x32, --full-steps IG steps, --full-images images, batch 1')
-  p.add_argument('--full-steps', type=int, default=4800)
-  p.add_argument('--full-images', type=int, default=16)
-  p.add_argument('--seed', type=int, default=0)
-  p.add_argument('--out', default=None)
-  p.add_argument('--png-dir', default=None)
-  a = p.parse_args(argv)
+  a = cli.parse(Config, argv, description=__doc__, prepare=_full, quick=QUICK)
+  if a.png_dir:
+    os.makedirs(a.png_dir, exist_ok=True)
   if a.scaling_merge:
-    return merge_scaling(a.scaling_merge.split(','), a.out, a.png_dir)
-  # dp_accounting's RDP bracket search warns on every non-converging order.
-  logging.getLogger('absl').setLevel(logging.ERROR)
-  if a.quick:
-    a.images, a.size, a.steps_ig, a.steps_dlg, a.train_steps, a.rgap_images = 2, 8, 3, 2, 2, 1
-    a.models, a.batch_sizes, a.attacks = 'lenet:untrained,relu_cnn:trained', '1,2', 'IG global'
-    a.defences = a.rgap_defences = a.secondary_defences = 'none'
-    a.secondary_attacks, a.secondary_batch_sizes = 'IG global', '1'
-    a.models = 'lenet:untrained,relu_cnn:trained'
-    a.batch_sizes = '1'
-    a.dp_epsilons, a.dp_attacks, a.dp_accountant = '8', 'IG global', 'rdp'
-    a.scaling_batch_sizes, a.scaling_images, a.imprint_images = '1,2', 2, 4
-    a.imprint_bins, a.imprint_reference, a.imprint_participants = 16, 16, 2
-    a.scaling_defences, a.scaling_attacks = 'ssgd_per_leaf,dp_ssgd_eps8', 'IG global'
-  if a.full:
-    # Inverting Gradients' Table 1 setting (untrained LeNet, batch 1, 4800
-    # signed-Adam steps, TV 1e-2) with every scope-matched cosine.
-    a.size, a.steps_ig, a.images, a.batch_sizes = 32, a.full_steps, a.full_images, '1'
-    a.models, a.attacks, a.no_closed_form = 'lenet:untrained', 'IG global,IG per-layer,IG per-leaf', True
-    if a.defences == 'all':
-      a.defences = 'none,ssgd_global,ssgd_per_layer,ssgd_per_leaf,dp_ssgd_eps8'
-    a.layer_defences, a.leaf_defences = 'none,ssgd_global,ssgd_per_layer,dp_ssgd_eps8', 'ssgd_per_leaf'
-    # The DP rows (DP-SSGD and backprop clipping at epsilon 8) only with a DP defence.
-    a.dp_epsilons = '8' if 'dp_' in a.defences else ''
-    a.dp_attacks = 'IG global,IG per-layer'
+    text = merge_scaling(a.scaling_merge.split(','), None, a.png_dir)
+    cli.write_output(a.out, text, name='leakage_batch')
+    return text
+  if not a.verbose:
+    # dp_accounting's RDP bracket search warns on every non-converging order.
+    logging.getLogger('absl').setLevel(logging.ERROR)
   batch_sizes = [int(b) for b in a.batch_sizes.split(',')]
   epsilons = [float(e) for e in a.dp_epsilons.split(',') if e.strip()]
   given = {float(k): float(v) for k, v in (kv.split('=') for kv in a.dp_sigmas.split(',') if kv)}
@@ -766,11 +949,8 @@ def main(argv: list[str] | None = None) -> str:
                       f'{load0} on {os.cpu_count()} CPU cores (shared machine).', ''] + lines +
                      ['', f'Total time {time.time() - t_start:.0f} s; {_load()} at the end; '
                       f'jax {jax.__version__}.'])
-    if a.out:
-      with open(a.out, 'w') as fh:
-        fh.write('```\npython benchmarks/leakage.py ' + shlex.join(argv or sys.argv[1:]) +
-                 '\n```\n\n' + text + '\n')
     print(text)
+    cli.write_output(a.out, _with_command(text, argv), name='imprint_calibration')
     return text
   if a.scaling:
     t_start, load0 = time.time(), _load()
@@ -786,10 +966,7 @@ def main(argv: list[str] | None = None) -> str:
               f'{datetime.date.today()}; jax {jax.__version__}.']
     text = '\n'.join(lines)
     print(lines[-1])
-    if a.out:
-      with open(a.out, 'w') as fh:
-        fh.write('```\npython benchmarks/leakage.py ' + shlex.join(argv or sys.argv[1:]) +
-                 '\n```\n\n' + text + '\n')
+    cli.write_output(a.out, _with_command(text, argv), name='leakage_batch')
     if a.png_dir:
       path = os.path.join(a.png_dir, 'leakage_batch.png')
       save_scaling_plot(path, data, f'Leakage vs batch size ({a.size}x{a.size}x3, untrained '
@@ -893,10 +1070,7 @@ def main(argv: list[str] | None = None) -> str:
             f'{os.cpu_count()} CPU cores, {_load()} at the end; jax {jax.__version__}.']
   text = '\n'.join(lines)
   print(lines[-3], lines[-1], sep='\n')
-  if a.out:
-    with open(a.out, 'w') as fh:
-      fh.write('```\npython benchmarks/leakage.py ' + shlex.join(argv or sys.argv[1:]) + '\n```\n\n')
-      fh.write(text + '\n')
+  cli.write_output(a.out, _with_command(text, argv), name='leakage')
   if a.png_dir and grids:
     path = os.path.join(a.png_dir, 'leakage_grid.png')
     save_grid(path, x[:8], {d: g[:8] for d, g in grids.items()}, n=min(8, len(x)))
@@ -905,4 +1079,4 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == '__main__':
-  main()
+  cli.run(main, sys.argv[1:])

@@ -399,9 +399,9 @@ def test_example_rejects_bad_flags(flags, match, capsys):
 
 
 @pytest.mark.slow  # benchmark smoke test: run with -m slow
-def test_benchmark_quick():
+def test_benchmark_quick(tmp_path):
   bench = _load('benchmarks/dp_ssgd.py')
-  text = bench.main(['--quick'])
+  text = bench.main(['--quick', '--out', str(tmp_path / 'dp_ssgd.md')])
   for name in ('dp_ssgd', 'dp_sgd_clip', 'backprop_clip', 'ratio to dp_ssgd', 'CPU cores'):
     assert name in text
 
