@@ -1226,3 +1226,61 @@ def test_a_restarted_secure_server_opens_a_fresh_session_and_cannot_repeat_a_rou
   with pytest.raises(flower.FederatedRunError, match='RepeatedContributionError'):
     _server_run(sim, params, grid, rounds=2, key=key, seen=[], checkpoint_dir=folder,
                 resume=True)
+
+
+@pytest.mark.slow
+def test_simulation_engine_server_stopped_after_round_1_resumes_from_its_checkpoint(tmp_path):
+  """The restart on Flower's own runtime (Ray backend; ~3 min on 2 loaded cores).
+
+  A ServerApp that raises ends ``run_simulation`` with that exception (the
+  engine re-raises the ServerApp thread's error); a second ``run_simulation``
+  with ``resume=True`` runs only round 2. Its SuperNodes are new: they start
+  from the initial local models, so round 2 is the simulation's round 2 on the
+  checkpointed global model and key with every participant's local state
+  reset, not the uninterrupted run's round 2 (whose participants kept theirs).
+  """
+  pytest.importorskip('ray')
+  from flwr.simulation import run_simulation
+  upload = selective_sharing(0.3, strategy='threshold_random', key=jax.random.key(5))
+  params, x, y, sim = _setup(upload)
+  key = jax.random.key(7)
+  folder = tmp_path / 'server'
+  client_app = flower.make_client_app(sim, lambda i: (x[i], y[i]), params, testing_key=key)
+  first = []
+
+  def stop_after_round_1(r, s):
+    first.append((r, s))
+    if r == 1:
+      raise _Crash()
+
+  with pytest.raises(_Crash):
+    run_simulation(server_app=flower.make_server_app(
+        sim, params, rounds=3, key=key, checkpoint_dir=folder, on_round=stop_after_round_1),
+                   client_app=client_app, num_supernodes=N,
+                   backend_config={'client_resources': {'num_cpus': 1}})
+  assert [r for r, _ in first] == [0, 1]
+  assert (folder / 'server-state.json').exists()
+  second, summaries = [], []
+  run_simulation(server_app=flower.make_server_app(
+      sim, params, rounds=3, key=key, checkpoint_dir=folder, resume=True,
+      on_round=lambda r, s: second.append((r, s)), on_end=summaries.append),
+                 client_app=client_app, num_supernodes=N,
+                 backend_config={'client_resources': {'num_cpus': 1}})
+  assert [r for r, _ in second] == [2]  # rounds 0 and 1 were not run again
+  (summary,) = summaries
+  assert [r.round for r in summary.rounds] == [0, 1, 2]
+  assert summary.dropouts_per_round == [0, 0, 0]
+  assert int(np.asarray(summary.server.round).item()) == 3
+  assert np.all(np.isfinite(summary.server.params))
+  # What is identical to an uninterrupted run: rounds 0-1 (the global model that was
+  # checkpointed) and the key chain. What is not: the participants' local state in round 2.
+  ref1 = _reference(sim, x, y, key, 2)
+  np.testing.assert_allclose(first[1][1].params, ref1.server.params, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(first[1][1].stats, ref1.server.stats)
+  fresh = sim.init(key)
+  restarted = fresh._replace(server=first[1][1], history=first[1][1].params[None], key=ref1.key)
+  want, _ = jax.jit(sim.round)(restarted, jnp.asarray(x), jnp.asarray(y), None)
+  np.testing.assert_allclose(summary.server.params, want.server.params, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(summary.server.stats, want.server.stats)
+  uninterrupted = _reference(sim, x, y, key, 3)
+  assert not np.allclose(summary.server.params, uninterrupted.server.params, atol=1e-6)
