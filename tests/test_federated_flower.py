@@ -1284,3 +1284,95 @@ def test_simulation_engine_server_stopped_after_round_1_resumes_from_its_checkpo
   np.testing.assert_array_equal(summary.server.stats, want.server.stats)
   uninterrupted = _reference(sim, x, y, key, 3)
   assert not np.allclose(summary.server.params, uninterrupted.server.params, atol=1e-6)
+
+
+def _checkpointed_server(path, key_like):
+  """The server state and next key in a server checkpoint file (its documented JSON)."""
+  import base64
+  import json
+  record = json.loads(path.read_text())
+
+  def array(d):
+    return np.frombuffer(base64.b64decode(d['data']), np.dtype(d['dtype'])).reshape(d['shape'])
+  srv = federated.ServerState(**{k: jnp.asarray(array(v)) for k, v in record['server'].items()})
+  key = jax.random.wrap_key_data(jnp.asarray(array(record['key'])),
+                                 impl=jax.random.key_impl(key_like))
+  return record['rounds_done'], srv, key
+
+
+@pytest.mark.slow
+def test_deployment_killed_after_round_0_resumes_with_the_readmes_commands(tmp_path):
+  """examples/flower_app/README.md's restart, run as written (~4 min on 2 loaded cores).
+
+  ``flower_deploy.py`` is killed (SIGKILL: its watchdog stops the SuperLink, the
+  SuperNodes and the ServerApp) after round 0 of 2; the same command with
+  ``resume=true`` starts a new deployment that runs round 1 only, on the
+  checkpointed global model and key, with new SuperNodes (fresh local models).
+  """
+  import signal
+  import subprocess
+  import sys
+  import time
+  import uuid
+  deploy, task, config = _deploy_module()
+  script = os.path.join(os.path.dirname(deploy.APP), 'flower_deploy.py')
+  workdir, s1, s2 = tmp_path / 'server', tmp_path / 's1.jsonl', tmp_path / 's2.jsonl'
+  mark = uuid.uuid4().hex
+  env = dict(os.environ, H24C_RESTART_TEST=mark, **_REPRODUCIBLE)
+  cfg = f"rounds=2 workdir='{workdir}'"
+
+  def command(summary, run_config):
+    return [sys.executable, script, '--supernodes', '3', '--summary', str(summary),
+            '--run-config', run_config]
+
+  def ours():  # every process of the first deployment (they inherit the mark)
+    needle = f'H24C_RESTART_TEST={mark}\0'.encode()
+    found = []
+    for pid in os.listdir('/proc'):
+      try:
+        with open(f'/proc/{pid}/environ', 'rb') as f:
+          if pid.isdigit() and needle in f.read():
+            found.append(int(pid))
+      except OSError:
+        pass
+    return found
+
+  first = subprocess.Popen(command(s1, cfg), cwd=deploy.APP, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    while not deploy.read_summary(str(s1)).get('rounds') and first.poll() is None:
+      time.sleep(0.5)
+    first.send_signal(signal.SIGKILL)  # the run dies after round 0
+    first.wait()
+    for _ in range(600):  # the watchdog stops the rest (within seconds)
+      if not ours():
+        break
+      time.sleep(0.1)
+    assert not ours(), 'the killed deployment left processes behind'
+  finally:
+    if first.poll() is None:
+      first.kill()
+  assert [r['round'] for r in deploy.read_summary(str(s1))['rounds']] == [0]
+  done, srv, key = _checkpointed_server(workdir / 'server-state.json', jax.random.key(0))
+  assert done == 1
+  # Without resume=true the folder is refused (the run fails, nothing overwritten).
+  again = subprocess.run(command(tmp_path / 's0.jsonl', cfg), cwd=deploy.APP, env=env,
+                         capture_output=True, text=True, timeout=1800, check=False)
+  assert again.returncode == 1 and 'pass resume=True' in again.stderr + again.stdout, (
+      again.stdout[-2000:], again.stderr[-2000:])
+  assert _checkpointed_server(workdir / 'server-state.json', key)[0] == 1
+  second = subprocess.run(command(s2, cfg + ' resume=true'), cwd=deploy.APP, env=env,
+                          capture_output=True, text=True, timeout=1800, check=False)
+  assert second.returncode == 0, (second.stdout[-2000:], second.stderr[-2000:])
+  assert 'resuming after round 0 of 2' in second.stdout + second.stderr
+  res = deploy.read_summary(str(s2))
+  assert [r['round'] for r in res['rounds']] == [1]  # round 0 was not run again
+  s = res['summary']
+  assert s['accepted'] == [[0, 1, 2]] * 2 and s['dropouts_per_round'] == [0, 0]
+  params = np.asarray(s['params'])
+  assert np.all(np.isfinite(params))
+  # Round 1 on the checkpointed global model and key, every participant's local state new.
+  t = task.build(dict(config, rounds=2))
+  start = t.sim.init(t.key)._replace(server=srv, history=srv.params[None], key=key)
+  want, _ = jax.jit(t.sim.round)(start, jnp.asarray(t.xs), jnp.asarray(t.ys))
+  np.testing.assert_allclose(params, np.asarray(want.server.params), rtol=1e-5, atol=1e-6)
