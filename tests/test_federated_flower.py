@@ -1319,7 +1319,7 @@ def test_deployment_killed_after_round_0_resumes_with_the_readmes_commands(tmp_p
   workdir, s1, s2 = tmp_path / 'server', tmp_path / 's1.jsonl', tmp_path / 's2.jsonl'
   mark = uuid.uuid4().hex
   env = dict(os.environ, H24C_RESTART_TEST=mark, **_REPRODUCIBLE)
-  cfg = f"rounds=2 workdir='{workdir}'"
+  cfg = f"rounds=2 theta-d=0.5 workdir='{workdir}'"  # < 1: local models matter
 
   def command(summary, run_config):
     return [sys.executable, script, '--supernodes', '3', '--summary', str(summary),
@@ -1372,7 +1372,69 @@ def test_deployment_killed_after_round_0_resumes_with_the_readmes_commands(tmp_p
   params = np.asarray(s['params'])
   assert np.all(np.isfinite(params))
   # Round 1 on the checkpointed global model and key, every participant's local state new.
-  t = task.build(dict(config, rounds=2))
+  t = task.build(dict(config, rounds=2, **{'theta-d': 0.5}))
   start = t.sim.init(t.key)._replace(server=srv, history=srv.params[None], key=key)
   want, _ = jax.jit(t.sim.round)(start, jnp.asarray(t.xs), jnp.asarray(t.ys))
   np.testing.assert_allclose(params, np.asarray(want.server.params), rtol=1e-5, atol=1e-6)
+  # Kept local models would give the uninterrupted run's round 1: that is not what ran.
+  assert not np.allclose(params, np.asarray(task.in_process(t, 2)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_deployment_a_restarted_serverapp_on_live_supernodes_gets_fresh_local_models(tmp_path):
+  """Only the ServerApp process dies (SIGKILL after round 0 of 2); the SuperLink and the
+  SuperNodes live on and a second ``flwr run`` with ``resume=true`` continues (~3 min).
+
+  Flower 1.42 starts every ``flwr run`` as a new run series, so the surviving SuperNodes'
+  ClientApps start with an empty ``context.state``: round 1 is the simulation's round on the
+  checkpointed model and key with every local model new, as after a full restart.
+  """
+  import subprocess
+  import time
+  deploy, task, config = _deploy_module()
+  workdir, s1, s2 = tmp_path / 'server', tmp_path / 's1.jsonl', tmp_path / 's2.jsonl'
+  cfg = f"rounds=2 num-participants=3 theta-d=0.5 workdir='{workdir}'"  # < 1: locals matter
+  with deploy.LocalDeployment(3, workdir=str(tmp_path / 'dep'), node_env=_REPRODUCIBLE) as dep:
+    args = [deploy._exe('flwr'), 'run', deploy.APP, 'local-deployment', '--stream',
+            '--run-config', f"{cfg} summary-path='{s1}'"]
+    run = subprocess.Popen(args, env=dep.env, cwd=dep.dir, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+      while not deploy.read_summary(str(s1)).get('rounds') and run.poll() is None:
+        time.sleep(0.5)
+
+      def serverapps():
+        out = []
+        for pid in deploy.tagged_processes(dep.token):
+          try:
+            with open(f'/proc/{pid}/cmdline', 'rb') as f:
+              if b'flwr-serverapp' in f.read():
+                out.append(pid)
+          except OSError:
+            pass
+        return out
+      killed = serverapps()
+      assert killed, 'no flwr-serverapp process found'
+      for pid in killed:
+        os.kill(pid, 9)
+      run.wait(timeout=600)
+    finally:
+      if run.poll() is None:
+        run.kill()
+    assert [r['round'] for r in deploy.read_summary(str(s1))['rounds']] == [0]
+    done, srv, key = _checkpointed_server(workdir / 'server-state.json', jax.random.key(0))
+    assert done == 1
+    proc = dep.run(f"{cfg} resume=true summary-path='{s2}'", timeout=1800)
+  res = deploy.read_summary(str(s2))
+  assert 'summary' in res, (res, proc.stdout[-3000:], proc.stderr[-2000:])
+  assert [r['round'] for r in res['rounds']] == [1]
+  s = res['summary']
+  assert s['accepted'] == [[0, 1, 2]] * 2 and s['dropouts_per_round'] == [0, 0]
+  t = task.build(dict(config, rounds=2, **{'theta-d': 0.5}))
+  start = t.sim.init(t.key)._replace(server=srv, history=srv.params[None], key=key)
+  want, _ = jax.jit(t.sim.round)(start, jnp.asarray(t.xs), jnp.asarray(t.ys))
+  np.testing.assert_allclose(np.asarray(s['params']), np.asarray(want.server.params),
+                             rtol=1e-5, atol=1e-6)
+  # Kept local models would give the uninterrupted run's round 1: that is not what ran.
+  assert not np.allclose(np.asarray(s['params']), np.asarray(task.in_process(t, 2)),
+                         rtol=1e-5, atol=1e-6)
