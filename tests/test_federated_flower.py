@@ -1358,7 +1358,8 @@ def test_deployment_killed_after_round_0_resumes_with_the_readmes_commands(tmp_p
   # Without resume=true the folder is refused (the run fails, nothing overwritten).
   again = subprocess.run(command(tmp_path / 's0.jsonl', cfg), cwd=deploy.APP, env=env,
                          capture_output=True, text=True, timeout=1800, check=False)
-  assert again.returncode == 1 and 'pass resume=True' in again.stderr + again.stdout, (
+  assert again.returncode == 1 and 'already holds a server checkpoint: pass resume=true' in (
+      again.stderr + again.stdout), (
       again.stdout[-2000:], again.stderr[-2000:])
   assert _checkpointed_server(workdir / 'server-state.json', key)[0] == 1
   second = subprocess.run(command(s2, cfg + ' resume=true'), cwd=deploy.APP, env=env,
