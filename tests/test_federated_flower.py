@@ -1226,3 +1226,216 @@ def test_a_restarted_secure_server_opens_a_fresh_session_and_cannot_repeat_a_rou
   with pytest.raises(flower.FederatedRunError, match='RepeatedContributionError'):
     _server_run(sim, params, grid, rounds=2, key=key, seen=[], checkpoint_dir=folder,
                 resume=True)
+
+
+@pytest.mark.slow
+def test_simulation_engine_server_stopped_after_round_1_resumes_from_its_checkpoint(tmp_path):
+  """The restart on Flower's own runtime (Ray backend; ~3 min on 2 loaded cores).
+
+  A ServerApp that raises ends ``run_simulation`` with that exception (the
+  engine re-raises the ServerApp thread's error); a second ``run_simulation``
+  with ``resume=True`` runs only round 2. Its SuperNodes are new: they start
+  from the initial local models, so round 2 is the simulation's round 2 on the
+  checkpointed global model and key with every participant's local state
+  reset, not the uninterrupted run's round 2 (whose participants kept theirs).
+  """
+  pytest.importorskip('ray')
+  from flwr.simulation import run_simulation
+  upload = selective_sharing(0.3, strategy='threshold_random', key=jax.random.key(5))
+  params, x, y, sim = _setup(upload)
+  key = jax.random.key(7)
+  folder = tmp_path / 'server'
+  client_app = flower.make_client_app(sim, lambda i: (x[i], y[i]), params, testing_key=key)
+  first = []
+
+  def stop_after_round_1(r, s):
+    first.append((r, s))
+    if r == 1:
+      raise _Crash()
+
+  with pytest.raises(_Crash):
+    run_simulation(server_app=flower.make_server_app(
+        sim, params, rounds=3, key=key, checkpoint_dir=folder, on_round=stop_after_round_1),
+                   client_app=client_app, num_supernodes=N,
+                   backend_config={'client_resources': {'num_cpus': 1}})
+  assert [r for r, _ in first] == [0, 1]
+  assert (folder / 'server-state.json').exists()
+  second, summaries = [], []
+  run_simulation(server_app=flower.make_server_app(
+      sim, params, rounds=3, key=key, checkpoint_dir=folder, resume=True,
+      on_round=lambda r, s: second.append((r, s)), on_end=summaries.append),
+                 client_app=client_app, num_supernodes=N,
+                 backend_config={'client_resources': {'num_cpus': 1}})
+  assert [r for r, _ in second] == [2]  # rounds 0 and 1 were not run again
+  (summary,) = summaries
+  assert [r.round for r in summary.rounds] == [0, 1, 2]
+  assert summary.dropouts_per_round == [0, 0, 0]
+  assert int(np.asarray(summary.server.round).item()) == 3
+  assert np.all(np.isfinite(summary.server.params))
+  # What is identical to an uninterrupted run: rounds 0-1 (the global model that was
+  # checkpointed) and the key chain. What is not: the participants' local state in round 2.
+  ref1 = _reference(sim, x, y, key, 2)
+  np.testing.assert_allclose(first[1][1].params, ref1.server.params, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(first[1][1].stats, ref1.server.stats)
+  fresh = sim.init(key)
+  restarted = fresh._replace(server=first[1][1], history=first[1][1].params[None], key=ref1.key)
+  want, _ = jax.jit(sim.round)(restarted, jnp.asarray(x), jnp.asarray(y), None)
+  np.testing.assert_allclose(summary.server.params, want.server.params, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(summary.server.stats, want.server.stats)
+  uninterrupted = _reference(sim, x, y, key, 3)
+  assert not np.allclose(summary.server.params, uninterrupted.server.params, atol=1e-6)
+
+
+def _checkpointed_server(path, key_like):
+  """The server state and next key in a server checkpoint file (its documented JSON)."""
+  import base64
+  import json
+  record = json.loads(path.read_text())
+
+  def array(d):
+    return np.frombuffer(base64.b64decode(d['data']), np.dtype(d['dtype'])).reshape(d['shape'])
+  srv = federated.ServerState(**{k: jnp.asarray(array(v)) for k, v in record['server'].items()})
+  key = jax.random.wrap_key_data(jnp.asarray(array(record['key'])),
+                                 impl=jax.random.key_impl(key_like))
+  return record['rounds_done'], srv, key
+
+
+@pytest.mark.slow
+def test_deployment_killed_after_round_0_resumes_with_the_readmes_commands(tmp_path):
+  """examples/flower_app/README.md's restart, run as written (~4 min on 2 loaded cores).
+
+  ``flower_deploy.py`` is killed (SIGKILL: its watchdog stops the SuperLink, the
+  SuperNodes and the ServerApp) after round 0 of 2; the same command with
+  ``resume=true`` starts a new deployment that runs round 1 only, on the
+  checkpointed global model and key, with new SuperNodes (fresh local models).
+  """
+  import signal
+  import subprocess
+  import sys
+  import time
+  import uuid
+  deploy, task, config = _deploy_module()
+  script = os.path.join(os.path.dirname(deploy.APP), 'flower_deploy.py')
+  workdir, s1, s2 = tmp_path / 'server', tmp_path / 's1.jsonl', tmp_path / 's2.jsonl'
+  mark = uuid.uuid4().hex
+  env = dict(os.environ, H24C_RESTART_TEST=mark, **_REPRODUCIBLE)
+  cfg = f"rounds=2 theta-d=0.5 workdir='{workdir}'"  # < 1: local models matter
+
+  def command(summary, run_config):
+    return [sys.executable, script, '--supernodes', '3', '--summary', str(summary),
+            '--run-config', run_config]
+
+  def ours():  # every process of the first deployment (they inherit the mark)
+    needle = f'H24C_RESTART_TEST={mark}\0'.encode()
+    found = []
+    for pid in os.listdir('/proc'):
+      try:
+        with open(f'/proc/{pid}/environ', 'rb') as f:
+          if pid.isdigit() and needle in f.read():
+            found.append(int(pid))
+      except OSError:
+        pass
+    return found
+
+  first = subprocess.Popen(command(s1, cfg), cwd=deploy.APP, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    while not deploy.read_summary(str(s1)).get('rounds') and first.poll() is None:
+      time.sleep(0.5)
+    first.send_signal(signal.SIGKILL)  # the run dies after round 0
+    first.wait()
+    for _ in range(600):  # the watchdog stops the rest (within seconds)
+      if not ours():
+        break
+      time.sleep(0.1)
+    assert not ours(), 'the killed deployment left processes behind'
+  finally:
+    if first.poll() is None:
+      first.kill()
+  assert [r['round'] for r in deploy.read_summary(str(s1))['rounds']] == [0]
+  done, srv, key = _checkpointed_server(workdir / 'server-state.json', jax.random.key(0))
+  assert done == 1
+  # Without resume=true the folder is refused (the run fails, nothing overwritten).
+  again = subprocess.run(command(tmp_path / 's0.jsonl', cfg), cwd=deploy.APP, env=env,
+                         capture_output=True, text=True, timeout=1800, check=False)
+  assert again.returncode == 1 and 'already holds a server checkpoint: pass resume=true' in (
+      again.stderr + again.stdout), (
+      again.stdout[-2000:], again.stderr[-2000:])
+  assert _checkpointed_server(workdir / 'server-state.json', key)[0] == 1
+  second = subprocess.run(command(s2, cfg + ' resume=true'), cwd=deploy.APP, env=env,
+                          capture_output=True, text=True, timeout=1800, check=False)
+  assert second.returncode == 0, (second.stdout[-2000:], second.stderr[-2000:])
+  assert 'resuming after round 0 of 2' in second.stdout + second.stderr
+  res = deploy.read_summary(str(s2))
+  assert [r['round'] for r in res['rounds']] == [1]  # round 0 was not run again
+  s = res['summary']
+  assert s['accepted'] == [[0, 1, 2]] * 2 and s['dropouts_per_round'] == [0, 0]
+  params = np.asarray(s['params'])
+  assert np.all(np.isfinite(params))
+  # Round 1 on the checkpointed global model and key, every participant's local state new.
+  t = task.build(dict(config, rounds=2, **{'theta-d': 0.5}))
+  start = t.sim.init(t.key)._replace(server=srv, history=srv.params[None], key=key)
+  want, _ = jax.jit(t.sim.round)(start, jnp.asarray(t.xs), jnp.asarray(t.ys))
+  np.testing.assert_allclose(params, np.asarray(want.server.params), rtol=1e-5, atol=1e-6)
+  # Kept local models would give the uninterrupted run's round 1: that is not what ran.
+  assert not np.allclose(params, np.asarray(task.in_process(t, 2)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_deployment_a_restarted_serverapp_on_live_supernodes_gets_fresh_local_models(tmp_path):
+  """Only the ServerApp process dies (SIGKILL after round 0 of 2); the SuperLink and the
+  SuperNodes live on and a second ``flwr run`` with ``resume=true`` continues (~3 min).
+
+  Flower 1.42 starts every ``flwr run`` as a new run series, so the surviving SuperNodes'
+  ClientApps start with an empty ``context.state``: round 1 is the simulation's round on the
+  checkpointed model and key with every local model new, as after a full restart.
+  """
+  import subprocess
+  import time
+  deploy, task, config = _deploy_module()
+  workdir, s1, s2 = tmp_path / 'server', tmp_path / 's1.jsonl', tmp_path / 's2.jsonl'
+  cfg = f"rounds=2 num-participants=3 theta-d=0.5 workdir='{workdir}'"  # < 1: locals matter
+  with deploy.LocalDeployment(3, workdir=str(tmp_path / 'dep'), node_env=_REPRODUCIBLE) as dep:
+    args = [deploy._exe('flwr'), 'run', deploy.APP, 'local-deployment', '--stream',
+            '--run-config', f"{cfg} summary-path='{s1}'"]
+    run = subprocess.Popen(args, env=dep.env, cwd=dep.dir, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+      while not deploy.read_summary(str(s1)).get('rounds') and run.poll() is None:
+        time.sleep(0.5)
+
+      def serverapps():
+        out = []
+        for pid in deploy.tagged_processes(dep.token):
+          try:
+            with open(f'/proc/{pid}/cmdline', 'rb') as f:
+              if b'flwr-serverapp' in f.read():
+                out.append(pid)
+          except OSError:
+            pass
+        return out
+      killed = serverapps()
+      assert killed, 'no flwr-serverapp process found'
+      for pid in killed:
+        os.kill(pid, 9)
+      run.wait(timeout=600)
+    finally:
+      if run.poll() is None:
+        run.kill()
+    assert [r['round'] for r in deploy.read_summary(str(s1))['rounds']] == [0]
+    done, srv, key = _checkpointed_server(workdir / 'server-state.json', jax.random.key(0))
+    assert done == 1
+    proc = dep.run(f"{cfg} resume=true summary-path='{s2}'", timeout=1800)
+  res = deploy.read_summary(str(s2))
+  assert 'summary' in res, (res, proc.stdout[-3000:], proc.stderr[-2000:])
+  assert [r['round'] for r in res['rounds']] == [1]
+  s = res['summary']
+  assert s['accepted'] == [[0, 1, 2]] * 2 and s['dropouts_per_round'] == [0, 0]
+  t = task.build(dict(config, rounds=2, **{'theta-d': 0.5}))
+  start = t.sim.init(t.key)._replace(server=srv, history=srv.params[None], key=key)
+  want, _ = jax.jit(t.sim.round)(start, jnp.asarray(t.xs), jnp.asarray(t.ys))
+  np.testing.assert_allclose(np.asarray(s['params']), np.asarray(want.server.params),
+                             rtol=1e-5, atol=1e-6)
+  # Kept local models would give the uninterrupted run's round 1: that is not what ran.
+  assert not np.allclose(np.asarray(s['params']), np.asarray(task.in_process(t, 2)),
+                         rtol=1e-5, atol=1e-6)

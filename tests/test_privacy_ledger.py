@@ -294,7 +294,7 @@ def test_a_run_over_the_total_is_refused_before_it_runs_and_nothing_is_written(t
   msg = str(info.value)
   one = privacy.compute_epsilon(MECH, sampling_rate=Q, steps=400, delta=DELTA)
   for number in (f'spent epsilon {spent:.4g}', f'planned {one:.4g}', f'compose to {both:.4g}',
-                 f'total epsilon {total:g}', '(1 run(s), 400 steps)', '(400 steps)'):
+                 f'total epsilon {total:g}', '(1 run(s), 400 releases)', '(400 releases)'):
     assert number in msg, (number, msg)
   assert open(ledger.path, 'rb').read() == before
   assert isinstance(info.value, privacy.BudgetExhaustedError)
@@ -316,7 +316,7 @@ def test_a_run_stops_before_a_step_that_another_run_made_too_expensive(tmp_path)
                                                                   planned_steps=150)
   b.reserve(150)
   before = open(ledger.path, 'rb').read()
-  with pytest.raises(privacy.TotalBudgetExceededError, match='stopped before step 101'):
+  with pytest.raises(privacy.TotalBudgetExceededError, match='stopped before its release 101'):
     a.reserve(200)     # 200 + 150 > 300 steps' worth
   assert open(ledger.path, 'rb').read() == before
   assert a.recorded_steps == 100

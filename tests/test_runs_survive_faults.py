@@ -527,7 +527,7 @@ def test_a_run_stopped_by_the_total_mid_way_keeps_its_steps_and_says_so(dp_ssgd,
 
   def reserve(self, steps):
     if steps > 4:
-      raise privacy.TotalBudgetExceededError('privacy ledger x: ... stopped before step 5.')
+      raise privacy.TotalBudgetExceededError('privacy ledger x: ... stopped before its release 5.')
     real(self, steps)
   monkeypatch.setattr(_ledger.LedgerRun, 'reserve', reserve)
   workdir = tmp_path / 'run'
@@ -535,7 +535,7 @@ def test_a_run_stopped_by_the_total_mid_way_keeps_its_steps_and_says_so(dp_ssgd,
     dp_ssgd.main(DP_SSGD + ['--ledger', str(tmp_path / 'l.json'), '--workdir', str(workdir)])
   assert info.value.code == 2
   err = capsys.readouterr().err.strip()
-  assert err.endswith('stopped before step 5.') and len(err.splitlines()) == 1
+  assert err.endswith('stopped before its release 5.') and len(err.splitlines()) == 1
   assert checkpoints.latest_step(workdir / 'checkpoints' / 'eps8') == 4
   assert json.loads((tmp_path / 'l.json').read_text())['runs'][0]['steps'] == 6  # block 4-6
 

@@ -1143,7 +1143,10 @@ def make_server_app(sim: DSSGD, initial_params: Any, *, rounds: int, key: jax.Ar
       ``(session, round)`` repeats; a participant that already contributed on
       the restored global model (a kill after its masked input) still refuses
       a second contribution (``RepeatedContributionError``): by design, since
-      two sums on one model would reveal the difference.
+      two sums on one model would reveal the difference. The participants'
+      local models are not in the checkpoint: Flower starts every ``flwr
+      run`` (and every ``run_simulation``) with an empty ``context.state``
+      on each node, so after a restart they train from ``initial_params``.
 
   Returns:
     A ``flwr.serverapp.ServerApp``; it raises :class:`FederatedRunError`

@@ -26,6 +26,10 @@ that total in one file per data set, at a path the user names:
   one-step privacy-loss distribution self-composed over its steps, the runs
   convolved), never a sum of epsilons.
 
+A step here is one release of the run's mechanism (its ``dp_event``): a
+DP-SGD step or, in a federated run, a round in which the participant uploads
+(not every round); the refusal messages count them as releases.
+
 With ``total_epsilon``, :meth:`PrivacyLedger.start_run` refuses a run whose
 planned steps would take the composed total over it, and :meth:`LedgerRun.reserve`
 refuses (before writing, before the steps run) a reservation that would,
@@ -339,10 +343,13 @@ class PrivacyLedger:
     spent = self._compose(spent_parts, delta, accountant)
     planned = self._compose(planned_parts, delta, accountant)
     n_spent, n_planned = sum(n for _, n in spent_parts), sum(n for _, n in planned_parts)
+    # "Releases", not steps or rounds: one count is one application of a run's
+    # mechanism (a DP-SGD step; in a federated run, a participant's upload), and one
+    # ledger may hold runs of both kinds.
     return (f'privacy ledger {self.path}: spent epsilon {spent:.4g} ({len(spent_parts)} '
-            f'run(s), {n_spent:,} steps) and planned {planned:.4g} ({n_planned:,} steps) '
-            f'compose to {together:.4g} > total epsilon {total:g} (delta {delta:g}): this run '
-            f'would exceed the total: {refused}.')
+            f'run(s), {n_spent:,} releases) and planned {planned:.4g} ({n_planned:,} '
+            f'releases) compose to {together:.4g} > total epsilon {total:g} (delta {delta:g}): '
+            f'this run would exceed the total: {refused}.')
 
   def check_total(self, total_epsilon: float, delta: float, *,
                   planned: Sequence[tuple[Any, float | None, int]] = (),
@@ -507,7 +514,8 @@ class LedgerRun:
       if len(mine) != 1:
         raise self.ledger._damaged(f'run {self.id} is missing')
       if steps > self.recorded_steps:
-        self._check_budget(doc['runs'], steps, f'stopped before step {self.recorded_steps + 1}')
+        self._check_budget(doc['runs'], steps,
+                           f'stopped before its release {self.recorded_steps + 1}')
       mine[0]['steps'] = steps
       mine[0]['status'] = status
     self.ledger._update(change)

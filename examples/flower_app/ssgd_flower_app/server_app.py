@@ -83,13 +83,17 @@ def main(grid: Grid, context: Context) -> None:
                    {str(i): {'rounds': p.rounds, 'epsilon': p.epsilon, 'delta': p.delta}
                     for i, p in s.privacy.items()}}})
 
-  server = flower.make_server_app(
-      t.sim, t.params, rounds=int(c['rounds']), key=t.key,
-      min_participants=int(c['min-participants']), node_timeout=float(c['node-timeout']),
-      reply_timeout=float(c['reply-timeout']), mechanism=t.mechanism,
-      delta=None if t.mechanism is None else float(c['dp-delta']), on_round=on_round,
-      on_end=on_end, checkpoint_dir=str(c.get('workdir', '')) or None,
-      resume=task_lib.as_bool(c.get('resume', False)))
+  try:
+    server = flower.make_server_app(
+        t.sim, t.params, rounds=int(c['rounds']), key=t.key,
+        min_participants=int(c['min-participants']), node_timeout=float(c['node-timeout']),
+        reply_timeout=float(c['reply-timeout']), mechanism=t.mechanism,
+        delta=None if t.mechanism is None else float(c['dp-delta']), on_round=on_round,
+        on_end=on_end, checkpoint_dir=str(c.get('workdir', '')) or None,
+        resume=task_lib.as_bool(c.get('resume', False)))
+  except ValueError as e:  # in the run config's words: workdir, resume=true
+    raise ValueError(str(e).replace('checkpoint_dir', 'workdir').replace(
+        'resume=True', 'resume=true')) from None
   if str(c.get('transcript-path', '')):
     grid = Transcript(grid, str(c['transcript-path']))
   try:
