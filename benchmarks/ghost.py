@@ -15,7 +15,9 @@ and optimiser are the same for every variant and left out) of
 
 Variants are interleaved: each round times every variant once (``--steps``
 calls, then ``block_until_ready``) in a shuffled order; the table gives the
-median over rounds and the ratio to ``nonprivate``. Memory is XLA's
+median over rounds, the ratio of the medians to ``nonprivate`` and the range
+of the per-round ratios (each variant against ``nonprivate`` of the same
+round: the spread a shared machine adds). Memory is XLA's
 ``memory_analysis()`` of the compiled function (temp + argument + output
 bytes; compilation only). The budget part doubles the batch until the vmap
 path's compiled memory exceeds ``--budget-gib`` and reports the ghost path's
@@ -23,6 +25,7 @@ memory at that batch.
 
     python benchmarks/ghost.py            # default run (minutes)
     python benchmarks/ghost.py --quick    # smoke test
+    python benchmarks/ghost.py --models resnet --rounds 9 --steps 3 --no-budget
 """
 
 from __future__ import annotations
@@ -109,9 +112,10 @@ def time_model(name: str, batch: int, rounds: int, steps: int, small: bool):
   med = {v: statistics.median(t) for v, t in times.items()}
   rows = []
   for v in VARIANTS:
+    ratios = [t / n for t, n in zip(times[v], times['nonprivate'])]
     rows.append(f'| {name} | {batch} | {v} | {med[v] * 1e3:.1f} | '
-                f'{med[v] / med["nonprivate"]:.2f}x | {mem[v]:.1f} | '
-                f'{mem[v] / mem["nonprivate"]:.2f}x |')
+                f'{med[v] / med["nonprivate"]:.2f}x | {min(ratios):.2f}-{max(ratios):.2f}x | '
+                f'{mem[v]:.1f} | {mem[v] / mem["nonprivate"]:.2f}x |')
   return rows
 
 
@@ -141,18 +145,28 @@ def main(argv=None):
   p.add_argument('--rounds', type=int, default=5)
   p.add_argument('--steps', type=int, default=1)
   p.add_argument('--budget-gib', type=float, default=2.0)
+  p.add_argument('--models', default='cnn,resnet',
+                 help='comma-separated, from cnn,resnet (default both)')
+  p.add_argument('--no-budget', action='store_true', help='skip the memory-budget part')
   args = p.parse_args(argv)
+  models_wanted = [m.strip() for m in args.models.split(',') if m.strip()]
+  if not models_wanted or any(m not in ('cnn', 'resnet') for m in models_wanted):
+    p.error(f'--models must name cnn and/or resnet; got {args.models!r}')
+  if args.rounds < 1 or args.steps < 1 or not args.budget_gib > 0:
+    p.error('--rounds and --steps must be >= 1 and --budget-gib > 0')
   if args.quick:
-    cases = [('cnn', 32), ('resnet', 16)]
+    cases = [(m, b) for m, b in (('cnn', 32), ('resnet', 16)) if m in models_wanted]
     rounds, steps, small, budget_cases = 2, 1, True, [('cnn', 0.05, 32, 256)]
   else:
-    cases = [('cnn', 256), ('resnet', 256)]
+    cases = [(m, 256) for m in ('cnn', 'resnet') if m in models_wanted]
     rounds, steps, small = args.rounds, args.steps, False
     budget_cases = [('cnn', args.budget_gib, 1024, 16384)]
+  if args.no_budget:
+    budget_cases = []
   print(f'# benchmarks/ghost.py {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, '
         f'jax {jax.__version__}, {jax.devices()[0].platform}, {platform.machine()}')
-  table = ['| model | batch | variant | step ms (median) | vs non-private | memory MiB | '
-           'vs non-private |', '|---|---|---|---|---|---|---|']
+  table = ['| model | batch | variant | step ms (median) | vs non-private | per round | '
+           'memory MiB | vs non-private |', '|---|---|---|---|---|---|---|---|']
   for name, batch in cases:
     table += time_model(name, batch, rounds, steps, small)
   print('\n'.join(table))
@@ -160,8 +174,9 @@ def main(argv=None):
             'vmap MiB | ghost fits |', '|---|---|---|---|---|---|']
   for name, gib, start, limit in budget_cases:
     btable.append(budget(name, gib, start, limit, small))
-  print(f'\nBudget {budget_cases[0][1]} GiB (compiled memory_analysis):')
-  print('\n'.join(btable))
+  if budget_cases:
+    print(f'\nBudget {budget_cases[0][1]} GiB (compiled memory_analysis):')
+    print('\n'.join(btable))
 
 
 if __name__ == '__main__':

@@ -388,10 +388,10 @@ def _conv_grads(layer, names, xs, ds) -> tuple[dict[str, jax.Array], dict[str, j
       return g[0], bias[0]
     g, bias = jax.lax.map(one, (list(xs), list(ds)), batch_size=m)
   grads = {'kernel': g.reshape((b,) + tuple(layer.kernel.shape))}
-  norms = {'kernel': _numerics.per_example_norm(g)}
+  norms = {'kernel': _numerics.row_norms(g)}
   if 'bias' in names:
     grads['bias'] = bias.reshape(b, -1)
-    norms['bias'] = _numerics.per_example_norm(grads['bias'])
+    norms['bias'] = _numerics.row_norms(grads['bias'])
   return norms, grads
 
 
