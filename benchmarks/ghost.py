@@ -15,7 +15,9 @@ and optimiser are the same for every variant and left out) of
 
 Variants are interleaved: each round times every variant once (``--steps``
 calls, then ``block_until_ready``) in a shuffled order; the table gives the
-median over rounds and the ratio to ``nonprivate``. Memory is XLA's
+median over rounds, the ratio of the medians to ``nonprivate`` and the range
+of the per-round ratios (each variant against ``nonprivate`` of the same
+round: the spread a shared machine adds). Memory is XLA's
 ``memory_analysis()`` of the compiled function (temp + argument + output
 bytes; compilation only). The budget part doubles the batch until the vmap
 path's compiled memory exceeds ``--budget-gib`` and reports the ghost path's
@@ -23,6 +25,7 @@ memory at that batch.
 
     python benchmarks/ghost.py            # default run (minutes)
     python benchmarks/ghost.py --quick    # smoke test
+    python benchmarks/ghost.py --models resnet --rounds 9 --steps 3 --no-budget
 
 The tables go to a new file under ``runs/benchmarks/`` unless ``--out`` names
 one; the compile times go to stderr.
@@ -120,9 +123,10 @@ def time_model(name: str, batch: int, rounds: int, steps: int, small: bool):
   med = {v: statistics.median(t) for v, t in times.items()}
   rows = []
   for v in VARIANTS:
+    ratios = [t / n for t, n in zip(times[v], times['nonprivate'])]
     rows.append(f'| {name} | {batch} | {v} | {med[v] * 1e3:.1f} | '
-                f'{med[v] / med["nonprivate"]:.2f}x | {mem[v]:.1f} | '
-                f'{mem[v] / mem["nonprivate"]:.2f}x |')
+                f'{med[v] / med["nonprivate"]:.2f}x | {min(ratios):.2f}-{max(ratios):.2f}x | '
+                f'{mem[v]:.1f} | {mem[v] / mem["nonprivate"]:.2f}x |')
   return rows
 
 
@@ -155,6 +159,9 @@ class Config:
   steps: int = flag(1, 'calls per variant and round', check=cli.at_least(1))
   budget_gib: float = flag(2.0, 'memory budget (GiB) of the budget part',
                            check=cli.finite(positive=True))
+  models: tuple[str, ...] = flag(('cnn', 'resnet'), 'the models to time',
+                                 choices=('cnn', 'resnet'))
+  no_budget: bool = flag(False, 'skip the memory-budget part')
   out: str | None = cli.output_flag('the Markdown tables (default: a new file under '
                                     'runs/benchmarks/)')
   verbose: bool = cli.verbose_flag()
@@ -169,12 +176,13 @@ def main(argv: list[str] | None = None) -> str:
     cases, small, start, limit = [('cnn', 32), ('resnet', 16)], True, 32, 256
   else:
     cases, small, start, limit = [('cnn', 256), ('resnet', 256)], False, 1024, 16384
-  budget_cases = [('cnn', args.budget_gib, start, limit)]
+  cases = [(m, b) for m, b in cases if m in args.models]
+  budget_cases = [] if args.no_budget else [('cnn', args.budget_gib, start, limit)]
   header = (f'# benchmarks/ghost.py {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} '
             f'UTC, jax {jax.__version__}, {jax.devices()[0].platform}, {platform.machine()}')
   print(header)
-  table = ['| model | batch | variant | step ms (median) | vs non-private | memory MiB | '
-           'vs non-private |', '|---|---|---|---|---|---|---|']
+  table = ['| model | batch | variant | step ms (median) | vs non-private | per round | '
+           'memory MiB | vs non-private |', '|---|---|---|---|---|---|---|---|']
   for name, batch in cases:
     table += time_model(name, batch, args.rounds, args.steps, small)
   print('\n'.join(table))
@@ -182,11 +190,13 @@ def main(argv: list[str] | None = None) -> str:
             'vmap MiB | ghost fits |', '|---|---|---|---|---|---|']
   for name, gib, start, limit in budget_cases:
     btable.append(budget(name, gib, start, limit, small))
-  btitle = f'Budget {budget_cases[0][1]} GiB (compiled memory_analysis):'
-  print(f'\n{btitle}')
-  print('\n'.join(btable))
   command = 'python benchmarks/ghost.py ' + shlex.join(argv if argv is not None else sys.argv[1:])
-  text = '\n'.join([header, '', f'`{command.strip()}`', '', *table, '', btitle, '', *btable])
+  text = '\n'.join([header, '', f'`{command.strip()}`', '', *table])
+  if budget_cases:
+    btitle = f'Budget {budget_cases[0][1]} GiB (compiled memory_analysis):'
+    print(f'\n{btitle}')
+    print('\n'.join(btable))
+    text = '\n'.join([text, '', btitle, '', *btable])
   cli.write_output(args.out, text, name='ghost')
   return text
 

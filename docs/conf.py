@@ -9,10 +9,12 @@ module (``ssgd_optax``, ``ssgd_optax.privacy``, ...), so that every public
 name appears once, at its one import path, and a new name needs no edit.
 """
 
+import collections
 import importlib
 import inspect
 import os
 import pathlib
+import re
 import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -38,14 +40,17 @@ root_doc = 'index'
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_rtype = False
-# Attributes: as fields of the class (autodoc documents the NamedTuple fields themselves).
-napoleon_use_ivar = True
+# Attributes: as `.. attribute::` entries of the class (targets of :attr: references); the
+# same names are excluded from autodoc's members (see attribute_names).
+napoleon_use_ivar = False
 autodoc_typehints = 'description'
 autodoc_typehints_description_target = 'documented_params'
 autodoc_member_order = 'bysource'
 autodoc_default_options = {'members': True, 'undoc-members': False, 'show-inheritance': False}
 autosummary_generate = False
 add_module_names = False
+# The page's table of contents names a member without its class (not 'BudgetTracker.delta').
+toc_object_entries_show_parents = 'hide'
 python_use_unqualified_type_names = True
 myst_enable_extensions = ['dollarmath', 'colon_fence']
 myst_heading_anchors = 3
@@ -77,7 +82,8 @@ nitpick_ignore_regex = [
 
 html_theme = 'furo'
 html_title = 'ssgd_optax'
-html_static_path = []
+html_static_path = ['_static']
+html_css_files = ['custom.css']
 html_theme_options = {'navigation_with_keys': True}
 
 # ------------------------------------------------------------ API pages
@@ -102,13 +108,41 @@ API = [
 ]
 
 
+def attribute_names(cls) -> list[str]:
+  """The names the ``Attributes:`` section of ``cls``'s docstring describes.
+
+  Napoleon turns that section into one ``.. attribute::`` entry per name
+  (``napoleon_use_ivar = False``: entries that cross-references resolve to);
+  autodoc would list the same names again (a NamedTuple's fields as "Alias
+  for field number N", a dataclass's fields and annotated instance
+  attributes without a description), so the class directive excludes them.
+  """
+  names, indent = [], None
+  inside = False
+  for line in (inspect.getdoc(cls) or '').splitlines():
+    if not line.strip():
+      continue
+    depth = len(line) - len(line.lstrip())
+    if depth == 0:
+      inside, indent = line.strip() == 'Attributes:', None
+      continue
+    if inside:
+      indent = depth if indent is None else indent
+      m = re.match(r'\s*(\w+)\s*(\([^)]*\))?:', line)
+      if depth == indent and m:
+        names.append(m.group(1))
+  return names
+
+
 def _directive(module, name: str) -> str:
   obj = getattr(module, name)
   full = f'{module.__name__}.{name}'
   if inspect.isclass(obj):
     if issubclass(obj, BaseException):
       return f'.. autoexception:: {full}\n'
-    return f'.. autoclass:: {full}\n   :members:\n'
+    exclude = attribute_names(obj)
+    options = f'   :exclude-members: {", ".join(exclude)}\n' if exclude else ''
+    return f'.. autoclass:: {full}\n   :members:\n{options}'
   if callable(obj):
     return f'.. autofunction:: {full}\n'
   # py:data, not autodata: a constant has no docstring of its own and autodata
@@ -154,6 +188,24 @@ def write_api_pages(out: pathlib.Path = HERE / 'api') -> list[str]:
   index += [f'   {p.removeprefix("api/")}' for p in pages]
   (out / 'index.rst').write_text('\n'.join(index) + '\n')
   return pages
+
+
+def _skip_namedtuple_field_alias(app, what, name, obj, skip, options):
+  """Skips a NamedTuple field whose only doc is Python's "Alias for field number N".
+
+  A field the class's ``Attributes:`` describes is excluded already (see
+  :func:`attribute_names`); this drops an undescribed one's uninformative
+  entry (the class signature still names it).
+  """
+  del app, name, skip, options
+  if (what == 'class' and isinstance(obj, collections._tuplegetter)  # pylint: disable=protected-access
+      and (obj.__doc__ or '').startswith('Alias for field number')):
+    return True
+  return None  # autodoc decides
+
+
+def setup(app):
+  app.connect('autodoc-skip-member', _skip_namedtuple_field_alias)
 
 
 write_api_pages()

@@ -350,8 +350,9 @@ _EXIT_CODE = re.compile(r'Exit Code: (\d+)')
 _EXCEPTION = re.compile(r'^([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)): ')
 
 
-# The app's logging.basicConfig repeats every Flower record (and its
-# traceback) through the root logger as `LEVEL:flwr:...`.
+# A ServerApp that configures the root logger (logging.basicConfig; ours
+# configures only its own loggers) repeats every Flower record (and its
+# traceback) through it as `LEVEL:flwr:...`.
 _REPEAT = re.compile(r'^(DEBUG|INFO|WARNING|ERROR|CRITICAL):flwr:')
 
 

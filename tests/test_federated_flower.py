@@ -460,9 +460,10 @@ def test_flwr_run_on_flowers_managed_local_superlink(tmp_path):
   # `flwr run examples/flower_app local` with Flower's managed "local"
   # connection (the default one), as in Flower's quickstarts: `flwr` itself
   # starts a detached SuperLink in simulation mode (Ray) and the run goes
-  # through it.
+  # through it. Its simulation runtime is Ray (the `flower-simulation` extra).
   import signal
   import subprocess
+  pytest.importorskip('ray', reason='needs the flower-simulation extra (Ray)')
   deploy, task, config = _deploy_module()
   home = tmp_path / 'flwr_home'
   home.mkdir()
@@ -472,14 +473,18 @@ def test_flwr_run_on_flowers_managed_local_superlink(tmp_path):
   # Without the last variable the managed SuperLink installs the app's
   # dependencies (`uv sync`) into a fresh environment, which fails offline
   # and for a package not on an index (Flower exit code 608).
-  env = dict(os.environ, FLWR_HOME=str(home), JAX_PLATFORMS='cpu', **_REPRODUCIBLE,
+  # `flwr` starts `flower-superlink` from PATH: the one beside it, also when
+  # the tests run with a virtual environment's python that is not activated.
+  flwr = deploy._exe('flwr')  # pylint: disable=protected-access
+  search = os.pathsep.join([os.path.dirname(flwr), os.environ.get('PATH', '')])
+  env = dict(os.environ, FLWR_HOME=str(home), JAX_PLATFORMS='cpu', **_REPRODUCIBLE, PATH=search,
              FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION='1',
              FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(deploy.free_port()),
              FLWR_LOCAL_CONTROL_API_PORT=str(deploy.free_port()))
   path = tmp_path / 'summary.jsonl'
   try:
     proc = subprocess.run(
-        [deploy._exe('flwr'), 'run', deploy.APP, 'local', '--stream', '--run-config',  # pylint: disable=protected-access
+        [flwr, 'run', deploy.APP, 'local', '--stream', '--run-config',
          f"rounds=2 summary-path='{path}'"],
         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=1800, check=False)
   finally:
@@ -491,7 +496,13 @@ def test_flwr_run_on_flowers_managed_local_superlink(tmp_path):
         os.killpg(int(pid), signal.SIGKILL)
       except (ProcessLookupError, PermissionError):
         pass
-  assert 'Starting local SuperLink' in proc.stdout + proc.stderr, proc.stdout[-2000:]
+  out = proc.stdout + proc.stderr
+  assert 'Starting local SuperLink' in out, proc.stdout[-2000:]
+  # Quiet by default: the ServerApp shows the project's records, not httpx's
+  # line per request to the SuperLink (154 lines not the project's before, 18 now).
+  others = [l for l in out.splitlines()
+            if 'ssgd_optax' not in l and 'ssgd_flower_app' not in l]
+  assert len(others) < 50 and 'httpx' not in out, '\n'.join(others)
   res = deploy.read_summary(str(path))
   assert 'summary' in res, (res, proc.stdout[-2000:], proc.stderr[-2000:])
   s = res['summary']

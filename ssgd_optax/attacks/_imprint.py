@@ -561,8 +561,8 @@ def expected_recovered(bins: int, batch_size: int, *, reference_bins: Any = None
   the victims' kind, not those the thresholds came from) the estimate is the
   leave-one-out mean (measured within 0.05 of the truth in the same runs)
 
-  .. math:: E = rac{B}{M} \sum_{j=1}^{M}
-     \Big(1 - rac{c_{b_j} - 1}{M - 1}\Big)^{B-1}
+  .. math:: E = \frac{B}{M} \sum_{j=1}^{M}
+     \Big(1 - \frac{c_{b_j} - 1}{M - 1}\Big)^{B-1}
 
   with ``c_b`` the held-out count of bin ``b``: the chance that one input is
   alone when the other ``B - 1`` fall like the held-out sample. (The plug-in

@@ -121,7 +121,7 @@ def match_batch(true: jax.Array, rec: jax.Array) -> np.ndarray:
   """The permutation ``perm`` with ``rec[perm[i]]`` matched to ``true[i]`` (max. total PSNR).
 
   The pairs maximise ``sum_i PSNR(true[i], rec[perm[i]])`` (PSNR of the
-  arrays as given, peak 1, capped at :data:`PSNR_CAP`), so an exact copy is
+  arrays as given, peak 1, capped at 100 dB as in :func:`psnr`), so an exact copy is
   always paired with its original; pairs with a NaN score lowest.
 
   Example:
@@ -153,8 +153,14 @@ def match_batch(true: jax.Array, rec: jax.Array) -> np.ndarray:
 
 
 class Scores(NamedTuple):
-  """Per-example scores after matching: ``mse``, ``psnr``, ``ssim`` arrays ``[B]``
-  and the batch's ``label_accuracy``."""
+  """Per-example scores after matching, and the batch's label accuracy.
+
+  Attributes:
+    mse: ``[B]`` mean squared errors.
+    psnr: ``[B]`` PSNRs in dB (see :func:`psnr`).
+    ssim: ``[B]`` structural similarities (see :func:`ssim`).
+    label_accuracy: the fraction of labels recovered (see :func:`label_accuracy`).
+  """
   mse: np.ndarray
   psnr: np.ndarray
   ssim: np.ndarray

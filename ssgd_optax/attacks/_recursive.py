@@ -59,7 +59,15 @@ _CLIP = 1e-6
 
 
 class ConvSpec(NamedTuple):
-  """A bias-free convolution ``features`` x ``kernel`` x ``kernel``, then ``activation``."""
+  """A bias-free convolution ``features`` x ``kernel`` x ``kernel``, then ``activation``.
+
+  Attributes:
+    features: output channels.
+    kernel: the square kernel's side.
+    stride: the stride of both spatial axes.
+    padding: zero padding on each side of both spatial axes.
+    activation: ``'leaky_relu'``, ``'sigmoid'``, ``'tanh'`` or ``'identity'``.
+  """
   features: int
   kernel: int = 3
   stride: int = 1
@@ -105,6 +113,11 @@ class LayeredCNN(NamedTuple):
   The architecture R-GAP and COPA analyse: ``convs`` (each a
   :class:`ConvSpec`), flatten, ``Dense(num_classes)`` with bias. Parameters are
   a dict ``{'conv_0': {'kernel': HWIO}, ..., 'head': {'kernel', 'bias'}}``.
+
+  Attributes:
+    convs: the convolutions, in order.
+    num_classes: outputs of the dense head, ``>= 2``.
+    input_shape: ``(H, W, C)`` of one input.
 
   Example:
 
@@ -164,7 +177,13 @@ class LayeredCNN(NamedTuple):
 
 
 class LayerRank(NamedTuple):
-  """Rank of one layer's system ``U_i``: ``rank``, ``unknowns``, ``deficiency``."""
+  """Rank of one layer's system ``U_i``: ``rank``, ``unknowns``, ``deficiency``.
+
+  Attributes:
+    rank: the numerical rank of ``U_i``.
+    unknowns: its columns (the layer input's entries to recover).
+    rows: its equations.
+  """
   rank: int
   unknowns: int
   rows: int

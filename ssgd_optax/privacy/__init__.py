@@ -12,21 +12,21 @@ it once; pass it to the transform that adds the noise and to the accountant
 the accountant asks the object for its event and never switches on its type
 (:class:`GaussianMechanism` covers a Gaussian release of your own).
 
-=========  ======================  =======================  ==========  ===========  ===============
-mechanism  noise / gradients       object, factory          L2 sens.    relation     accountant
-=========  ======================  =======================  ==========  ===========  ===============
-DP-SGD     dpsgd_grad_sum          DPSGDMechanism           C;          add/remove   compute_epsilon
+=========  ======================  =======================  ==========  ===========
+mechanism  noise / gradients       object, factory          L2 sens.    relation
+=========  ======================  =======================  ==========  ===========
+DP-SGD     dpsgd_grad_sum          DPSGDMechanism           C;          add/remove
            + add_gaussian_noise    dpsgd_mechanism          1 release   one example
-backprop   backprop_clip_grad_sum  BackpropClipMechanism    Delta_l     add/remove   compute_epsilon
+backprop   backprop_clip_grad_sum  BackpropClipMechanism    Delta_l     add/remove
            + add_gaussian_noise    backprop_clip_mechanism  per         one example
                                                             tensor;
                                                             L releases
-DP-SSGD    dp_unit_normalize,      DPSSGDMechanism          sqrt(G);    add/remove   compute_epsilon
+DP-SSGD    dp_unit_normalize,      DPSSGDMechanism          sqrt(G);    add/remove
            dp_ssgd                 dp_ssgd_mechanism        1 release   one example
-DSSGD SVT  dp_selective_sharing    SparseVectorMechanism    2 gamma;    replace one  compute_epsilon
-                                   sparse_vector_mechanism  c values    participant  (steps=rounds)
+DSSGD SVT  dp_selective_sharing    SparseVectorMechanism    2 gamma;    replace one
+                                   sparse_vector_mechanism  c values    participant
                                                                         per round
-=========  ======================  =======================  ==========  ===========  ===============
+=========  ======================  =======================  ==========  ===========
 
 (backprop: backpropagation clipping, Stevens et al.; DSSGD SVT: the sparse
 vector release of Shokri & Shmatikov's DSSGD, NumericSparse.) Accountant

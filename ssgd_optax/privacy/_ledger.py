@@ -526,7 +526,7 @@ class LedgerRun:
 
     Call it with the number of steps that will have run once the next step
     is done (``t + 1`` before step ``t``); it writes (and fsyncs) only
-    when that exceeds :attr:`recorded_steps`, then reserving
+    when that exceeds ``recorded_steps``, then reserving
     ``steps_per_write`` steps (at most up to ``planned_steps``) at once.
 
     Raises:

@@ -387,7 +387,11 @@ def noisy_normalized_mean(per_example_grads: Any,
 
 
 class DPUnitNormalizeState(NamedTuple):
-  """State of :func:`dp_unit_normalize`: the key of the next step's noise."""
+  """State of :func:`dp_unit_normalize`: the key of the next step's noise.
+
+  Attributes:
+    key: the PRNG key the next step's noise is drawn from.
+  """
   key: jax.Array
 
 

@@ -53,9 +53,32 @@ class Transcript:
     return out
 
 
+# The project's loggers, at INFO, on stderr (which `flwr run --stream` shows).
+PROJECT_LOGGERS = ('ssgd_optax', 'ssgd_flower_app')
+
+
+def log_project_info() -> None:
+  """Shows the project's INFO records (rounds, accuracy, privacy report) and nobody else's.
+
+  Not ``logging.basicConfig(level=INFO)``: the root logger at INFO prints
+  httpx's line for every request the ServerApp makes to the SuperLink (over
+  600 in a 2-round ``flwr run ... local``) and repeats each of Flower's own
+  records; Flower's full log stays in its log files.
+  """
+  for name in PROJECT_LOGGERS:
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.INFO)
+    if not any(getattr(h, 'ssgd_flower_app', False) for h in logger.handlers):
+      handler = logging.StreamHandler()
+      handler.setFormatter(logging.Formatter('%(levelname)s:%(name)s:%(message)s'))
+      handler.ssgd_flower_app = True
+      logger.addHandler(handler)
+    logger.propagate = False  # a root handler configured elsewhere would print it twice
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-  logging.basicConfig(level=logging.INFO)
+  log_project_info()
   c = context.run_config
   t = task_lib.build(c)
   path = str(c['summary-path'])
