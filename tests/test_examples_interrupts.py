@@ -20,8 +20,16 @@ import pytest
 from ssgd_examples import EXAMPLES, ROOT
 
 
+def _sigint_as_in_a_terminal() -> None:
+  # A test run started in the background (`nohup ... &`, some CI runners)
+  # passes SIGINT on as ignored, and Python keeps an ignored SIGINT ignored:
+  # the child must start with the default disposition a terminal gives it.
+  signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _python(code: str, **kw) -> subprocess.Popen:
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(EXAMPLES), str(ROOT)]))
+  kw.setdefault('preexec_fn', _sigint_as_in_a_terminal)
   return subprocess.Popen([sys.executable, '-c', textwrap.dedent(code)], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, env=env, **kw)
 
@@ -34,24 +42,31 @@ def _interrupt_when_ready(proc: subprocess.Popen, timeout: float = 60) -> tuple[
   return out, err
 
 
-# main() waits for Ctrl-C in a loop that collects garbage; the gc callback
-# takes nearly all of the time, so the signal lands in it (and a re-delivery
-# must wait until it lands outside).
+# main() waits for Ctrl-C in a loop that collects garbage. The first gc
+# callback says 'ready' and runs for 2 s, so the signal lands in it; later
+# ones take 5 ms of every 15 (JAX's own is far shorter), so a re-delivery
+# finds a place outside a callback to land.
 _GC_LOOP = '''
 import gc, sys, time
 from ssgd_examples import cli
 
+first = [True]
+
 def {name}(phase, info):
-  end = time.perf_counter() + 0.02
+  end = time.perf_counter() + (2.0 if first[0] else 0.005)
+  if first[0]:
+    first[0] = False
+    print('ready', flush=True)
   while time.perf_counter() < end:  # Python bytecode: the signal handler runs here
     pass
 
-gc.callbacks.append({name})
-
 def main():
-  print('ready', flush=True)
-  for _ in range(300):  # ~6 s at most
+  gc.callbacks.append({name})
+  for _ in range(400):  # ~8 s at most
     gc.collect()
+    end = time.perf_counter() + 0.01
+    while time.perf_counter() < end:  # outside the callback
+      pass
   print('finished', flush=True)
 
 cli.run(main)
@@ -163,7 +178,8 @@ def test_interrupted_train_py_exits_130_with_one_line(tmp_path, after):
   proc = subprocess.Popen(
       [sys.executable, str(ROOT / 'examples' / 'train.py'), '--dataset', 'digits', '--model',
        'cnn', '--epochs', '30', '--workdir', str(tmp_path / 'run')],
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+      preexec_fn=_sigint_as_in_a_terminal)
   time.sleep(after)
   proc.send_signal(signal.SIGINT)
   out, err = proc.communicate(timeout=300)
