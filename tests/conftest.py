@@ -60,6 +60,7 @@ test_guarantees_isolation.py::test_poisoned_examples_move_no_release[float64-4]
 test_privacy_ghost.py::test_compiled_memory_stays_close_to_the_non_private_step
 test_privacy_ghost.py::test_norms_and_clipped_sum_equal_vmap[dense]
 test_privacy_ghost.py::test_norms_and_clipped_sum_equal_vmap[mlp]
+test_privacy_ghost.py::test_normalisation_layers_equal_vmap[per_leaf]
 test_attacks_scripts.py::test_leakage_demo_end_to_end
 test_attacks_reconstruction.py::test_ssgd_is_transparent_to_adaptive_dlg_and_cosine
 test_attacks_reconstruction.py::test_scan_and_python_loops_agree
