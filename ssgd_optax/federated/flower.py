@@ -107,7 +107,6 @@ import hashlib
 import json
 import logging
 import os
-import pickle
 import re
 import secrets
 import time
@@ -256,31 +255,6 @@ def _sa_from_config(cfg: Any) -> Any:
   return sa.ProtocolMessage(bytes(cfg['sa_session']), int(cfg['sa_round']), str(cfg['sa_step']),
                             int(cfg['sa_sender']), int(cfg['sa_recipient']),
                             bytes(cfg['sa_payload']), bytes(cfg['sa_tag']))
-
-
-def _dump_participant(participant: Any) -> bytes:
-  """Pickles a secure-aggregation participant, its key objects as raw bytes.
-
-  Every Flower message may run in a fresh ``ClientApp`` process, so the
-  participant's secrets between protocol steps live in the node's own
-  ``Context.state`` (never sent anywhere).
-  """
-  import io
-  from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
-
-  class KeyPickler(pickle.Pickler):
-    def reducer_override(self, obj):
-      for cls in (x25519.X25519PrivateKey, ed25519.Ed25519PrivateKey):
-        if isinstance(obj, cls):
-          return cls.from_private_bytes, (obj.private_bytes_raw(),)
-      for cls in (x25519.X25519PublicKey, ed25519.Ed25519PublicKey):
-        if isinstance(obj, cls):
-          return cls.from_public_bytes, (obj.public_bytes_raw(),)
-      return NotImplemented
-
-  buf = io.BytesIO()
-  KeyPickler(buf).dump(participant)
-  return buf.getvalue()
 
 
 # ---------------------------------------------------------------------------
@@ -433,6 +407,7 @@ class _Client:
     return _sa_to_config(out)
 
   def on_query(self, msg: Message, context: Context) -> Message:
+    from ssgd_optax.federated import secure_aggregation as sa
     if self.secure is None:
       raise ValueError('secure-aggregation message for a simulation without '
                        'secure_aggregation (make_dssgd(..., secure_aggregation=...)).')
@@ -443,7 +418,7 @@ class _Client:
     if step == 'setup':
       part, out = self.setup(cfg, context)
     else:
-      part = pickle.loads(bytes(context.state['dssgd_secagg']['participant']))
+      part = sa.Participant.from_bytes(bytes(context.state['dssgd_secagg']['participant']))
       if self.participant_of(msg) != part.index:
         raise ValueError(f'the server addressed participant {self.participant_of(msg)}; this '
                          f'node is participant {part.index}: refusing.')
@@ -457,7 +432,7 @@ class _Client:
         out = _sa_to_config(part.consistency_check(_sa_from_config(cfg)))
       else:
         out = _sa_to_config(part.unmask(_sa_from_config(cfg)))
-    context.state['dssgd_secagg'] = ConfigRecord({'participant': _dump_participant(part)})
+    context.state['dssgd_secagg'] = ConfigRecord({'participant': part.to_bytes()})
     return Message(RecordDict({'config': ConfigRecord(out)}), reply_to=msg)
 
 

@@ -129,9 +129,11 @@ import contextlib
 import functools
 import hashlib
 import hmac
+import io
 import json
 import math
 import os
+import pickle
 import secrets
 import struct
 import warnings
@@ -1299,6 +1301,19 @@ class ParticipantRecord:
 # Parties.
 
 
+class _KeyPickler(pickle.Pickler):
+  """Pickles the cryptography key objects (not picklable themselves) as their raw bytes."""
+
+  def reducer_override(self, obj):
+    for key_cls in (X25519PrivateKey, Ed25519PrivateKey):
+      if isinstance(obj, key_cls):
+        return key_cls.from_private_bytes, (obj.private_bytes_raw(),)
+    for key_cls in (X25519PublicKey, Ed25519PublicKey):
+      if isinstance(obj, key_cls):
+        return key_cls.from_public_bytes, (obj.public_bytes_raw(),)
+    return NotImplemented
+
+
 class Participant:
   """One participant of secure aggregation.
 
@@ -1370,6 +1385,27 @@ class Participant:
     self._ciphertexts: dict[int, bytes] = {}   # e_{v,u} for v in U2 \ {u}
     self._u2: frozenset[int] = frozenset()
     self._u3: frozenset[int] = frozenset()
+
+  def to_bytes(self) -> bytes:
+    """This participant's whole state, its key objects as raw bytes, for the node's own storage.
+
+    Between protocol steps the state holds the participant's secrets: it
+    belongs on the node (a Flower ``Context.state``, a file only the node
+    reads), never in a message. :meth:`from_bytes` restores it.
+    """
+    buf = io.BytesIO()
+    _KeyPickler(buf).dump(self)
+    return buf.getvalue()
+
+  @classmethod
+  def from_bytes(cls, data: bytes) -> 'Participant':
+    """The participant :meth:`to_bytes` stored (``TypeError`` for anything else)."""
+    if not isinstance(data, (bytes, bytearray)):
+      raise TypeError(f'data must be bytes from Participant.to_bytes; got {type(data).__name__}.')
+    part = pickle.loads(bytes(data))
+    if not isinstance(part, cls):
+      raise TypeError(f'data holds a {type(part).__name__}, not a {cls.__name__}.')
+    return part
 
   def _send(self, step: str, payload: bytes) -> ProtocolMessage:
     return _authenticate(self._auth_key, self.session, self.round, step, self.index, _SERVER,
